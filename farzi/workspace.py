@@ -1,0 +1,60 @@
+"""The workspace: where prepared datasets, trajectories, models and bundles live.
+
+Resolution order for the home directory: an explicit ``home`` argument (the
+CLI's ``--home``), then the ``FARZI_HOME`` environment variable, then
+``~/.farzi``. Layout::
+
+    HOME/datasets/NAME/              prepared datasets (formats/prepared-dataset-v1.md)
+    HOME/trajectories/DATASET/MODEL/ Omega: checkpoints of training runs
+    HOME/models/DATASET/NAME/        trained students (safetensors + JSON)
+    HOME/bundles/DATASET/NAME.safetensors   Farzi Data bundles
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
+    if home:
+        return Path(home).expanduser()
+    env = os.environ.get("FARZI_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".farzi"
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Workspace names become directory names: keep them to a safe alphabet."""
+    from farzi.errors import ConfigError
+
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            f"{what} {name!r} is not a valid workspace name",
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def datasets_dir(home: str | os.PathLike[str] | None = None) -> Path:
+    return home_dir(home) / "datasets"
+
+
+def dataset_dir(name: str, home: str | os.PathLike[str] | None = None) -> Path:
+    return datasets_dir(home) / check_name(name, "dataset name")
+
+
+def trajectories_dir(dataset: str, model: str, home: str | os.PathLike[str] | None = None) -> Path:
+    return home_dir(home) / "trajectories" / check_name(dataset) / check_name(model)
+
+
+def models_dir(dataset: str, home: str | os.PathLike[str] | None = None) -> Path:
+    return home_dir(home) / "models" / check_name(dataset)
+
+
+def bundles_dir(dataset: str, home: str | os.PathLike[str] | None = None) -> Path:
+    return home_dir(home) / "bundles" / check_name(dataset)

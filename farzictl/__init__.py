@@ -1,0 +1,1 @@
+"""farzictl: the command-line interface over the farzi library."""

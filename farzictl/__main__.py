@@ -1,0 +1,3 @@
+from farzictl.app import main
+
+main()
