@@ -64,7 +64,9 @@ def _fmt(value: Any) -> str:
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[ProgressFn | None]:
     """A rich progress display (on stderr) driven by library progress events."""
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():
+        # off a terminal rich would print the bars' last frame on stderr, where
+        # scripts expect nothing but an 'error:' line when something fails
         yield None
         return
     progress = Progress(
@@ -92,7 +94,11 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressFn | None]:
             progress.update(tid, completed=total, total=total)
 
     with progress:
-        yield on_event
+        try:
+            yield on_event
+        except BaseException:
+            progress.live.transient = True  # clear the bars: the error line stands alone
+            raise
 
 
 def print_json(obj: Any) -> None:

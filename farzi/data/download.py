@@ -85,6 +85,9 @@ def fetch(
         except (urllib.error.URLError, OSError, ValueError) as exc:
             tmp.unlink(missing_ok=True)
             errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+        except BaseException:  # e.g. Ctrl-C mid-download: leave no partial file behind
+            tmp.unlink(missing_ok=True)
+            raise
     raise DataError(
         f"could not download {dest.name} ({'; '.join(errors)})",
         "check the network, or download the files yourself and pass --source DIR",

@@ -182,10 +182,20 @@ def _build_text(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -
     )
 
 
+def _synthetic_size(value: int | None, default: int, flag: str, minimum: int) -> int:
+    """``value`` or the default when not given; a given value below ``minimum`` is an error."""
+    if value is None:
+        return default
+    if value < minimum:
+        raise ConfigError(f"{flag} {value} is too small", f"pass at least {minimum}")
+    return value
+
+
 def _build_synthetic_lm(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
-    n = opts.synthetic_sequences or 2000
+    n = _synthetic_size(opts.synthetic_sequences, 2000, "--synthetic-sequences", 1)
+    words = _synthetic_size(opts.synthetic_vocab, 200, "--synthetic-vocab", 1)
     vocab, splits, extra = synthetic.synthetic_lm(
-        opts.seed, vocab_size=opts.synthetic_vocab or 200, sentences=(n, max(1, n // 8), max(1, n // 8))
+        opts.seed, vocab_size=words, sentences=(n, max(1, n // 8), max(1, n // 8))
     )
     return _Built("lm", vocab, splits, extra, source={"kind": "synthetic-lm", "files": []},
                   params={"synthetic_vocab": len(vocab) - 3, "synthetic_sequences": n})
@@ -211,6 +221,12 @@ def _ml100k_dir(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -
             udata.unlink()
     archive = fetch([opts.mirror or ML100K_URL], cache / "ml-100k.zip", progress=progress)
     _extract(archive, cache, ["ml-100k/u.data", "ml-100k/u.item"])
+    try:  # the archive has no published checksum: check the file inside it
+        verify_checksum(udata, sha256=ML100K_UDATA_SHA256)
+    except DataError:
+        udata.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+        raise
     return cache
 
 
@@ -336,8 +352,9 @@ def _build_interactions(opts: PrepareOptions, home: Path, progress: ProgressFn |
 
 
 def _build_synthetic_rec(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
-    n = opts.synthetic_sequences or 1000
-    vocab, splits, extra = synthetic.synthetic_rec(opts.seed, items=opts.synthetic_vocab or 300, users=n)
+    n = _synthetic_size(opts.synthetic_sequences, 1000, "--synthetic-sequences", 10)
+    items = _synthetic_size(opts.synthetic_vocab, 300, "--synthetic-vocab", 2)
+    vocab, splits, extra = synthetic.synthetic_rec(opts.seed, items=items, users=n)
     return _Built("rec", vocab, splits, extra, source={"kind": "synthetic-rec", "files": []},
                   params={"synthetic_vocab": len(vocab) - 1, "synthetic_sequences": n})
 
@@ -354,6 +371,18 @@ SOURCES: dict[str, Callable[[PrepareOptions, Path, ProgressFn | None], _Built]] 
     "synthetic-lm": _build_synthetic_lm,
     "synthetic-rec": _build_synthetic_rec,
 }
+
+
+def _check_target(target: Path) -> None:
+    """Saving replaces ``target`` whole: only let it replace an earlier prepared dataset."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and (not any(target.iterdir()) or (target / "manifest.json").is_file()):
+        return
+    raise ConfigError(
+        f"{target} exists and is not a prepared dataset; writing there would delete it",
+        "pass --out with a new or empty directory, or a prepared dataset to replace",
+    )
 
 
 def prepare(
@@ -377,6 +406,8 @@ def prepare(
         raise ConfigError(f"--min-length {opts.min_length} must be at least 2", "a user needs a context and a target")
     name = check_name(name or source, "dataset name")
     home_path = home_dir(home)
+    target = Path(out) if out is not None else dataset_dir(name, home)
+    _check_target(target)
     report(progress, f"prepare {name}", 0, 2)
     built = SOURCES[source](opts, home_path, progress)
     report(progress, f"prepare {name}", 1, 2)
@@ -385,7 +416,6 @@ def prepare(
         name=name, task=built.task, vocab=built.vocab, splits=built.splits,
         params=params, source=built.source, extra=built.info,
     )
-    target = Path(out) if out is not None else dataset_dir(name, home)
     ds.save(target)
     report(progress, f"prepare {name}", 2, 2, done=True)
     return ds

@@ -134,7 +134,8 @@ def synthetic_rec(
     start /= start.sum()
     seqs = []
     for _ in range(users):
-        length = int(rng.integers(min_length, max_length + 1))
+        # a walk without repeats cannot outgrow the catalogue
+        length = min(int(rng.integers(min_length, max_length + 1)), items)
         seen = np.zeros(items, dtype=bool)
         cur = int(rng.choice(items, p=start))
         walk = [cur]

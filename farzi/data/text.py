@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from farzi.data.sequences import Sequences
-from farzi.data.vocab import EOS, Vocabulary, build_lm_vocab
+from farzi.data.vocab import EOS, PAD, Vocabulary, build_lm_vocab
 from farzi.errors import DataError
 
 
@@ -43,7 +43,9 @@ def read_sentences(path: Path) -> list[list[str]]:
 def encode_sentences(sentences: list[list[str]], vocab: Vocabulary, prefix: str) -> Sequences:
     """Encode as ``<eos> w1 ... wn <eos>`` (leading boundary + words + end of sentence)."""
     eos = vocab.id(EOS)
-    seqs = [[eos, *vocab.encode(words), eos] for words in sentences]
+    unk = vocab.unk_id
+    # a literal "<pad>" in the corpus is a word, not padding: id 0 never appears in a sequence
+    seqs = [[eos, *(unk if w == PAD else vocab.id(w) for w in words), eos] for words in sentences]
     ids = [f"{prefix}{i}" for i in range(len(seqs))]
     return Sequences.from_lists(ids, seqs)
 

@@ -1,0 +1,131 @@
+"""Model checkpoints: format ``farzi-model`` v1 (see formats/model-checkpoint-v1.md).
+
+One safetensors file: the model's state dict as tensors, and in the metadata
+``format`` = ``farzi-model``, ``version`` = ``1`` and ``farzi`` = a JSON
+document with the model name, its config, the dataset it was trained on (name,
+fingerprint, vocabulary size and hash), training information and the package
+version. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from farzi import __version__
+from farzi._io import atomic_file
+from farzi._safetensors import load_tensors, read_header, save_tensors
+from farzi.data.prepared import PreparedDataset
+from farzi.errors import CheckpointError, FarziError
+from farzi.models import SequenceModel, build_model
+
+FORMAT_NAME = "farzi-model"
+FORMAT_VERSION = 1
+_FIX = "train the model again (farzictl train-student / trajectories)"
+
+
+def dataset_record(ds: PreparedDataset) -> dict[str, Any]:
+    return {
+        "name": ds.name,
+        "task": ds.task,
+        "fingerprint": ds.fingerprint(),
+        "vocab_size": ds.vocab_size,
+        "vocab_sha256": ds.vocab.sha256(),
+    }
+
+
+@dataclass
+class Checkpoint:
+    model: SequenceModel
+    info: dict[str, Any]
+    path: Path
+
+    @property
+    def model_name(self) -> str:
+        return str(self.info["model"])
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return dict(self.info["dataset"])
+
+
+def save_checkpoint(path: Path, model: SequenceModel, dataset: dict[str, Any], **info: Any) -> Path:
+    """Write ``model`` with its config and provenance, atomically."""
+    doc = {
+        "model": model.name,
+        "task": model.task,
+        "config": model.config.to_dict(),
+        "dataset": dataset,
+        "package": {"name": "farzi", "version": __version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **info,
+    }
+    meta = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "farzi": json.dumps(doc, sort_keys=True)}
+    with atomic_file(Path(path)) as tmp:
+        save_tensors(tmp, {k: v.float() for k, v in model.state_dict().items()}, meta)
+    return Path(path)
+
+
+def read_checkpoint_info(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Validate the file and its metadata without loading tensors."""
+    header, meta = read_header(Path(path), CheckpointError, _FIX)
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a farzi model checkpoint (format {meta.get('format')!r})", _FIX)
+    try:
+        version = int(meta.get("version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path} has an invalid format version", _FIX) from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is farzi-model v{version}; this farzi reads up to v{FORMAT_VERSION}", "upgrade farzi"
+        )
+    try:
+        info = json.loads(meta["farzi"])
+        assert isinstance(info, dict) and isinstance(info["config"], dict) and isinstance(info["dataset"], dict)
+        str(info["model"])
+    except (KeyError, ValueError, AssertionError, TypeError):
+        raise CheckpointError(f"{path} has missing or corrupt model metadata", _FIX) from None
+    return info, header
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`save_checkpoint` onto ``device``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    info, _ = read_checkpoint_info(path)
+    try:
+        model = build_model(info["model"], info["config"])
+    except FarziError as exc:
+        raise CheckpointError(f"{path}: {exc.problem}", _FIX) from None
+    try:
+        state = load_tensors(path)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: tensors do not fit the model ({msg})", _FIX) from None
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values", _FIX)
+    return Checkpoint(model=model.to(device), info=info, path=path)
+
+
+def check_dataset(record: dict[str, Any], ds: PreparedDataset, what: str) -> None:
+    """Fail clearly when ``record`` (a checkpoint's dataset) is not ``ds``."""
+    if record.get("vocab_size") != ds.vocab_size:
+        raise CheckpointError(
+            f"{what} was trained on {record.get('name')!r} with a vocabulary of {record.get('vocab_size')}, "
+            f"but dataset {ds.name!r} has {ds.vocab_size}",
+            f"use a {what} trained on {ds.name!r}",
+        )
+    if record.get("fingerprint") != ds.fingerprint():
+        raise CheckpointError(
+            f"{what} was trained on dataset {record.get('name')!r} (fingerprint {str(record.get('fingerprint'))[:12]}), "
+            f"not on {ds.name!r} (fingerprint {ds.fingerprint()[:12]})",
+            f"use a {what} trained on this dataset, or prepare the dataset exactly as before",
+        )

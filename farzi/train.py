@@ -1,0 +1,167 @@
+"""One training loop for full data, samples of it, and Farzi Data.
+
+Adam with (L2) weight decay, dropout as configured in the model, mini-batches,
+validation every ``eval_every`` steps with early stopping on the validation
+metric (the best state is kept), deterministic on CPU for a given seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from farzi._seed import seed_everything
+from farzi.batching import TrainSet
+from farzi.data.prepared import PreparedDataset
+from farzi.errors import ConfigError
+from farzi.evaluate import default_metric, evaluate, metric_is_higher_better
+from farzi.models import SequenceModel, next_token_loss
+from farzi.progress import ProgressFn, report
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_steps: int = 2000
+    eval_every: int = 0  # steps between validations; 0 = once per epoch, at least every 10 steps
+    patience: int = 10  # validations without improvement before stopping; 0 = never stop early
+    metric: str = ""  # validation metric; "" = hr@10 (rec) / ppl_corpus (lm)
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"learning rate {self.lr} must be positive", "pass e.g. --lr 1e-3")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size {self.batch_size} must be positive", "pass e.g. --batch-size 128")
+        if self.max_steps < 1:
+            raise ConfigError(f"max steps {self.max_steps} must be positive", "pass e.g. --max-steps 2000")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight decay {self.weight_decay} must be >= 0", "pass e.g. --weight-decay 0")
+
+
+@dataclass
+class TrainResult:
+    model: SequenceModel  # holds the best state
+    best_metric: float
+    best_step: int
+    metric: str
+    steps: int
+    sequences_seen: int
+    wall_seconds: float
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def sequences_per_second(self) -> float:
+        return self.sequences_seen / max(self.wall_seconds, 1e-9)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "steps": self.steps,
+            "sequences_seen": self.sequences_seen,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "sequences_per_second": round(self.sequences_per_second, 2),
+            "stopped_early": self.stopped_early,
+        }
+
+
+StepHook = Callable[[int, SequenceModel, dict[str, Any] | None], None]
+
+
+def train_model(
+    model: SequenceModel,
+    train_set: TrainSet,
+    dataset: PreparedDataset,
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+    task_name: str = "train",
+    on_step: StepHook | None = None,
+    target_metric: float | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``train_set``, validating on ``dataset``'s valid split.
+
+    ``on_step(step, model, validation)`` runs after every optimizer step
+    (``validation`` is the metrics dict at validation steps, else None).
+    With ``target_metric`` the run stops as soon as validation reaches it.
+    """
+    config.validate()
+    metric = config.metric or default_metric(dataset.task)
+    higher = metric_is_higher_better(metric)
+    gen = seed_everything(config.seed)
+    device = torch.device(device)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(train_set.num_sequences / config.batch_size))
+    eval_every = config.eval_every or max(steps_per_epoch, 10)
+
+    best = -math.inf if higher else math.inf
+    best_state = copy.deepcopy(model.state_dict())
+    best_step, step, seen, bad_evals = 0, 0, 0, 0
+    curve: list[dict[str, Any]] = []
+    losses: list[float] = []
+    start = time.perf_counter()
+    stopped_early = False
+    done = False
+    while not done:
+        for batch in train_set.batches(config.batch_size, gen, device):
+            logits = model(batch)
+            loss = next_token_loss(logits, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            step += 1
+            seen += batch.shape[0]
+            losses.append(float(loss.detach()))
+            validation = None
+            if step % eval_every == 0 or step == config.max_steps:
+                validation = evaluate(model, dataset, "valid", device=device)
+                value = float(validation[metric])
+                point = {"step": step, "epoch": round(step / steps_per_epoch, 3),
+                         "train_loss": sum(losses) / len(losses), metric: value,
+                         "elapsed": round(time.perf_counter() - start, 3)}
+                curve.append(point)
+                losses = []
+                improved = value > best if higher else value < best
+                if improved or not curve[:-1]:
+                    best, best_step, bad_evals = value, step, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad_evals += 1
+                if config.patience and bad_evals >= config.patience:
+                    stopped_early = done = True
+                if target_metric is not None and (value >= target_metric if higher else value <= target_metric):
+                    done = True
+            report(progress, task_name, step, config.max_steps, loss=float(loss.detach()),
+                   **({f"val {metric}": best} if curve else {}))
+            if on_step is not None:
+                on_step(step, model, validation)
+            if step >= config.max_steps:
+                done = True
+            if done:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    wall = time.perf_counter() - start
+    report(progress, task_name, step, config.max_steps, done=True)
+    return TrainResult(
+        model=model, best_metric=best, best_step=best_step, metric=metric, steps=step,
+        sequences_seen=seen, wall_seconds=wall, curve=curve, stopped_early=stopped_early,
+    )
