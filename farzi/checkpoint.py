@@ -125,7 +125,8 @@ def check_dataset(record: dict[str, Any], ds: PreparedDataset, what: str) -> Non
         )
     if record.get("fingerprint") != ds.fingerprint():
         raise CheckpointError(
-            f"{what} was trained on dataset {record.get('name')!r} (fingerprint {str(record.get('fingerprint'))[:12]}), "
+            f"{what} was trained on dataset {record.get('name')!r} "
+            f"(fingerprint {str(record.get('fingerprint'))[:12]}), "
             f"not on {ds.name!r} (fingerprint {ds.fingerprint()[:12]})",
             f"use a {what} trained on this dataset, or prepare the dataset exactly as before",
         )

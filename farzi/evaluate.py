@@ -80,8 +80,12 @@ def evaluate_rec(
 
 
 def _popularity_strata(
-    ds: PreparedDataset, contexts: list[np.ndarray], targets: np.ndarray, ranks: np.ndarray,
-    auc: np.ndarray, ks: tuple[int, ...],
+    ds: PreparedDataset,
+    contexts: list[np.ndarray],
+    targets: np.ndarray,
+    ranks: np.ndarray,
+    auc: np.ndarray,
+    ks: tuple[int, ...],
 ) -> dict[str, list[dict[str, Any]]]:
     """Metrics per decile of item popularity (the target's training frequency) and of
     user activity (context length): the paper's cold-start analysis."""
@@ -154,7 +158,10 @@ def sentence_scores(
 
 
 def evaluate_lm(
-    model: SequenceModel, ds: PreparedDataset, split: str = "test", device: torch.device | str = "cpu",
+    model: SequenceModel,
+    ds: PreparedDataset,
+    split: str = "test",
+    device: torch.device | str = "cpu",
     batch_size: int = 128,
 ) -> dict[str, Any]:
     seqs = [s for s in ds.splits[split] if len(s) >= 2]

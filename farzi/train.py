@@ -134,9 +134,13 @@ def train_model(
             if step % eval_every == 0 or step == config.max_steps:
                 validation = evaluate(model, dataset, "valid", device=device)
                 value = float(validation[metric])
-                point = {"step": step, "epoch": round(step / steps_per_epoch, 3),
-                         "train_loss": sum(losses) / len(losses), metric: value,
-                         "elapsed": round(time.perf_counter() - start, 3)}
+                point = {
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 3),
+                    "train_loss": sum(losses) / len(losses),
+                    metric: value,
+                    "elapsed": round(time.perf_counter() - start, 3),
+                }
                 curve.append(point)
                 losses = []
                 improved = value > best if higher else value < best
@@ -149,8 +153,14 @@ def train_model(
                     stopped_early = done = True
                 if target_metric is not None and (value >= target_metric if higher else value <= target_metric):
                     done = True
-            report(progress, task_name, step, config.max_steps, loss=float(loss.detach()),
-                   **({f"val {metric}": best} if curve else {}))
+            report(
+                progress,
+                task_name,
+                step,
+                config.max_steps,
+                loss=float(loss.detach()),
+                **({f"val {metric}": best} if curve else {}),
+            )
             if on_step is not None:
                 on_step(step, model, validation)
             if step >= config.max_steps:
@@ -162,6 +172,13 @@ def train_model(
     wall = time.perf_counter() - start
     report(progress, task_name, step, config.max_steps, done=True)
     return TrainResult(
-        model=model, best_metric=best, best_step=best_step, metric=metric, steps=step,
-        sequences_seen=seen, wall_seconds=wall, curve=curve, stopped_early=stopped_early,
+        model=model,
+        best_metric=best,
+        best_step=best_step,
+        metric=metric,
+        steps=step,
+        sequences_seen=seen,
+        wall_seconds=wall,
+        curve=curve,
+        stopped_early=stopped_early,
     )

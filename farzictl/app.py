@@ -11,9 +11,21 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
+from farzi.checkpoint import check_dataset, load_checkpoint
 from farzi.data.prepare import SOURCES, PrepareOptions, prepare
+from farzi.data.prepared import load_prepared
+from farzi.distill.engine import DistillConfig, distill, parse_budget
+from farzi.distill.inspect import inspect_bundle
+from farzi.errors import DataError
+from farzi.evaluate import evaluate
+from farzi.models import DEFAULT_MODEL
+from farzi.student import parse_spec, train_student
+from farzi.train import TrainConfig
+from farzi.trajectories import train_trajectories
+from farzi.workspace import bundles_dir, check_name, dataset_dir, models_dir, trajectories_dir
 from farzictl import ui
 
 app = typer.Typer(
@@ -44,13 +56,19 @@ def prepare_cmd(
     user_col: Annotated[str, typer.Option(help="interactions: user column.")] = "user",
     item_col: Annotated[str, typer.Option(help="interactions: item column.")] = "item",
     time_col: Annotated[str, typer.Option(help="interactions: time column.")] = "time",
-    separator: Annotated[str | None, typer.Option(help="interactions: field separator (default from the file name).")] = None,
+    separator: Annotated[
+        str | None, typer.Option(help="interactions: field separator (default from the file name).")
+    ] = None,
     vocab_size: Annotated[int, typer.Option(help="LM: keep this many most frequent training words.")] = 2000,
     min_length: Annotated[int, typer.Option(help="Recommendation: drop users with fewer interactions.")] = 2,
     synthetic_vocab: Annotated[int | None, typer.Option(help="synthetic-*: number of words/items.")] = None,
-    synthetic_sequences: Annotated[int | None, typer.Option(help="synthetic-*: number of training sequences/users.")] = None,
+    synthetic_sequences: Annotated[
+        int | None, typer.Option(help="synthetic-*: number of training sequences/users.")
+    ] = None,
     mirror: Annotated[str | None, typer.Option(help="Download from this URL (base URL for ptb) instead.")] = None,
-    as_name: Annotated[str | None, typer.Option("--name", help="Name in the workspace (default: the dataset's).")] = None,
+    as_name: Annotated[
+        str | None, typer.Option("--name", help="Name in the workspace (default: the dataset's).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write here instead of HOME/datasets/NAME.")] = None,
     seed: Seed = 0,
     home: Home = None,
@@ -58,17 +76,36 @@ def prepare_cmd(
 ) -> None:
     """Download or read a dataset and write it in farzi's prepared format."""
     opts = PrepareOptions(
-        source=source, train=train, valid=valid, test=test, path=path,
-        user_col=user_col, item_col=item_col, time_col=time_col, separator=separator,
-        vocab_size=vocab_size, min_length=min_length, seed=seed, mirror=mirror,
-        synthetic_vocab=synthetic_vocab, synthetic_sequences=synthetic_sequences,
+        source=source,
+        train=train,
+        valid=valid,
+        test=test,
+        path=path,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        separator=separator,
+        vocab_size=vocab_size,
+        min_length=min_length,
+        seed=seed,
+        mirror=mirror,
+        synthetic_vocab=synthetic_vocab,
+        synthetic_sequences=synthetic_sequences,
     )
     with ui.progress_bars(not json) as progress:
         ds = prepare(name, opts, name=as_name, home=home, out=out, progress=progress)
     stats = ds.statistics()
     if json:
-        ui.print_json({"name": ds.name, "task": ds.task, "path": str(ds.path),
-                       "fingerprint": ds.fingerprint(), "statistics": stats, "extra": ds.extra})
+        ui.print_json(
+            {
+                "name": ds.name,
+                "task": ds.task,
+                "path": str(ds.path),
+                "fingerprint": ds.fingerprint(),
+                "statistics": stats,
+                "extra": ds.extra,
+            }
+        )
         return
     rows = {k: v for k, v in stats.items() if k != "splits"}
     for split, s in stats["splits"].items():
@@ -76,44 +113,394 @@ def prepare_cmd(
     ui.stdout.print(ui.kv_table(f"{ds.name} ({ds.task}) -> {ds.path}", rows))
 
 
-def _not_yet(command: str) -> None:
-    raise ui.fail(f"'{command}' is not available yet in this version of farzictl")
+# ------------------------------------------------------------------ shared options
+MaxLen = Annotated[int | None, typer.Option(help="Model context length (default: the model's).")]
+DModel = Annotated[int | None, typer.Option(help="Model width (default: the model's).")]
+NLayers = Annotated[int | None, typer.Option(help="Number of layers (default: the model's).")]
+NHeads = Annotated[int | None, typer.Option(help="Attention heads (Transformer models).")]
+Dropout = Annotated[float | None, typer.Option(help="Dropout rate (default: the model's).")]
+Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
+WeightDecay = Annotated[float, typer.Option(help="Adam (L2) weight decay.")]
+BatchSize = Annotated[int, typer.Option(help="Sequences per batch.")]
+MaxSteps = Annotated[int, typer.Option(help="Most optimizer steps.")]
+Patience = Annotated[int, typer.Option(help="Validations without improvement before stopping (0 = never).")]
+EvalEvery = Annotated[int, typer.Option(help="Steps between validations (0 = once per epoch, at least 10).")]
+Metric = Annotated[str, typer.Option(help="Validation metric for early stopping (default hr@10 / ppl_corpus).")]
+Device = Annotated[str, typer.Option(help="cpu or cuda.")]
+Model = Annotated[str | None, typer.Option(help="Model: sasrec, gru4rec, fmlp (rec); transformer, rnn (lm).")]
+
+
+def _overrides(
+    max_len: int | None, d_model: int | None, n_layers: int | None, n_heads: int | None, dropout: float | None
+) -> dict:
+    return {"max_len": max_len, "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "dropout": dropout}
+
+
+def _train_config(
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    max_steps: int,
+    patience: int,
+    eval_every: int,
+    metric: str,
+    seed: int,
+) -> TrainConfig:
+    return TrainConfig(
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        patience=patience,
+        eval_every=eval_every,
+        metric=metric,
+        seed=seed,
+    )
+
+
+def _model_name(model: str | None, task: str) -> str:
+    return model or DEFAULT_MODEL[task]
+
+
+def _curve_table(title: str, curve: list[dict], metric: str) -> None:
+    rows = [[p["step"], p["epoch"], p["train_loss"], p[metric], p["elapsed"]] for p in curve]
+    ui.stdout.print(ui.grid(title, ["step", "epoch", "train loss", f"valid {metric}", "seconds"], rows))
 
 
 @app.command("trajectories")
-def trajectories_cmd() -> None:
-    """Train R runs of a model on the real data and keep checkpoints (Omega)."""
-    _not_yet("trajectories")
-
-
-@app.command("distill")
-def distill_cmd() -> None:
-    """Distill a prepared dataset into Farzi Data."""
-    _not_yet("distill")
-
-
-@app.command("inspect")
-def inspect_cmd() -> None:
-    """Show and validate a Farzi Data bundle."""
-    _not_yet("inspect")
+@ui.handle_errors
+def trajectories_cmd(
+    dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
+    model: Model = None,
+    runs: Annotated[int, typer.Option(help="Training runs from independent random initializations.")] = 5,
+    every: Annotated[int, typer.Option(help="Save a checkpoint every this many steps (and at the end).")] = 50,
+    max_len: MaxLen = None,
+    d_model: DModel = None,
+    n_layers: NLayers = None,
+    n_heads: NHeads = None,
+    dropout: Dropout = None,
+    lr: Lr = 1e-3,
+    weight_decay: WeightDecay = 0.0,
+    batch_size: BatchSize = 128,
+    max_steps: MaxSteps = 500,
+    patience: Patience = 0,
+    eval_every: EvalEvery = 0,
+    metric: Metric = "",
+    out: Annotated[Path | None, typer.Option(help="Directory (default HOME/trajectories/DATASET/MODEL).")] = None,
+    device: Device = "cpu",
+    seed: Seed = 0,
+    home: Home = None,
+    json: Json = False,
+) -> None:
+    """Train R runs of a model on the real data, keeping checkpoints along the way (Omega)."""
+    ds = resolve_dataset(dataset, home)
+    name = _model_name(model, ds.task)
+    target = out or trajectories_dir(ds.name, name, home)
+    cfg = _train_config(lr, weight_decay, batch_size, max_steps, patience, eval_every, metric, seed)
+    with ui.progress_bars(not json) as progress:
+        manifest = train_trajectories(
+            ds,
+            name,
+            runs,
+            every,
+            cfg,
+            target,
+            _overrides(max_len, d_model, n_layers, n_heads, dropout),
+            device,
+            progress,
+        )
+    if json:
+        ui.print_json(
+            {
+                "path": str(target),
+                **{k: manifest[k] for k in ("model", "runs", "every", "summaries")},
+                "checkpoints": len(manifest["checkpoints"]),
+            }
+        )
+        return
+    rows = [
+        [s["run"], s["steps"], s["best_metric"], s["wall_seconds"], s["sequences_per_second"]]
+        for s in manifest["summaries"]
+    ]
+    metric_name = manifest["summaries"][0]["metric"]
+    ui.stdout.print(
+        ui.grid(
+            f"Omega: {len(manifest['checkpoints'])} checkpoints of {name} -> {target}",
+            ["run", "steps", f"best valid {metric_name}", "seconds", "seq/s"],
+            rows,
+        )
+    )
 
 
 @app.command("train-student")
-def train_student_cmd() -> None:
-    """Train a model from scratch on full data, a sample, or Farzi Data."""
-    _not_yet("train-student")
+@ui.handle_errors
+def train_student_cmd(
+    dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
+    data: Annotated[str, typer.Option(help="full, random:N, head:N, or a Farzi Data bundle (*.safetensors).")] = "full",
+    model: Model = None,
+    discrete: Annotated[
+        bool, typer.Option(help="Bundle: train on token ids sampled from it, not on distributions.")
+    ] = False,
+    max_len: MaxLen = None,
+    d_model: DModel = None,
+    n_layers: NLayers = None,
+    n_heads: NHeads = None,
+    dropout: Dropout = None,
+    lr: Lr = 1e-3,
+    weight_decay: WeightDecay = 0.0,
+    batch_size: BatchSize = 128,
+    max_steps: MaxSteps = 2000,
+    patience: Patience = 10,
+    eval_every: EvalEvery = 0,
+    metric: Metric = "",
+    out: Annotated[Path | None, typer.Option(help="Directory (default HOME/models/DATASET/MODEL-DATA-sSEED).")] = None,
+    device: Device = "cpu",
+    seed: Seed = 0,
+    home: Home = None,
+    json: Json = False,
+) -> None:
+    """Train a model from scratch on the full data, a sample of it, or Farzi Data."""
+    ds = resolve_dataset(dataset, home)
+    name = _model_name(model, ds.task)
+    label = parse_spec(data).label().replace(":", "-")
+    target = out or models_dir(ds.name, home) / f"{name}-{label}-s{seed}"
+    cfg = _train_config(lr, weight_decay, batch_size, max_steps, patience, eval_every, metric, seed)
+    with ui.progress_bars(not json) as progress:
+        result, info = train_student(
+            ds,
+            name,
+            data,
+            cfg,
+            target,
+            _overrides(max_len, d_model, n_layers, n_heads, dropout),
+            discrete=discrete,
+            device=device,
+            progress=progress,
+        )
+    if json:
+        ui.print_json(
+            {"path": str(target), "model": name, "data": info["data"], "result": info["result"], "curve": info["curve"]}
+        )
+        return
+    _curve_table(f"{name} on {data} -> {target}", result.curve, result.metric)
+    ui.stdout.print(ui.kv_table("result", info["result"]))
 
 
 @app.command("eval")
-def eval_cmd() -> None:
-    """Evaluate a trained model on a split."""
-    _not_yet("eval")
+@ui.handle_errors
+def eval_cmd(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A model directory or .safetensors file.")],
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the one the model was trained on).")] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Cutoffs for HR@k / nDCG@k (repeatable).")] = None,
+    mask_context: Annotated[bool, typer.Option(help="Exclude the user's context items from the ranking.")] = True,
+    stratify: Annotated[str | None, typer.Option(help="'popularity': metrics per popularity decile.")] = None,
+    device: Device = "cpu",
+    seed: Seed = 0,
+    home: Home = None,
+    json: Json = False,
+) -> None:
+    """Evaluate a trained model on a split of its dataset."""
+    torch.manual_seed(seed)
+    ckpt = load_checkpoint(model_path, device=device if torch.cuda.is_available() or device == "cpu" else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ui.fail("--device cuda was asked for but CUDA is not available; use --device cpu")
+    ds = resolve_dataset(dataset or ckpt.dataset["name"], home)
+    check_dataset(ckpt.dataset, ds, "model")
+    ks = tuple(sorted(set(k))) if k else (10, 100)
+    if any(x < 1 for x in ks):
+        raise ui.fail("--k must be at least 1")
+    metrics = evaluate(ckpt.model, ds, split, ks=ks, mask_context=mask_context, stratify=stratify, device=device)
+    if json:
+        ui.print_json({"model": str(ckpt.path), "model_name": ckpt.model_name, "dataset": ds.name, **metrics})
+        return
+    render_metrics(f"{ckpt.model_name} on {ds.name} / {split}", metrics)
+
+
+def render_metrics(title: str, metrics: dict) -> None:
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
+    ui.stdout.print(ui.kv_table(title, flat))
+    for key, rows in (metrics.get("strata") or {}).items():
+        names = [c for c in rows[0] if c not in ("decile", "range")] if rows else []
+        for r in rows:
+            names = [c for c in r if c not in ("decile", "range")] or names
+        table_rows = [[r["decile"], str(r.get("range", "")), *[r.get(c, "") for c in names]] for r in rows]
+        ui.stdout.print(
+            ui.grid(f"by {key.replace('_', ' ')} decile (1 = least)", ["decile", "range", *names], table_rows)
+        )
+
+
+@app.command("distill")
+@ui.handle_errors
+def distill_cmd(
+    dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
+    budget: Annotated[str, typer.Option(help="MUxXI: number of synthetic sequences x their length.")] = "50x50",
+    latent_dim: Annotated[int, typer.Option(help="Latent dimension d of the factorization.")] = 8,
+    tau: Annotated[float, typer.Option(help="Softmax temperature of the decoder.")] = 1.0,
+    inner_steps: Annotated[int, typer.Option(help="Inner training steps T per outer step.")] = 20,
+    inner_lr: Annotated[float, typer.Option(help="Inner optimizer learning rate.")] = 0.01,
+    inner_optimizer: Annotated[str, typer.Option(help="adam or sgd (with --inner-momentum).")] = "adam",
+    inner_momentum: Annotated[float, typer.Option(help="SGD momentum in the inner loop.")] = 0.9,
+    inner_weight_decay: Annotated[float, typer.Option(help="Inner optimizer weight decay.")] = 0.0,
+    outer_steps: Annotated[int, typer.Option(help="Outer (meta) steps.")] = 200,
+    outer_lr: Annotated[float, typer.Option(help="Adam learning rate on latent and decoder.")] = 0.01,
+    outer_weight_decay: Annotated[float, typer.Option(help="Adam weight decay on latent and decoder.")] = 0.0,
+    syn_batch: Annotated[int, typer.Option(help="Synthetic sequences per inner step (0 = all).")] = 0,
+    real_batch: Annotated[int, typer.Option(help="Real sequences in the meta-objective's batch.")] = 128,
+    trajectories: Annotated[
+        Path | None, typer.Option(help="Omega directory (default: HOME/trajectories/DATASET/MODEL if it exists).")
+    ] = None,
+    model: Model = None,
+    meta_grad: Annotated[str, typer.Option(help="reverse (default), checkpointed, unroll, or paper.")] = "reverse",
+    objective: Annotated[str, typer.Option(help="farzi (default), mm, dc, or mtt.")] = "farzi",
+    grad_clip: Annotated[float, typer.Option(help="Clip the meta-gradient's norm (0 = off).")] = 1.0,
+    max_len: MaxLen = None,
+    d_model: DModel = None,
+    n_layers: NLayers = None,
+    n_heads: NHeads = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Save the run state every N outer steps (for --resume).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved beside --out.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Bundle path (default HOME/bundles/DATASET/farzi-MUxXI-sSEED.safetensors).")
+    ] = None,
+    device: Device = "cpu",
+    seed: Seed = 0,
+    home: Home = None,
+    json: Json = False,
+) -> None:
+    """Distill a prepared dataset into Farzi Data (a farzi-data v1 bundle)."""
+    ds = resolve_dataset(dataset, home)
+    mu, xi = parse_budget(budget)
+    name = _model_name(model, ds.task)
+    if trajectories is None and objective != "mm":
+        guess = trajectories_dir(ds.name, name, home)
+        trajectories = guess if (guess / "manifest.json").is_file() else None
+    cfg = DistillConfig(
+        mu=mu,
+        xi=xi,
+        latent_dim=latent_dim,
+        tau=tau,
+        inner_steps=inner_steps,
+        inner_lr=inner_lr,
+        inner_optimizer=inner_optimizer,
+        inner_momentum=inner_momentum,
+        inner_weight_decay=inner_weight_decay,
+        outer_steps=outer_steps,
+        outer_lr=outer_lr,
+        outer_weight_decay=outer_weight_decay,
+        syn_batch=syn_batch,
+        real_batch=real_batch,
+        meta_grad=meta_grad,
+        objective=objective,
+        grad_clip=grad_clip,
+        model=model or "",
+        model_overrides={
+            k: v for k, v in _overrides(max_len, d_model, n_layers, n_heads, None).items() if v is not None
+        },
+        seed=seed,
+        device=device,
+    )
+    target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
+    with ui.progress_bars(not json) as progress:
+        result = distill(
+            ds,
+            cfg,
+            target,
+            trajectories=trajectories,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            progress=progress,
+        )
+    info = {
+        "bundle": str(result.path),
+        "log": str(result.log_path),
+        "budget": f"{mu}x{xi}",
+        "trajectories": str(trajectories) if trajectories else None,
+        **result.summary,
+    }
+    if json:
+        ui.print_json(info)
+        return
+    ui.stdout.print(ui.kv_table("Farzi Data", info))
+
+
+@app.command("inspect")
+@ui.handle_errors
+def inspect_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A Farzi Data bundle (*.safetensors).")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset to check against and take item titles from.")] = None,
+    top_k: Annotated[int, typer.Option(help="Tokens shown per position.")] = 3,
+    sequences: Annotated[int, typer.Option(help="Sequences shown.")] = 3,
+    positions: Annotated[int, typer.Option(help="Positions shown per sequence.")] = 10,
+    seed: Seed = 0,
+    home: Home = None,
+    json: Json = False,
+) -> None:
+    """Show a Farzi Data bundle: metadata, budget, entropy, top tokens, and a validity verdict."""
+    ds = resolve_dataset(dataset, home) if dataset else None
+    report = inspect_bundle(bundle, ds, top_k=top_k, sequences=sequences, positions=positions)
+    if json:
+        ui.print_json(report)
+    else:
+        render_inspect(report)
+    if not report["valid"]:
+        print(f"error: {report['verdict']}", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+def render_inspect(report: dict) -> None:
+    if not report["valid"]:
+        return
+    rows = {
+        "verdict": report["verdict"],
+        "format": report["format"],
+        "task": report["task"],
+        "budget (mu x xi)": report["budget"],
+        "latent": report["shapes"]["latent"],
+        "decoder": report["shapes"]["decoder"],
+        "tau": report["tau"],
+        "dataset": f"{report['dataset'].get('name')} ({str(report['dataset'].get('fingerprint'))[:12]})",
+        "teacher": f"{report['teacher']['model']} ({report['teacher']['checkpoints']} checkpoints)",
+        "created": report["created"],
+        "package": report["package"].get("version"),
+    }
+    if "share" in report:
+        rows["share of sequences"] = f"{100 * report['share']['sequences']:.2f} %"
+        rows["share of tokens"] = f"{100 * report['share']['tokens']:.2f} %"
+    ent = report["entropy"]
+    rows["entropy mean / max (nats)"] = f"{ent['mean']} / {ent['max_possible']}"
+    ui.stdout.print(ui.kv_table(f"Farzi Data: {report['path']}", rows))
+    pos = ent["per_position"]
+    ui.stdout.print("entropy per position: " + " ".join(f"{x:.2f}" for x in pos))
+    for i, seq in enumerate(report["examples"]):
+        depth = len(seq[0]) if seq else 0
+        rows = [[j, *[f"{seq[j][r]['token']} ({seq[j][r]['p']:.2f})" for r in range(depth)]] for j in range(len(seq))]
+        ui.stdout.print(
+            ui.grid(f"sequence {i}: top tokens per position", ["pos", *[f"top {r + 1}" for r in range(depth)]], rows)
+        )
 
 
 @app.command("demo")
 def demo_cmd() -> None:
     """Run the whole pipeline on the embedded synthetic dataset."""
-    _not_yet("demo")
+    raise ui.fail("'demo' is not available yet in this version of farzictl")
+
+
+def resolve_dataset(arg: str, home: Path | None):
+    """A prepared dataset by directory path or by name in the workspace."""
+    path = Path(arg)
+    if (path / "manifest.json").is_file():
+        return load_prepared(path)
+    if "/" in arg or arg.startswith("."):
+        return load_prepared(path)  # raises a clear error
+    check_name(arg, "dataset name")
+    where = dataset_dir(arg, home)
+    if not (where / "manifest.json").is_file():
+        raise DataError(
+            f"no prepared dataset named {arg!r} in {where.parent}",
+            f"run farzictl prepare {arg} first, or pass a dataset directory",
+        )
+    return load_prepared(where)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,9 +114,11 @@ def build_sequences(
     try:
         lf = _time_as_number(lf).with_row_index("_row")
         lf = lf.with_columns(pl.col(USER).cast(pl.Utf8), pl.col(ITEM).cast(pl.Utf8))
-        null_rows = lf.filter(
-            pl.col(USER).is_null() | pl.col(ITEM).is_null() | pl.col(TIME).is_null()
-        ).select(pl.col("_row").first(), pl.len()).collect()
+        null_rows = (
+            lf.filter(pl.col(USER).is_null() | pl.col(ITEM).is_null() | pl.col(TIME).is_null())
+            .select(pl.col("_row").first(), pl.len())
+            .collect()
+        )
         if null_rows["len"][0] > 0:
             raise DataError(
                 f"{path_label}: {null_rows['len'][0]} row(s) have an empty or unparsable user, item or time "
@@ -132,9 +134,7 @@ def build_sequences(
                 f"({raw_count} interaction rows read)",
                 "pass a log where users have at least two interactions each",
             )
-        item_map = pl.LazyFrame(
-            {ITEM: items, "_id": np.arange(1, len(items) + 1, dtype=np.int32)}
-        )
+        item_map = pl.LazyFrame({ITEM: items, "_id": np.arange(1, len(items) + 1, dtype=np.int32)})
         per_user = (
             kept.join(item_map, on=ITEM, how="left")
             .sort([USER, TIME, "_row"])
@@ -181,9 +181,7 @@ def build_sequences(
         splits[name] = Sequences(ids=[ids_all[i] for i in idx], offsets=sub_offsets, tokens=tokens)
     vocab = build_item_vocab(items, titles)
     info = {"rows_read": int(raw_count), "users_dropped": None}
-    info["users_dropped"] = int(
-        lf.select(pl.col(USER).n_unique()).collect(engine="streaming").item() - n
-    )
+    info["users_dropped"] = int(lf.select(pl.col(USER).n_unique()).collect(engine="streaming").item() - n)
     return vocab, splits, info
 
 

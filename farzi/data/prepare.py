@@ -117,7 +117,9 @@ def _downloads(home: Path, sub: str) -> Path:
 # ---------------------------------------------------------------- language modeling
 
 
-def _ptb_files(opts: PrepareOptions, home: Path, splits: tuple[str, ...], progress: ProgressFn | None) -> dict[str, Path]:
+def _ptb_files(
+    opts: PrepareOptions, home: Path, splits: tuple[str, ...], progress: ProgressFn | None
+) -> dict[str, Path]:
     found: dict[str, Path] = {}
     if opts.source is not None:
         src = _source_dir(opts.source)
@@ -139,7 +141,10 @@ def _build_ptb(opts: PrepareOptions, home: Path, progress: ProgressFn | None) ->
     sents = {k: text.read_sentences(v) for k, v in files.items()}
     vocab, splits, info = text.lm_splits(sents["train"], sents["valid"], sents["test"], opts.vocab_size, opts.seed)
     return _Built(
-        "lm", vocab, splits, info,
+        "lm",
+        vocab,
+        splits,
+        info,
         source={"kind": "ptb", "files": [_file_record(files[s]) for s in ("train", "valid", "test")]},
         params={"vocab_size": opts.vocab_size},
     )
@@ -161,7 +166,10 @@ def _build_ptb_offline(opts: PrepareOptions, home: Path, progress: ProgressFn | 
         "test on the second half; smaller than the paper's PTB, its numbers are not the paper's"
     )
     return _Built(
-        "lm", vocab, splits, info,
+        "lm",
+        vocab,
+        splits,
+        info,
         source={"kind": "ptb-offline", "files": [_file_record(files["valid"]), _file_record(files["test"])]},
         params={"vocab_size": opts.vocab_size},
     )
@@ -169,14 +177,19 @@ def _build_ptb_offline(opts: PrepareOptions, home: Path, progress: ProgressFn | 
 
 def _build_text(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
     if opts.train is None:
-        raise DataError("text needs --train FILE", "pass --train (and optionally --valid and --test), one sentence per line")
+        raise DataError(
+            "text needs --train FILE", "pass --train (and optionally --valid and --test), one sentence per line"
+        )
     train = text.read_sentences(opts.train)
     valid = text.read_sentences(opts.valid) if opts.valid else None
     test = text.read_sentences(opts.test) if opts.test else None
     vocab, splits, info = text.lm_splits(train, valid, test, opts.vocab_size, opts.seed)
     files = [p for p in (opts.train, opts.valid, opts.test) if p is not None]
     return _Built(
-        "lm", vocab, splits, info,
+        "lm",
+        vocab,
+        splits,
+        info,
         source={"kind": "text", "files": [_file_record(Path(p)) for p in files]},
         params={"vocab_size": opts.vocab_size},
     )
@@ -197,8 +210,14 @@ def _build_synthetic_lm(opts: PrepareOptions, home: Path, progress: ProgressFn |
     vocab, splits, extra = synthetic.synthetic_lm(
         opts.seed, vocab_size=words, sentences=(n, max(1, n // 8), max(1, n // 8))
     )
-    return _Built("lm", vocab, splits, extra, source={"kind": "synthetic-lm", "files": []},
-                  params={"synthetic_vocab": len(vocab) - 3, "synthetic_sequences": n})
+    return _Built(
+        "lm",
+        vocab,
+        splits,
+        extra,
+        source={"kind": "synthetic-lm", "files": []},
+        params={"synthetic_vocab": len(vocab) - 3, "synthetic_sequences": n},
+    )
 
 
 # ---------------------------------------------------------------- recommendation
@@ -261,8 +280,9 @@ def _build_ml100k(opts: PrepareOptions, home: Path, progress: ProgressFn | None)
     vocab, splits, info = _rec(lf.select("user", "item", "time"), str(udata), opts, titles or None)
     recs = [_file_record(udata)] + ([_file_record(src / "u.item")] if (src / "u.item").is_file() else [])
     recs[0]["sha256_pinned"] = recs[0]["sha256"] == ML100K_UDATA_SHA256
-    return _Built("rec", vocab, splits, info, source={"kind": "ml-100k", "files": recs},
-                  params={"min_length": opts.min_length})
+    return _Built(
+        "rec", vocab, splits, info, source={"kind": "ml-100k", "files": recs}, params={"min_length": opts.min_length}
+    )
 
 
 def _build_ml1m(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
@@ -280,22 +300,36 @@ def _build_ml1m(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -
     lf = inter.scan_table(ratings, separator=":", has_header=False, schema=schema)
     titles = _titles(src / "movies.dat", "::", 0, 1)
     vocab, splits, info = _rec(lf.select("user", "item", "time"), str(ratings), opts, titles or None)
-    return _Built("rec", vocab, splits, info, source={"kind": "ml-1m", "files": [_file_record(ratings)]},
-                  params={"min_length": opts.min_length})
+    return _Built(
+        "rec",
+        vocab,
+        splits,
+        info,
+        source={"kind": "ml-1m", "files": [_file_record(ratings)]},
+        params={"min_length": opts.min_length},
+    )
 
 
 def _build_amazon_magazine(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
     fname = "Magazine_Subscriptions.csv"
     if opts.source is not None:
-        path = _require_file(_source_dir(opts.source), fname, f"put Amazon's {fname} (item,user,rating,timestamp) there")
+        path = _require_file(
+            _source_dir(opts.source), fname, f"put Amazon's {fname} (item,user,rating,timestamp) there"
+        )
     else:
         urls = (opts.mirror,) if opts.mirror else AMAZON_MAGAZINE_URLS
         path = fetch(list(urls), _downloads(home, "amazon-magazine") / fname, progress=progress)
     schema = {"item": pl.Utf8, "user": pl.Utf8, "rating": pl.Float64, "time": pl.Int64}
     lf = inter.scan_table(path, separator=",", has_header=False, schema=schema)
     vocab, splits, info = _rec(lf.select("user", "item", "time"), str(path), opts, None)
-    return _Built("rec", vocab, splits, info, source={"kind": "amazon-magazine", "files": [_file_record(path)]},
-                  params={"min_length": opts.min_length})
+    return _Built(
+        "rec",
+        vocab,
+        splits,
+        info,
+        source={"kind": "amazon-magazine", "files": [_file_record(path)]},
+        params={"min_length": opts.min_length},
+    )
 
 
 def netflix_frame(files: list[Path]) -> pl.LazyFrame:
@@ -306,8 +340,9 @@ def netflix_frame(files: list[Path]) -> pl.LazyFrame:
     """
     frames = []
     for path in files:
-        lf = pl.scan_csv(path, has_header=False, separator="\x1f", new_columns=["line"],
-                         schema={"line": pl.Utf8}, quote_char=None)
+        lf = pl.scan_csv(
+            path, has_header=False, separator="\x1f", new_columns=["line"], schema={"line": pl.Utf8}, quote_char=None
+        )
         lf = lf.with_columns(
             pl.when(pl.col("line").str.ends_with(":"))
             .then(pl.col("line").str.strip_chars_end(":"))
@@ -329,15 +364,18 @@ def _build_netflix(opts: PrepareOptions, home: Path, progress: ProgressFn | None
     src = _need_source(opts, "netflix", ["combined_data_1.txt ... combined_data_4.txt"])
     files = sorted(src.glob("combined_data_*.txt"))
     if not files:
-        raise DataError(f"no combined_data_*.txt in {src}", "pass the Netflix Prize training_set directory with --source")
+        raise DataError(
+            f"no combined_data_*.txt in {src}", "pass the Netflix Prize training_set directory with --source"
+        )
     for f in files:
         if f.stat().st_size == 0:
             raise DataError(f"{f} is empty", "restore the Netflix Prize file")
     titles = _titles(src / "movie_titles.csv", ",", 0, 2)
     vocab, splits, info = _rec(netflix_frame(files), str(src), opts, titles or None)
     recs = [{"name": f.name, "bytes": f.stat().st_size} for f in files]  # too large to hash twice
-    return _Built("rec", vocab, splits, info, source={"kind": "netflix", "files": recs},
-                  params={"min_length": opts.min_length})
+    return _Built(
+        "rec", vocab, splits, info, source={"kind": "netflix", "files": recs}, params={"min_length": opts.min_length}
+    )
 
 
 def _build_interactions(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
@@ -346,17 +384,33 @@ def _build_interactions(opts: PrepareOptions, home: Path, progress: ProgressFn |
     lf = inter.scan_table(Path(opts.path), separator=opts.separator)
     lf = inter.select_columns(lf, Path(opts.path), opts.user_col, opts.item_col, opts.time_col)
     vocab, splits, info = _rec(lf, str(opts.path), opts, None)
-    return _Built("rec", vocab, splits, info, source={"kind": "interactions", "files": [_file_record(Path(opts.path))]},
-                  params={"min_length": opts.min_length, "user_col": opts.user_col,
-                          "item_col": opts.item_col, "time_col": opts.time_col})
+    return _Built(
+        "rec",
+        vocab,
+        splits,
+        info,
+        source={"kind": "interactions", "files": [_file_record(Path(opts.path))]},
+        params={
+            "min_length": opts.min_length,
+            "user_col": opts.user_col,
+            "item_col": opts.item_col,
+            "time_col": opts.time_col,
+        },
+    )
 
 
 def _build_synthetic_rec(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
     n = _synthetic_size(opts.synthetic_sequences, 1000, "--synthetic-sequences", 10)
     items = _synthetic_size(opts.synthetic_vocab, 300, "--synthetic-vocab", 2)
     vocab, splits, extra = synthetic.synthetic_rec(opts.seed, items=items, users=n)
-    return _Built("rec", vocab, splits, extra, source={"kind": "synthetic-rec", "files": []},
-                  params={"synthetic_vocab": len(vocab) - 1, "synthetic_sequences": n})
+    return _Built(
+        "rec",
+        vocab,
+        splits,
+        extra,
+        source={"kind": "synthetic-rec", "files": []},
+        params={"synthetic_vocab": len(vocab) - 1, "synthetic_sequences": n},
+    )
 
 
 SOURCES: dict[str, Callable[[PrepareOptions, Path, ProgressFn | None], _Built]] = {
@@ -413,8 +467,13 @@ def prepare(
     report(progress, f"prepare {name}", 1, 2)
     params = {"source": source, "seed": opts.seed, **built.params}
     ds = PreparedDataset(
-        name=name, task=built.task, vocab=built.vocab, splits=built.splits,
-        params=params, source=built.source, extra=built.info,
+        name=name,
+        task=built.task,
+        vocab=built.vocab,
+        splits=built.splits,
+        params=params,
+        source=built.source,
+        extra=built.info,
     )
     ds.save(target)
     report(progress, f"prepare {name}", 2, 2, done=True)

@@ -154,7 +154,8 @@ class PreparedDataset:
                     {
                         "id": pl.Series("id", seqs.ids, dtype=pl.Utf8),
                         "tokens": pl.Series(
-                            "tokens", [seqs[i].tolist() for i in range(len(seqs))],
+                            "tokens",
+                            [seqs[i].tolist() for i in range(len(seqs))],
                             dtype=pl.List(pl.Int32),
                         ),
                     }

@@ -52,9 +52,7 @@ def make_config(name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
         try:
             setattr(cfg, key, type(getattr(cfg, key))(value))
         except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"model {name!r}: bad value {value!r} for {key!r} ({exc})", "give a valid value"
-            ) from exc
+            raise ConfigError(f"model {name!r}: bad value {value!r} for {key!r} ({exc})", "give a valid value") from exc
     return cfg
 
 
@@ -72,6 +70,16 @@ def build_model(name: str, config: ModelConfig | dict[str, Any]) -> SequenceMode
 
 
 __all__ = [
-    "MODELS", "DEFAULT_MODEL", "NEG_INF", "ModelConfig", "SequenceModel", "build_model", "make_config",
-    "model_class", "model_task", "next_token_loss", "padding_mask", "count_parameters",
+    "MODELS",
+    "DEFAULT_MODEL",
+    "NEG_INF",
+    "ModelConfig",
+    "SequenceModel",
+    "build_model",
+    "make_config",
+    "model_class",
+    "model_task",
+    "next_token_loss",
+    "padding_mask",
+    "count_parameters",
 ]

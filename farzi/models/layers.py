@@ -21,7 +21,9 @@ class CausalSelfAttention(nn.Module):
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
         self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
+        # no bias: a key bias has an exactly-zero gradient (softmax is shift invariant), and
+        # rounding noise in it would dominate Adam's meta-gradient through 1 / sqrt(v)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.proj = nn.Linear(d_model, d_model)
         self.attn_drop = nn.Dropout(dropout)
 

@@ -38,8 +38,7 @@ class SASRec(SequenceModel):
         self.pos_emb = nn.Parameter(torch.randn(config.max_len, d) * 0.02)  # [Lmax, d]
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(d, config.n_heads, d, config.dropout, activation="relu")
-            for _ in range(config.n_layers)
+            TransformerBlock(d, config.n_heads, d, config.dropout, activation="relu") for _ in range(config.n_layers)
         )
         self.ln_f = nn.LayerNorm(d)
 

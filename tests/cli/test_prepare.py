@@ -36,17 +36,13 @@ class Case:
 BAD_INPUT = {
     "unknown-dataset": Case(["imagenet"], ("unknown dataset 'imagenet'", "choose one of: ptb")),
     "netflix-without-source": Case(["netflix"], ("netflix needs --source DIR",)),
-    "source-does-not-exist": Case(
-        ["ml-100k", "--source", "{src}/nowhere"], ("--source", "nowhere does not exist")
-    ),
+    "source-does-not-exist": Case(["ml-100k", "--source", "{src}/nowhere"], ("--source", "nowhere does not exist")),
     "missing-file-in-source": Case(
         ["ptb", "--source", "{src}"],
         ("ptb.train.txt is missing",),
         files={"ptb.valid.txt": " a b \n"},
     ),
-    "empty-file": Case(
-        ["ml-100k", "--source", "{src}"], ("u.data is empty",), files={"u.data": ""}
-    ),
+    "empty-file": Case(["ml-100k", "--source", "{src}"], ("u.data is empty",), files={"u.data": ""}),
     "malformed-line-interactions": Case(
         ["interactions", "--path", "{src}/log.csv"],
         ("unparsable user, item or time", "data row 25"),
@@ -69,9 +65,7 @@ BAD_INPUT = {
     ),
     "bad-option-value": Case(["ml-100k", "--seed", "abc"], ("Invalid value for '--seed'",)),
 }
-SUCCESS = Case(
-    ["interactions", "--path", "{src}/log.csv", "--name", "tiny"], files={"log.csv": GOOD_LOG}
-)
+SUCCESS = Case(["interactions", "--path", "{src}/log.csv", "--name", "tiny"], files={"log.csv": GOOD_LOG})
 
 
 @dataclass
@@ -103,10 +97,7 @@ def _run(case: Case, root: Path) -> Run:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     cases = {**BAD_INPUT, "success": SUCCESS}
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        futures = {
-            name: pool.submit(_run, case, tmp_path_factory.mktemp(name))
-            for name, case in cases.items()
-        }
+        futures = {name: pool.submit(_run, case, tmp_path_factory.mktemp(name)) for name, case in cases.items()}
         return {name: fut.result() for name, fut in futures.items()}
 
 

@@ -92,9 +92,7 @@ def test_http_404_falls_through_to_the_next_mirror(tmp_path: Path, http_server) 
     assert leftovers(tmp_path) == []
 
 
-def test_cached_file_with_the_right_checksum_is_reused(
-    tmp_path: Path, closed_port_url: str
-) -> None:
+def test_cached_file_with_the_right_checksum_is_reused(tmp_path: Path, closed_port_url: str) -> None:
     dest = tmp_path / "data.txt"
     dest.write_bytes(PAYLOAD)
     # nothing listens at the URL: success proves no download was attempted
@@ -167,9 +165,7 @@ def test_prepare_ptb_downloads_from_the_mirror(tmp_path: Path, fake_ptb: str) ->
     assert load_prepared(home / "datasets" / "ptb-again").fingerprint() == ds.fingerprint()
 
 
-def test_prepare_ptb_with_a_tampered_file_writes_nothing(
-    tmp_path: Path, fake_ptb: str, http_server
-) -> None:
+def test_prepare_ptb_with_a_tampered_file_writes_nothing(tmp_path: Path, fake_ptb: str, http_server) -> None:
     http_server.put("ptb.test.txt", b" the bird sat on a hacked mat \n")
     home = tmp_path / "home"
     with pytest.raises(ChecksumError, match="ptb.test.txt"):
@@ -185,9 +181,7 @@ def test_prepare_ptb_with_a_tampered_file_writes_nothing(
 def test_ml100k_archive_with_the_wrong_udata_is_rejected(tmp_path: Path, http_server) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(
-            "ml-100k/u.data", "".join(f"{u}\t{i}\t5\t{i}\n" for u in range(10) for i in range(3))
-        )
+        zf.writestr("ml-100k/u.data", "".join(f"{u}\t{i}\t5\t{i}\n" for u in range(10) for i in range(3)))
         zf.writestr("ml-100k/u.item", "1|Toy Story (1995)|\n")
     url = http_server.put("ml-100k.zip", buf.getvalue())
     home = tmp_path / "home"

@@ -101,9 +101,7 @@ def test_min_length_drops_more_users(tmp_path: Path) -> None:
 
 
 def test_items_are_numbered_in_numeric_not_lexical_order(tmp_path: Path) -> None:
-    log = "user,item,time\n" + "".join(
-        f"u{u},{item},1\n" for u in range(6) for item in (100, 9, 20)
-    )
+    log = "user,item,time\n" + "".join(f"u{u},{item},1\n" for u in range(6) for item in (100, 9, 20))
     vocab, splits, _ = build(write(tmp_path / "log.csv", log))
     assert vocab.tokens == ["<pad>", "9", "20", "100"]
     # equal times: file order 100, 9, 20 -> ids 3, 1, 2
@@ -134,9 +132,7 @@ def _many_users(n: int) -> str:
     return "\n".join(rows) + "\n"
 
 
-@pytest.mark.parametrize(
-    ("users", "sizes"), [(50, (40, 5, 5)), (20, (16, 2, 2)), (943, (755, 94, 94))]
-)
+@pytest.mark.parametrize(("users", "sizes"), [(50, (40, 5, 5)), (20, (16, 2, 2)), (943, (755, 94, 94))])
 def test_split_sizes_are_80_10_10_and_disjoint(tmp_path: Path, users: int, sizes) -> None:
     _, splits, _ = build(write(tmp_path / "log.csv", _many_users(users)))
     assert tuple(len(splits[s]) for s in ("train", "valid", "test")) == sizes

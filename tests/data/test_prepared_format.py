@@ -49,9 +49,7 @@ def test_empty_sequences() -> None:
 
 
 def lm_dataset() -> PreparedDataset:
-    vocab = Vocabulary(
-        tokens=["<pad>", "<unk>", "<eos>", "a", "b"], specials={"<pad>": 0, "<unk>": 1, "<eos>": 2}
-    )
+    vocab = Vocabulary(tokens=["<pad>", "<unk>", "<eos>", "a", "b"], specials={"<pad>": 0, "<unk>": 1, "<eos>": 2})
     splits = {
         "train": Sequences.from_lists(["train-0", "train-1"], [[2, 3, 4, 2], [2, 4, 2]]),
         "valid": Sequences.from_lists(["valid-0"], [[2, 3, 2]]),
@@ -238,9 +236,7 @@ def test_fingerprint_is_content_based_and_sensitive_to_tokens() -> None:
     moved.splits["train"] = Sequences.from_lists(["train-0", "train-1"], [[2, 3, 4], [2, 2, 4, 2]])
     assert moved.fingerprint() != a.fingerprint()
     renamed = lm_dataset()
-    renamed.vocab = Vocabulary(
-        tokens=["<pad>", "<unk>", "<eos>", "a", "B"], specials=renamed.vocab.specials
-    )
+    renamed.vocab = Vocabulary(tokens=["<pad>", "<unk>", "<eos>", "a", "B"], specials=renamed.vocab.specials)
     assert renamed.fingerprint() != a.fingerprint()
 
 

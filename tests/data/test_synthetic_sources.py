@@ -18,16 +18,12 @@ REC_SPEC = dict(rank=8, sharpness=3.0, zipf=1.0)
 
 
 def lm_chain(seed: int, words: int) -> np.ndarray:
-    return _transition(
-        MarkovSpec(states=words, **LM_SPEC), np.random.default_rng(seed), with_eos=True
-    )
+    return _transition(MarkovSpec(states=words, **LM_SPEC), np.random.default_rng(seed), with_eos=True)
 
 
 def same(a, b) -> bool:
     return all(
-        a[s].ids == b[s].ids
-        and np.array_equal(a[s].offsets, b[s].offsets)
-        and np.array_equal(a[s].tokens, b[s].tokens)
+        a[s].ids == b[s].ids and np.array_equal(a[s].offsets, b[s].offsets) and np.array_equal(a[s].tokens, b[s].tokens)
         for s in ("train", "valid", "test")
     )
 
@@ -144,9 +140,7 @@ def test_rec_walks_are_capped_by_a_small_catalogue() -> None:
 def test_rec_oracle_figures_match_the_true_chain() -> None:
     seed, items = 7, 50
     _, splits, extra = synthetic_rec(seed, items=items, users=60)
-    p = _transition(
-        MarkovSpec(states=items, **REC_SPEC), np.random.default_rng(seed), with_eos=False
-    )
+    p = _transition(MarkovSpec(states=items, **REC_SPEC), np.random.default_rng(seed), with_eos=False)
     hits, ndcg, nll = [], [], []
     for seq in splits["test"]:
         walk = (seq - 1).tolist()  # item ids are chain states + 1

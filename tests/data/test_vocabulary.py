@@ -70,9 +70,7 @@ def test_json_round_trip_and_hash(tmp_path: Path) -> None:
     assert again.sha256() == vocab.sha256()
     # titles do not enter the hash, tokens do
     assert Vocabulary(tokens=vocab.tokens, specials={"<pad>": 0}).sha256() == vocab.sha256()
-    assert (
-        Vocabulary(tokens=["<pad>", "i2", "i1"], specials={"<pad>": 0}).sha256() != vocab.sha256()
-    )
+    assert Vocabulary(tokens=["<pad>", "i2", "i1"], specials={"<pad>": 0}).sha256() != vocab.sha256()
 
 
 def test_invalid_vocabularies_are_rejected(tmp_path: Path) -> None:

@@ -58,9 +58,7 @@ class Spec:
 ZOO = [Spec(name, name) for name in MODELS] + [Spec("rnn-lstm", "rnn", {"cell": "lstm"})]
 
 
-def make_ids(
-    seed: int = 0, batch: int = 3, length: int = SEQ_LEN, vocab: int = VOCAB
-) -> torch.Tensor:
+def make_ids(seed: int = 0, batch: int = 3, length: int = SEQ_LEN, vocab: int = VOCAB) -> torch.Tensor:
     """Token ids [B, L] with right padding: full rows, then shorter ones (pad id 0)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab, (batch, length), generator=g)
@@ -70,9 +68,7 @@ def make_ids(
     return ids
 
 
-def one_hot(
-    ids: torch.Tensor, vocab: int = VOCAB, dtype: torch.dtype = torch.float64
-) -> torch.Tensor:
+def one_hot(ids: torch.Tensor, vocab: int = VOCAB, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """[B, L, V] one-hot rows; pad positions are all-zero rows (no mass)."""
     out = F.one_hot(ids, vocab).to(dtype)
     out[ids == 0] = 0.0

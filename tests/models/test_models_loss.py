@@ -35,9 +35,7 @@ SOFT_AT_1_NLL = 0.5 * LN(6) + 0.25 * LN(3) + 0.25 * LN(2)
 
 
 def test_soft_target_is_cross_entropy_and_massless_positions_are_ignored():
-    targets = torch.tensor(
-        [[[0.0, 1.0, 0.0, 0.0], SOFT_AT_1, [0.0, 0.0, 0.0, 0.0]]], dtype=torch.float64
-    )
+    targets = torch.tensor([[[0.0, 1.0, 0.0, 0.0], SOFT_AT_1, [0.0, 0.0, 0.0, 0.0]]], dtype=torch.float64)
     logits = _logits()
     # position 2's target has no mass: the mean is over one position, not two
     assert next_token_loss(logits, targets).item() == pytest.approx(SOFT_AT_1_NLL, abs=1e-12)
@@ -48,9 +46,7 @@ def test_soft_target_is_cross_entropy_and_massless_positions_are_ignored():
 
 
 def test_soft_targets_mean_over_scored_positions():
-    targets = torch.tensor(
-        [[[0.0, 0.0, 0.0, 0.0], SOFT_AT_1, [0.0, 0.0, 0.0, 1.0]]], dtype=torch.float64
-    )
+    targets = torch.tensor([[[0.0, 0.0, 0.0, 0.0], SOFT_AT_1, [0.0, 0.0, 0.0, 1.0]]], dtype=torch.float64)
     # position 2: -log(2/4); the input position 0 (no mass) is never a target
     expected = (SOFT_AT_1_NLL + LN(2)) / 2
     assert next_token_loss(_logits(), targets).item() == pytest.approx(expected, abs=1e-12)
@@ -61,9 +57,7 @@ def test_id_targets_ignore_pad():
     # target at 1 is token 2: -log(2/6) = log 3; target at 2 is <pad>: ignored
     ids = torch.tensor([[3, 2, 0]])
     assert next_token_loss(logits, ids).item() == pytest.approx(LN(3), abs=1e-12)
-    torch.testing.assert_close(
-        next_token_loss(logits, ids, "none"), torch.tensor([[LN(3), 0.0]], dtype=torch.float64)
-    )
+    torch.testing.assert_close(next_token_loss(logits, ids, "none"), torch.tensor([[LN(3), 0.0]], dtype=torch.float64))
     # both targets real: token 2 after row 0, token 3 after row 1 (-log(2/4))
     ids = torch.tensor([[0, 2, 3]])
     assert next_token_loss(logits, ids).item() == pytest.approx((LN(3) + LN(2)) / 2, abs=1e-12)

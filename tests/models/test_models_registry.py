@@ -88,9 +88,7 @@ def test_build_model_from_config_and_from_dict(spec):
     assert from_cfg.config == cfg and from_dict.config == cfg
     assert type(from_dict) is MODELS[spec.name][0]
     assert count_parameters(from_cfg) == count_parameters(from_dict) > 0
-    for (k, a), (_, b) in zip(
-        from_cfg.state_dict().items(), from_dict.state_dict().items(), strict=True
-    ):
+    for (k, a), (_, b) in zip(from_cfg.state_dict().items(), from_dict.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 

@@ -1,0 +1,270 @@
+"""The Farzi Data bundle, format ``farzi-data`` v1 (formats/farzi-data-v1.md).
+
+A safetensors file with exactly two tensors, ``latent`` [mu, xi, d] and
+``decoder`` [d, V], and string metadata (schema in
+formats/farzi-data-v1.schema.json). Writing is atomic. Reading validates the
+byte layout, the metadata, shapes, dtypes, sizes and values before anything is
+used, and raises :class:`farzi.errors.BundleError` — and only that — for any
+file it cannot accept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from farzi import __version__
+from farzi._io import atomic_file
+from farzi._safetensors import load_tensors, read_header, save_tensors
+from farzi.distill.summary import banned_mask, materialize
+from farzi.errors import BundleError
+
+FORMAT_NAME = "farzi-data"
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = 8 * 1024**3
+MAX_ELEMENTS = 2**31 - 1
+FLOAT_DTYPES = {"F32", "F64", "F16", "BF16"}
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "task",
+    "tau",
+    "vocab_size",
+    "vocab_sha256",
+    "specials",
+    "masked_tokens",
+    "dataset",
+    "teacher",
+    "distill",
+    "package",
+    "created",
+)
+JSON_KEYS = {
+    "specials": dict,
+    "masked_tokens": list,
+    "dataset": dict,
+    "teacher": dict,
+    "distill": dict,
+    "package": dict,
+    "vocab": list,
+}
+_FIX = "re-create it with farzictl distill"
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def created_now() -> str:
+    """UTC time of creation; honours SOURCE_DATE_EPOCH for reproducible builds."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = time.gmtime(int(epoch)) if epoch and epoch.isdigit() else time.gmtime()
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", t)
+
+
+@dataclass
+class FarziData:
+    """A loaded bundle: the factorized summary and its metadata."""
+
+    latent: Tensor  # [mu, xi, d]
+    decoder: Tensor  # [d, V]
+    tau: float
+    meta: dict[str, Any]
+    path: Path | None = None
+    _banned: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def mu(self) -> int:
+        return int(self.latent.shape[0])
+
+    @property
+    def xi(self) -> int:
+        return int(self.latent.shape[1])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.latent.shape[2])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.decoder.shape[1])
+
+    @property
+    def task(self) -> str:
+        return str(self.meta["task"])
+
+    @property
+    def vocab(self) -> list[str] | None:
+        return self.meta.get("vocab")
+
+    @property
+    def banned(self) -> Tensor:
+        if self._banned is None or self._banned.device != self.latent.device:
+            self._banned = banned_mask(self.vocab_size, list(self.meta.get("masked_tokens", [])), self.latent.device)
+        return self._banned
+
+    def materialize(self, idx: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Distributions softmax(latent[idx] @ decoder / tau): [len(idx) or mu, xi, V]."""
+        latent, decoder = self.latent, self.decoder
+        if dtype is not None:
+            latent, decoder = latent.to(dtype), decoder.to(dtype)
+        return materialize(latent, decoder, self.tau, self.banned, idx)
+
+    def to(self, device: str | torch.device) -> FarziData:
+        return FarziData(self.latent.to(device), self.decoder.to(device), self.tau, self.meta, self.path)
+
+    def check_vocabulary(self, vocab_size: int, vocab_sha256: str, dataset_name: str) -> None:
+        """Refuse use with a dataset whose vocabulary differs (ids would mean other tokens)."""
+        if self.vocab_size != vocab_size or self.meta.get("vocab_sha256") != vocab_sha256:
+            raise BundleError(
+                f"bundle {self.path} was distilled over a different vocabulary "
+                f"({self.vocab_size} tokens, from dataset {self.meta['dataset'].get('name')!r}) "
+                f"than dataset {dataset_name!r} ({vocab_size} tokens)",
+                f"use a bundle distilled from {dataset_name!r}, or the dataset it was distilled from",
+            )
+
+
+def save_bundle(
+    path: Path,
+    latent: Tensor,
+    decoder: Tensor,
+    tau: float,
+    task: str,
+    vocab: list[str],
+    vocab_sha256: str,
+    specials: dict[str, int],
+    masked_tokens: list[int],
+    dataset: dict[str, Any],
+    teacher: dict[str, Any],
+    distill: dict[str, Any],
+) -> Path:
+    """Write a farzi-data v1 bundle atomically (temporary file + rename)."""
+    meta = {
+        "format": FORMAT_NAME,
+        "version": str(FORMAT_VERSION),
+        "task": task,
+        "tau": repr(float(tau)),
+        "vocab_size": str(int(decoder.shape[1])),
+        "vocab_sha256": vocab_sha256,
+        "vocab": json.dumps(vocab, ensure_ascii=False),
+        "specials": json.dumps(specials, sort_keys=True),
+        "masked_tokens": json.dumps(masked_tokens),
+        "dataset": json.dumps(dataset, sort_keys=True),
+        "teacher": json.dumps(teacher, sort_keys=True),
+        "distill": json.dumps(distill, sort_keys=True),
+        "package": json.dumps({"name": "farzi", "version": __version__}),
+        "created": created_now(),
+    }
+    with atomic_file(Path(path)) as tmp:
+        save_tensors(tmp, {"latent": latent.float(), "decoder": decoder.float()}, meta)
+    return Path(path)
+
+
+def _parse_meta(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    def bad(problem: str, fix: str = _FIX) -> BundleError:
+        return BundleError(f"{path}: {problem}", fix)
+
+    if raw.get("format") != FORMAT_NAME:
+        raise BundleError(
+            f"{path} is not a Farzi Data bundle (format {raw.get('format')!r}, expected {FORMAT_NAME!r})",
+            "pass a bundle written by farzictl distill",
+        )
+    version_s = raw.get("version", "")
+    if not _DIGITS.fullmatch(version_s):
+        raise bad(f"invalid format version {version_s!r}")
+    version = int(version_s)
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{path} is farzi-data v{version}, newer than this farzi (reads up to v{FORMAT_VERSION})",
+            "upgrade farzi to read it",
+        )
+    if version < 1:
+        raise bad(f"invalid format version {version}")
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    if missing:
+        raise bad(f"metadata lacks {', '.join(missing)}")
+    meta: dict[str, Any] = {"format": FORMAT_NAME, "version": version, "created": raw["created"]}
+    if raw["task"] not in ("lm", "rec"):
+        raise bad(f"unknown task {raw['task']!r}")
+    meta["task"] = raw["task"]
+    try:
+        tau = float(raw["tau"])
+    except ValueError:
+        raise bad(f"tau {raw['tau']!r} is not a number") from None
+    if not math.isfinite(tau) or tau <= 0:
+        raise bad(f"tau {tau} must be a positive finite number")
+    meta["tau"] = tau
+    if not _DIGITS.fullmatch(raw["vocab_size"]):
+        raise bad(f"vocab_size {raw['vocab_size']!r} is not a positive integer")
+    meta["vocab_size"] = int(raw["vocab_size"])
+    meta["vocab_sha256"] = raw["vocab_sha256"]
+    for key, kind in JSON_KEYS.items():
+        if key not in raw:
+            continue
+        try:
+            value = json.loads(raw[key])
+        except ValueError:
+            raise bad(f"metadata {key!r} is not valid JSON") from None
+        if not isinstance(value, kind):
+            raise bad(f"metadata {key!r} is not a JSON {kind.__name__}")
+        meta[key] = value
+    V = meta["vocab_size"]
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in meta["masked_tokens"]):
+        raise bad("masked_tokens holds ids outside the vocabulary")
+    if "vocab" in meta:
+        if len(meta["vocab"]) != V or not all(isinstance(t, str) for t in meta["vocab"]):
+            raise bad(f"the vocabulary lists {len(meta['vocab'])} tokens, not vocab_size {V}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < V for v in meta["specials"].values()):
+        raise bad("special token ids lie outside the vocabulary")
+    return meta
+
+
+def read_bundle_meta(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Validate layout and metadata without loading tensors; return (meta, tensor entries)."""
+    path = Path(path)
+    header, raw = read_header(path, BundleError, _FIX, max_file_bytes=max_bytes)
+    meta = _parse_meta(path, raw)
+    if set(header) != {"latent", "decoder"}:
+        raise BundleError(f"{path}: expected tensors 'latent' and 'decoder', found {sorted(header)}", _FIX)
+    lat, dec = header["latent"], header["decoder"]
+    for name, entry, rank in (("latent", lat, 3), ("decoder", dec, 2)):
+        if entry["dtype"] not in FLOAT_DTYPES:
+            raise BundleError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, expected a float type", _FIX)
+        if len(entry["shape"]) != rank or min(entry["shape"], default=0) < 1:
+            raise BundleError(
+                f"{path}: tensor {name!r} has shape {entry['shape']}, expected {rank} positive dims", _FIX
+            )
+        if math.prod(entry["shape"]) > MAX_ELEMENTS:
+            raise BundleError(f"{path}: tensor {name!r} has more than {MAX_ELEMENTS} elements", _FIX)
+    if lat["shape"][-1] != dec["shape"][0]:
+        raise BundleError(f"{path}: latent dim {lat['shape'][-1]} does not match the decoder's {dec['shape'][0]}", _FIX)
+    if dec["shape"][1] != meta["vocab_size"]:
+        raise BundleError(f"{path}: decoder has {dec['shape'][1]} columns but vocab_size is {meta['vocab_size']}", _FIX)
+    return meta, header
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu", max_bytes: int = MAX_FILE_BYTES) -> FarziData:
+    """Read, validate and load a Farzi Data bundle onto ``device``.
+
+    >>> data = load_bundle("ptb-400x50.safetensors", device="cuda")
+    >>> batch = data.materialize(torch.arange(32))   # [32, xi, V] distributions
+    """
+    path = Path(path)
+    meta, _ = read_bundle_meta(path, max_bytes)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise BundleError("--device cuda was asked for but CUDA is not available", "use --device cpu")
+    try:
+        tensors = load_tensors(path, device)
+    except Exception as exc:  # noqa: BLE001 - anything the loader raises means a bad file
+        raise BundleError(f"{path}: cannot read tensors ({exc.__class__.__name__})", _FIX) from None
+    latent, decoder = tensors["latent"].float(), tensors["decoder"].float()
+    for name, t in (("latent", latent), ("decoder", decoder)):
+        if not torch.isfinite(t).all():
+            raise BundleError(f"{path}: tensor {name!r} holds NaN or infinite values", _FIX)
+    return FarziData(latent=latent, decoder=decoder, tau=float(meta["tau"]), meta=meta, path=path)

@@ -1,0 +1,164 @@
+"""Train a student from scratch on full data, a sample of it, or Farzi Data.
+
+Data specs:
+
+* ``full``: every training sequence;
+* ``random:N``: N training sequences drawn uniformly at random (seeded);
+* ``head:N``: the N longest training sequences (the paper's head sampling;
+  ties keep dataset order);
+* a path to a ``*.safetensors`` Farzi Data bundle: soft inputs and targets
+  ``softmax(latent @ decoder / tau)``; with ``discrete=True``, token ids
+  sampled from those distributions instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from farzi._io import atomic_dir, write_json
+from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet
+from farzi.checkpoint import dataset_record, save_checkpoint
+from farzi.data.prepared import PreparedDataset
+from farzi.distill.bundle import FarziData, load_bundle
+from farzi.errors import ConfigError
+from farzi.models import build_model, make_config, model_task
+from farzi.progress import ProgressFn
+from farzi.train import TrainConfig, TrainResult, train_model
+
+
+@dataclass
+class DataSpec:
+    kind: str  # full | random | head | bundle
+    n: int | None = None
+    path: Path | None = None
+
+    def label(self) -> str:
+        if self.kind == "bundle":
+            return f"farzi:{self.path.name if self.path else ''}"
+        return self.kind if self.n is None else f"{self.kind}:{self.n}"
+
+
+def parse_spec(text: str) -> DataSpec:
+    if text == "full":
+        return DataSpec("full")
+    if text.endswith(".safetensors"):
+        return DataSpec("bundle", path=Path(text))
+    kind, _, num = text.partition(":")
+    if kind in ("random", "head"):
+        if not num.strip().isdigit():
+            raise ConfigError(f"--data {text!r}: {kind} needs a count", f"write it as {kind}:N, e.g. {kind}:50")
+        n = int(num)
+        if n < 1:
+            raise ConfigError(f"--data {text!r} is an empty sample", f"ask for at least one sequence, e.g. {kind}:50")
+        return DataSpec(kind, n=n)
+    raise ConfigError(
+        f"--data {text!r} is not a data spec",
+        "use full, random:N, head:N, or the path of a Farzi Data bundle (*.safetensors)",
+    )
+
+
+def select_sequences(ds: PreparedDataset, spec: DataSpec, seed: int) -> np.ndarray:
+    n_train = len(ds.train)
+    if spec.kind == "full":
+        return np.arange(n_train)
+    assert spec.n is not None
+    if spec.n > n_train:
+        raise ConfigError(
+            f"--data {spec.label()} asks for more sequences than the {n_train} training sequences of {ds.name!r}",
+            f"pick at most {n_train}, or use full",
+        )
+    if spec.kind == "random":
+        return np.sort(np.random.default_rng(seed).choice(n_train, size=spec.n, replace=False))
+    lengths = ds.train.lengths
+    return np.sort(np.argsort(-lengths, kind="stable")[: spec.n])
+
+
+def training_set(
+    ds: PreparedDataset, spec: DataSpec, max_len: int, seed: int, discrete: bool = False, device: str = "cpu"
+) -> tuple[TrainSet, dict[str, Any]]:
+    """The training set for ``spec`` and a description of it (for the model's metadata)."""
+    if spec.kind == "bundle":
+        assert spec.path is not None
+        bundle: FarziData = load_bundle(spec.path, device=device)
+        bundle.check_vocabulary(ds.vocab_size, ds.vocab.sha256(), ds.name)
+        if bundle.task != ds.task:
+            raise ConfigError(
+                f"bundle {spec.path} is for {bundle.task}, dataset {ds.name!r} is {ds.task}",
+                "use a bundle distilled from this dataset",
+            )
+        if bundle.xi > max_len:
+            raise ConfigError(
+                f"bundle sequences have length {bundle.xi}, longer than the model's max_len {max_len}",
+                f"pass --max-len {bundle.xi} or more",
+            )
+        info = {
+            "kind": "farzi",
+            "bundle": str(spec.path),
+            "mu": bundle.mu,
+            "xi": bundle.xi,
+            "tau": bundle.tau,
+            "discrete": discrete,
+            "tokens": bundle.mu * bundle.xi,
+        }
+        return DistributionTrainSet(bundle, discrete=discrete), info
+    idx = select_sequences(ds, spec, seed)
+    seqs = ds.train.subset(idx)
+    info = {"kind": spec.kind, "n": len(idx), "tokens": int(seqs.num_tokens)}
+    return SequenceTrainSet(seqs, max_len), info
+
+
+def train_student(
+    ds: PreparedDataset,
+    model_name: str,
+    spec_text: str,
+    config: TrainConfig,
+    out: Path,
+    model_overrides: dict[str, Any] | None = None,
+    discrete: bool = False,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+    target_metric: float | None = None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train ``model_name`` from scratch on ``spec_text`` data; save to ``out`` (a directory)."""
+    if model_task(model_name) != ds.task:
+        raise ConfigError(
+            f"model {model_name!r} is for {model_task(model_name)} but {ds.name!r} is a {ds.task} dataset",
+            "pick a model for this task",
+        )
+    spec = parse_spec(spec_text)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available", "use --device cpu")
+    cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
+    train_set, data_info = training_set(ds, spec, cfg.max_len, config.seed, discrete, device)
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, cfg)
+    start = time.perf_counter()
+    result = train_model(
+        model,
+        train_set,
+        ds,
+        config,
+        device=device,
+        progress=progress,
+        task_name=f"train {model_name} on {spec.label()}",
+        target_metric=target_metric,
+    )
+    info = {
+        "data": data_info,
+        "train": config.to_dict(),
+        "result": result.summary(),
+        "curve": result.curve,
+        "wall_seconds_total": round(time.perf_counter() - start, 3),
+    }
+    with atomic_dir(Path(out)) as tmp:
+        save_checkpoint(tmp / "model.safetensors", result.model, dataset_record(ds), **info)
+        write_json(
+            tmp / "model.json", {"model": model_name, "config": cfg.to_dict(), "dataset": dataset_record(ds), **info}
+        )
+    return result, info

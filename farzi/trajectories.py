@@ -1,0 +1,209 @@
+"""Omega: checkpoints of several training runs of a model on the real data.
+
+Format ``farzi-trajectories`` v1 (formats/trajectories-v1.md): a directory with
+``manifest.json`` and one ``run{R}-step{S}.safetensors`` model checkpoint
+(format farzi-model v1) per saved point. Runs start from independent random
+initializations (seed + run); a checkpoint is saved every ``every`` steps and at
+the end of each run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from farzi import __version__
+from farzi._io import atomic_dir, read_json, write_json
+from farzi.batching import SequenceTrainSet
+from farzi.checkpoint import (
+    check_dataset,
+    dataset_record,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+from farzi.data.prepared import PreparedDataset
+from farzi.errors import CheckpointError, ConfigError
+from farzi.models import build_model, make_config, model_task
+from farzi.progress import ProgressFn
+from farzi.train import TrainConfig, train_model
+
+FORMAT_NAME = "farzi-trajectories"
+FORMAT_VERSION = 1
+
+
+def train_trajectories(
+    ds: PreparedDataset,
+    model_name: str,
+    runs: int,
+    every: int,
+    config: TrainConfig,
+    out: Path,
+    model_overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train ``runs`` models and write Omega to ``out`` (atomically)."""
+    if runs < 1:
+        raise ConfigError(f"--runs {runs} must be at least 1", "pass e.g. --runs 5")
+    if every < 1:
+        raise ConfigError(f"--every {every} must be at least 1", "pass e.g. --every 50")
+    if model_task(model_name) != ds.task:
+        raise ConfigError(
+            f"model {model_name!r} is for {model_task(model_name)} but {ds.name!r} is a {ds.task} dataset",
+            "pick a model for this task",
+        )
+    cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
+    record = dataset_record(ds)
+    points: list[dict[str, Any]] = []
+    summaries = []
+    start = time.perf_counter()
+    with atomic_dir(Path(out)) as tmp:
+        for run in range(runs):
+            torch.manual_seed(config.seed + run)
+            model = build_model(model_name, cfg)
+            run_cfg = TrainConfig(**{**config.to_dict(), "seed": config.seed + run})
+            recorder = _Recorder(tmp, run, every, record, points)
+
+            train_set = SequenceTrainSet(ds.train, cfg.max_len)
+            result = train_model(
+                model,
+                train_set,
+                ds,
+                run_cfg,
+                device=device,
+                progress=progress,
+                task_name=f"trajectory run {run + 1}/{runs}",
+                on_step=recorder,
+            )
+            recorder.finish(model, result.steps)
+            summaries.append({"run": run, **result.summary()})
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "model": model_name,
+            "config": cfg.to_dict(),
+            "dataset": record,
+            "runs": runs,
+            "every": every,
+            "train": config.to_dict(),
+            "checkpoints": points,
+            "summaries": summaries,
+            "package": {"name": "farzi", "version": __version__},
+            "wall_seconds": round(time.perf_counter() - start, 3),
+        }
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+class _Recorder:
+    """The ``on_step`` hook of one run: saves a checkpoint every ``every`` steps."""
+
+    def __init__(self, directory: Path, run: int, every: int, record: dict[str, Any], points: list) -> None:
+        self.directory, self.run, self.every, self.record, self.points = directory, run, every, record, points
+        self.validation: dict[str, Any] = {}
+        self.unsaved: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, step: int, model: Any, validation: dict[str, Any] | None) -> None:
+        if validation is not None:
+            self.validation = dict(validation)
+        if step % self.every:
+            self.unsaved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.unsaved = None
+            self._save(model, step)
+
+    def finish(self, model: Any, step: int) -> None:
+        """Save the trajectory's end point as trained (train_model restores the best state)."""
+        if self.unsaved is not None:
+            model.load_state_dict(self.unsaved)
+            self._save(model, step)
+
+    def _save(self, model: Any, step: int) -> None:
+        name = f"run{self.run}-step{step}.safetensors"
+        save_checkpoint(self.directory / name, model, self.record, run=self.run, step=step, validation=self.validation)
+        numbers = {k: v for k, v in self.validation.items() if isinstance(v, int | float)}
+        self.points.append({"run": self.run, "step": step, "file": name, "validation": numbers})
+
+
+@dataclass
+class Omega:
+    """A loaded trajectory set; checkpoints are read lazily and cached."""
+
+    path: Path
+    manifest: dict[str, Any]
+    _cache: dict[int, dict[str, torch.Tensor]]
+
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest["model"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.manifest["config"])
+
+    def __len__(self) -> int:
+        return len(self.manifest["checkpoints"])
+
+    def entry(self, i: int) -> dict[str, Any]:
+        return self.manifest["checkpoints"][i]
+
+    def params(self, i: int) -> dict[str, torch.Tensor]:
+        if i not in self._cache:
+            ckpt = load_checkpoint(self.path / self.entry(i)["file"])
+            self._cache[i] = {k: v.detach() for k, v in ckpt.model.named_parameters()}
+        return self._cache[i]
+
+    def sample(self, rng: random.Random) -> int:
+        return rng.randrange(len(self))
+
+    def later(self, i: int, offset: int) -> int | None:
+        """Index of the checkpoint ``offset`` saves after ``i`` in the same run (for MTT)."""
+        run = self.entry(i)["run"]
+        same = [j for j, e in enumerate(self.manifest["checkpoints"]) if e["run"] == run]
+        pos = same.index(i)
+        return same[pos + offset] if pos + offset < len(same) else None
+
+
+def load_trajectories(path: Path, ds: PreparedDataset | None = None, model_name: str | None = None) -> Omega:
+    """Read and check Omega; with ``ds``/``model_name``, refuse a set made for others."""
+    path = Path(path)
+    mpath = path / "manifest.json"
+    fix = "train them with farzictl trajectories"
+    if not mpath.is_file():
+        raise CheckpointError(f"no trajectories at {path} (manifest.json missing)", fix)
+    try:
+        manifest = read_json(mpath)
+    except (ValueError, OSError):
+        raise CheckpointError(f"{mpath} is not valid JSON", fix) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a farzi trajectory set", fix)
+    if not isinstance(manifest.get("version"), int) or manifest["version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is trajectories v{manifest.get('version')}, newer than this farzi reads", "upgrade farzi"
+        )
+    points = manifest.get("checkpoints")
+    if not isinstance(points, list) or not points:
+        raise CheckpointError(f"{path} lists no checkpoints", fix)
+    if model_name is not None and manifest.get("model") != model_name:
+        raise CheckpointError(
+            f"trajectories at {path} are of model {manifest.get('model')!r}, not {model_name!r}",
+            f"train trajectories of {model_name!r}, or pass --model {manifest.get('model')}",
+        )
+    if ds is not None:
+        check_dataset(manifest.get("dataset", {}), ds, "trajectory set")
+    for e in points:
+        f = path / str(e.get("file", ""))
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {f} listed in the manifest is missing", fix)
+    # validate the first checkpoint's header up front (the rest when used)
+    info, _ = read_checkpoint_info(path / points[0]["file"])
+    if json.dumps(info.get("config"), sort_keys=True) != json.dumps(manifest.get("config"), sort_keys=True):
+        raise CheckpointError(f"{path}: checkpoints do not match the manifest's model config", fix)
+    return Omega(path=path, manifest=manifest, _cache={})
