@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "FarziData", "load_bundle"]
+
+if TYPE_CHECKING:
+    from farzi.distill.bundle import FarziData, load_bundle
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: `import farzi` stays cheap (no torch) until the bundle API is used
+    if name in ("FarziData", "load_bundle"):
+        from farzi.distill import bundle
+
+        return getattr(bundle, name)
+    raise AttributeError(f"module 'farzi' has no attribute {name!r}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's limit
@@ -46,14 +46,19 @@ def read_header(
         raise bad(f"file is {size} bytes, over the limit of {max_file_bytes}")
     if size < 8:
         raise bad(f"file is {size} bytes, too short to be safetensors (truncated?)")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise bad(f"header length {n} does not fit the file's {size} bytes (truncated or not safetensors)")
-        raw = f.read(n)
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise bad(f"header length {n} does not fit the file's {size} bytes (truncated or not safetensors)")
+            raw = f.read(n)
+    except OSError as exc:
+        raise bad(f"cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    if len(raw) != n:
+        raise bad("file shrank while it was read (truncated)")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad("header is not valid UTF-8 JSON (corrupt file)") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
@@ -102,4 +107,17 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    """Write safetensors whose bytes depend on the inputs alone.
+
+    The reference writer emits ``__metadata__`` in hash-map order, which differs
+    from call to call; the header is re-serialized with sorted keys (compact
+    JSON, space-padded to a multiple of 8 bytes), the data section is kept.
+    """
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.write(memoryview(blob)[8 + n :])

@@ -76,10 +76,10 @@ def read_checkpoint_info(path: Path) -> tuple[dict[str, Any], dict[str, dict[str
     header, meta = read_header(Path(path), CheckpointError, _FIX)
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a farzi model checkpoint (format {meta.get('format')!r})", _FIX)
-    try:
-        version = int(meta.get("version", ""))
-    except ValueError:
-        raise CheckpointError(f"{path} has an invalid format version", _FIX) from None
+    raw_version = meta.get("version", "")
+    if not (raw_version.isascii() and raw_version.isdigit() and len(raw_version) <= 12 and int(raw_version) >= 1):
+        raise CheckpointError(f"{path} has an invalid format version {raw_version[:20]!r}", _FIX)
+    version = int(raw_version)
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} is farzi-model v{version}; this farzi reads up to v{FORMAT_VERSION}", "upgrade farzi"
@@ -87,7 +87,7 @@ def read_checkpoint_info(path: Path) -> tuple[dict[str, Any], dict[str, dict[str
     try:
         info = json.loads(meta["farzi"])
         assert isinstance(info, dict) and isinstance(info["config"], dict) and isinstance(info["dataset"], dict)
-        str(info["model"])
+        assert isinstance(info["model"], str)
     except (KeyError, ValueError, AssertionError, TypeError):
         raise CheckpointError(f"{path} has missing or corrupt model metadata", _FIX) from None
     return info, header
@@ -103,6 +103,9 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
         model = build_model(info["model"], info["config"])
     except FarziError as exc:
         raise CheckpointError(f"{path}: {exc.problem}", _FIX) from None
+    except RuntimeError as exc:  # e.g. a negative size in the config: torch refuses the tensor
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: invalid model config ({msg})", _FIX) from None
     try:
         state = load_tensors(path)
         model.load_state_dict(state, strict=True)

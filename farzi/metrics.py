@@ -74,13 +74,13 @@ def rank_metrics(ranks: np.ndarray, auc: np.ndarray, ks: tuple[int, ...]) -> dic
 
 def lm_metrics(sentence_nll: list[np.ndarray], sentence_correct: list[np.ndarray]) -> dict[str, float]:
     """Perplexities and accuracy from per-sentence token NLLs and argmax hits."""
-    if not sentence_nll:
+    if not sum(len(s) for s in sentence_nll):  # nothing scored (no sentence, or no target in any)
         return {
             "ppl_sentence": float("nan"),
             "ppl_corpus": float("nan"),
             "accuracy": float("nan"),
             "nll": float("nan"),
-            "sentences": 0,
+            "sentences": len(sentence_nll),
             "tokens": 0,
         }
     total = sum(float(s.sum()) for s in sentence_nll)

@@ -29,7 +29,7 @@ from farzi.distill.bundle import FarziData, load_bundle
 from farzi.errors import ConfigError
 from farzi.models import build_model, make_config, model_task
 from farzi.progress import ProgressFn
-from farzi.train import TrainConfig, TrainResult, train_model
+from farzi.train import TrainConfig, TrainResult, check_model_sizes, train_model
 
 
 @dataclass
@@ -51,7 +51,7 @@ def parse_spec(text: str) -> DataSpec:
         return DataSpec("bundle", path=Path(text))
     kind, _, num = text.partition(":")
     if kind in ("random", "head"):
-        if not num.strip().isdigit():
+        if not (num.strip().isascii() and num.strip().isdigit()):  # int() refuses e.g. '²'
             raise ConfigError(f"--data {text!r}: {kind} needs a count", f"write it as {kind}:N, e.g. {kind}:50")
         n = int(num)
         if n < 1:
@@ -135,6 +135,7 @@ def train_student(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but CUDA is not available", "use --device cpu")
     cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
+    check_model_sizes(cfg)
     train_set, data_info = training_set(ds, spec, cfg.max_len, config.seed, discrete, device)
     torch.manual_seed(config.seed)
     model = build_model(model_name, cfg)

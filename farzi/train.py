@@ -51,6 +51,21 @@ class TrainConfig:
             raise ConfigError(f"weight decay {self.weight_decay} must be >= 0", "pass e.g. --weight-decay 0")
 
 
+def check_model_sizes(cfg: Any) -> None:
+    """Refuse model sizes torch would reject with a traceback (or train nothing with).
+
+    Every integer setting of a model config (widths, depths, heads) must be at
+    least 1, and ``max_len`` at least 2: a window of one token has no target.
+    """
+    for key, value in cfg.to_dict().items():
+        if key == "vocab_size" or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        least = 2 if key == "max_len" else 1
+        if value < least:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} {value} must be at least {least}", f"pass e.g. {flag} {max(least, 8)}")
+
+
 @dataclass
 class TrainResult:
     model: SequenceModel  # holds the best state
@@ -101,6 +116,8 @@ def train_model(
     With ``target_metric`` the run stops as soon as validation reaches it.
     """
     config.validate()
+    if train_set.num_sequences < 1:  # no batch would ever come: the loop below would never end
+        raise ConfigError("there are no training sequences", "train on a non-empty dataset or sample")
     metric = config.metric or default_metric(dataset.task)
     higher = metric_is_higher_better(metric)
     gen = seed_everything(config.seed)

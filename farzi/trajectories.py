@@ -32,7 +32,7 @@ from farzi.data.prepared import PreparedDataset
 from farzi.errors import CheckpointError, ConfigError
 from farzi.models import build_model, make_config, model_task
 from farzi.progress import ProgressFn
-from farzi.train import TrainConfig, train_model
+from farzi.train import TrainConfig, check_model_sizes, train_model
 
 FORMAT_NAME = "farzi-trajectories"
 FORMAT_VERSION = 1
@@ -60,6 +60,7 @@ def train_trajectories(
             "pick a model for this task",
         )
     cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
+    check_model_sizes(cfg)
     record = dataset_record(ds)
     points: list[dict[str, Any]] = []
     summaries = []
@@ -184,13 +185,24 @@ def load_trajectories(path: Path, ds: PreparedDataset | None = None, model_name:
         raise CheckpointError(f"{mpath} is not valid JSON", fix) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a farzi trajectory set", fix)
-    if not isinstance(manifest.get("version"), int) or manifest["version"] > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} is trajectories v{manifest.get('version')}, newer than this farzi reads", "upgrade farzi"
-        )
+    version = manifest.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path} has an invalid format version {version!r:.20}", fix)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} is trajectories v{version}, newer than this farzi reads", "upgrade farzi")
     points = manifest.get("checkpoints")
     if not isinstance(points, list) or not points:
         raise CheckpointError(f"{path} lists no checkpoints", fix)
+    for e in points:
+        if (
+            not isinstance(e, dict)
+            or not isinstance(e.get("file"), str)
+            or Path(e["file"]).name != e["file"]  # a file of this directory, nothing else
+            or not all(isinstance(e.get(k), int) and not isinstance(e.get(k), bool) for k in ("run", "step"))
+        ):
+            raise CheckpointError(f"{path}: malformed checkpoint entry {e!r:.80} in the manifest", fix)
+    if not isinstance(manifest.get("dataset", {}), dict):
+        raise CheckpointError(f"{path}: the manifest's dataset record is not an object", fix)
     if model_name is not None and manifest.get("model") != model_name:
         raise CheckpointError(
             f"trajectories at {path} are of model {manifest.get('model')!r}, not {model_name!r}",
@@ -199,7 +211,7 @@ def load_trajectories(path: Path, ds: PreparedDataset | None = None, model_name:
     if ds is not None:
         check_dataset(manifest.get("dataset", {}), ds, "trajectory set")
     for e in points:
-        f = path / str(e.get("file", ""))
+        f = path / e["file"]
         if not f.is_file():
             raise CheckpointError(f"checkpoint {f} listed in the manifest is missing", fix)
     # validate the first checkpoint's header up front (the rest when used)

@@ -17,6 +17,7 @@ import typer
 from farzi.checkpoint import check_dataset, load_checkpoint
 from farzi.data.prepare import SOURCES, PrepareOptions, prepare
 from farzi.data.prepared import load_prepared
+from farzi.demo import TASKS, run_demo
 from farzi.distill.engine import DistillConfig, distill, parse_budget
 from farzi.distill.inspect import inspect_bundle
 from farzi.errors import DataError
@@ -437,6 +438,9 @@ def inspect_cmd(
     json: Json = False,
 ) -> None:
     """Show a Farzi Data bundle: metadata, budget, entropy, top tokens, and a validity verdict."""
+    for flag, value in (("--top-k", top_k), ("--sequences", sequences), ("--positions", positions)):
+        if value < 0:
+            raise ui.fail(f"{flag} {value} must not be negative; pass e.g. {flag} 3")
     ds = resolve_dataset(dataset, home) if dataset else None
     report = inspect_bundle(bundle, ds, top_k=top_k, sequences=sequences, positions=positions)
     if json:
@@ -481,9 +485,39 @@ def render_inspect(report: dict) -> None:
 
 
 @app.command("demo")
-def demo_cmd() -> None:
-    """Run the whole pipeline on the embedded synthetic dataset."""
-    raise ui.fail("'demo' is not available yet in this version of farzictl")
+@ui.handle_errors
+def demo_cmd(
+    task: Annotated[str, typer.Option(help="lm, rec, or both.")] = "both",
+    seed: Seed = 0,
+    home: Home = None,
+    json: Json = False,
+) -> None:
+    """Run the whole pipeline on the embedded synthetic datasets and compare Farzi Data with samples."""
+    tasks = {"lm": ("lm",), "rec": ("rec",), "both": ("lm", "rec")}.get(task)
+    if tasks is None:
+        raise ui.fail(f"unknown --task {task!r}; use lm, rec or both")
+    with ui.progress_bars(not json) as progress:
+        result = run_demo(home, seed, tasks, progress)
+    if json:
+        ui.print_json(result)
+        return
+    for name, res in result["tasks"].items():
+        metrics = list(TASKS[name].metrics)
+        rows = [
+            [r["data"], r["sequences"], r["tokens"], *[r[m] for m in metrics], r["train_seconds"]] for r in res["rows"]
+        ]
+        ref = res["reference"]
+        rows.append([ref["label"], "", "", *[ref["value"] if m == ref["metric"] else "" for m in metrics], ""])
+        timings = ", ".join(f"{k} {v:.0f}s" for k, v in res["timings"].items())
+        ui.stdout.print(
+            ui.grid(
+                f"{res['dataset']}: test split ({res['train_sequences']} training sequences)",
+                ["data", "sequences", "tokens", *metrics, "train s"],
+                rows,
+                caption=timings,
+            )
+        )
+    ui.stdout.print(f"plot: {result['plot']}")
 
 
 def resolve_dataset(arg: str, home: Path | None):

@@ -59,12 +59,19 @@ JSON_KEYS = {
 }
 _FIX = "re-create it with farzictl distill"
 _DIGITS = re.compile(r"[0-9]{1,12}")
+MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: `created` keeps a 4-digit year
+MAX_LOGIT = 1e38  # float32 overflows at ~3.4e38
 
 
 def created_now() -> str:
-    """UTC time of creation; honours SOURCE_DATE_EPOCH for reproducible builds."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    t = time.gmtime(int(epoch)) if epoch and epoch.isdigit() else time.gmtime()
+    """UTC time of creation; honours SOURCE_DATE_EPOCH for reproducible builds.
+
+    A value that is not ASCII decimal digits in 0..MAX_EPOCH is ignored (the
+    current time is used): a bad variable must not cost a finished distillation.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    ok = re.fullmatch(r"[0-9]{1,12}", epoch) is not None and int(epoch) <= MAX_EPOCH
+    t = time.gmtime(int(epoch)) if ok else time.gmtime()
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", t)
 
 
@@ -217,6 +224,8 @@ def _parse_meta(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     V = meta["vocab_size"]
     if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in meta["masked_tokens"]):
         raise bad("masked_tokens holds ids outside the vocabulary")
+    if len(set(meta["masked_tokens"])) >= V:
+        raise bad("masked_tokens masks the whole vocabulary (every distribution would be undefined)")
     if "vocab" in meta:
         if len(meta["vocab"]) != V or not all(isinstance(t, str) for t in meta["vocab"]):
             raise bad(f"the vocabulary lists {len(meta['vocab'])} tokens, not vocab_size {V}")
@@ -257,14 +266,31 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", max_bytes:
     """
     path = Path(path)
     meta, _ = read_bundle_meta(path, max_bytes)
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise BundleError("--device cuda was asked for but CUDA is not available", "use --device cpu")
     try:
-        tensors = load_tensors(path, device)
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BundleError(f"unknown device {device!r}", "use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise BundleError(f"unknown device {device!r}", "use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BundleError("--device cuda was asked for but CUDA is not available", "use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise BundleError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs)", "use --device cuda")
+    try:
+        tensors = load_tensors(path, dev)
     except Exception as exc:  # noqa: BLE001 - anything the loader raises means a bad file
         raise BundleError(f"{path}: cannot read tensors ({exc.__class__.__name__})", _FIX) from None
     latent, decoder = tensors["latent"].float(), tensors["decoder"].float()
     for name, t in (("latent", latent), ("decoder", decoder)):
         if not torch.isfinite(t).all():
             raise BundleError(f"{path}: tensor {name!r} holds NaN or infinite values", _FIX)
-    return FarziData(latent=latent, decoder=decoder, tau=float(meta["tau"]), meta=meta, path=path)
+    # |latent[i, j] @ decoder[:, v]| <= |row| * |column| (Cauchy-Schwarz): bounded, materialize
+    # never meets an infinite logit, so never returns NaN (in float32 and wider)
+    tau = float(meta["tau"])
+    prod = float(latent.double().norm(dim=-1).max()) * float(decoder.double().norm(dim=0).max())
+    if not max(prod, prod / tau) < MAX_LOGIT:
+        raise BundleError(
+            f"{path}: latent @ decoder / tau would overflow float32 (tau {tau}, largest |row| * |column| {prod:.3g})",
+            _FIX,
+        )
+    return FarziData(latent=latent, decoder=decoder, tau=tau, meta=meta, path=path)

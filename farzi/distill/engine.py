@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,10 +91,10 @@ class DistillConfig:
 
 def parse_budget(text: str) -> tuple[int, int]:
     """'400x50' -> (400, 50)."""
-    parts = text.lower().replace("*", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    match = re.fullmatch(r"\s*([0-9]{1,9})\s*[xX*]\s*([0-9]{1,9})\s*", text)
+    if match is None:
         raise ConfigError(f"budget {text!r} does not parse", "write it as MUxXI, e.g. --budget 50x50")
-    mu, xi = (int(p) for p in parts)
+    mu, xi = int(match.group(1)), int(match.group(2))
     if mu < 1 or xi < 2:
         raise ConfigError(f"budget {text!r} is empty", "use at least 1 sequence of length 2, e.g. --budget 50x50")
     return mu, xi
@@ -262,7 +263,7 @@ class _Run:
             for a, b in zip(g_syn, g_real, strict=True)
         )
         grads = torch.autograd.grad(loss, [self.latent, self.decoder], allow_unused=True)
-        return float(loss), [
+        return float(loss.detach()), [
             torch.zeros_like(p) if g is None else g for g, p in zip(grads, [self.latent, self.decoder], strict=True)
         ]
 
@@ -429,20 +430,14 @@ def distill(
         "train_sequences": len(ds.train),
         "train_tokens": int(ds.train.num_tokens),
     }
-    if run.step < cfg.outer_steps:  # stopped early on purpose (stop_after): no bundle yet
-        bundle_path = out
-        if checkpoint_every:
-            run.save(state_path, run.step)
+    if run.step < cfg.outer_steps:  # stop_after: like a kill, the saved state stays as it was
         data = FarziData(run.latent.detach().cpu(), run.decoder.detach().cpu(), cfg.tau, {"task": ds.task})
-        return DistillResult(
-            data,
-            bundle_path,
-            log_path,
-            run.step,
-            skipped,
-            wall,
-            float(last.get("meta_loss", math.nan)),
-            {"complete": False},
+        meta_loss = float(last.get("meta_loss", math.nan))
+        return DistillResult(data, out, log_path, run.step, skipped, wall, meta_loss, {"complete": False})
+    if not (torch.isfinite(run.latent).all() and torch.isfinite(run.decoder).all()):
+        raise ConfigError(
+            "the distillation diverged: the summary holds NaN or infinite values (no bundle written)",
+            "lower --outer-lr or --inner-lr, or keep --grad-clip on",
         )
     save_bundle(
         out,

@@ -42,11 +42,10 @@ def inspect_bundle(
         "created": meta["created"],
     }
     src = meta["dataset"]
-    if src.get("train_sequences"):
-        report["share"] = {
-            "sequences": data.mu / src["train_sequences"],
-            "tokens": data.mu * data.xi / max(src.get("train_tokens") or 1, 1),
-        }
+    n_seq, n_tok = src.get("train_sequences"), src.get("train_tokens")
+    if all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (n_seq, n_tok)):
+        # the dataset record is free-form JSON: only counts distill wrote give a share
+        report["share"] = {"sequences": data.mu / n_seq, "tokens": data.mu * data.xi / n_tok}
     if dataset is not None:
         try:
             data.check_vocabulary(dataset.vocab_size, dataset.vocab.sha256(), dataset.name)
@@ -63,11 +62,12 @@ def inspect_bundle(
         h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # [xi]
         ent_seq[i] = h.mean()
         ent_pos += h / data.mu
+    unmasked = data.vocab_size - len(set(meta["masked_tokens"]))  # the reader ensures >= 1
     report["entropy"] = {
         "per_position": [round(float(x), 4) for x in ent_pos],
         "per_sequence": [round(float(x), 4) for x in ent_seq],
         "mean": round(float(ent_seq.mean()), 4),
-        "max_possible": round(float(torch.log(torch.tensor(float(data.vocab_size - len(meta["masked_tokens"]))))), 4),
+        "max_possible": round(float(torch.tensor(float(unmasked)).log()), 4),
     }
     vocab = meta.get("vocab")
     titles = dataset.vocab.titles if dataset is not None else None

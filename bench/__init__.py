@@ -1,0 +1,1 @@
+"""Benchmarks and the reproduction report: ``python -m bench run EXPERIMENT --protocol cpu``."""

@@ -1,0 +1,1 @@
+"""One module per experiment; each has ``run(protocol, work, seeds, smoke) -> dict``."""

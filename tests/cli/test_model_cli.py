@@ -1,0 +1,197 @@
+"""`farzictl trajectories`, `train-student` and `eval` through the real entry point.
+
+The pipeline runs as subprocesses (``python -m farzictl ... --home HOME``) started
+side by side from a thread pool: trajectories, train-student and one bad input
+together, then eval of the student. Interpreter start-up (torch, and
+torch._dynamo on the first optimizer) costs seconds per process, so the rest --
+prepare, eval --stratify and the other bad inputs, which fail before any real
+work -- call ``farzictl.app.main`` (what ``python -m farzictl`` runs) in this
+process on the same workspace, checked the same way: exit status (0, or 2 with
+exactly one ``error:`` line on stderr and no traceback) and output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from farzi.checkpoint import dataset_record, save_checkpoint
+from farzi.data.prepare import PrepareOptions, prepare
+from farzi.models import build_model, make_config
+from farzictl.app import main
+
+REPO = Path(__file__).resolve().parents[2]
+DATASET = "synthetic-rec"
+TINY = ["--d-model", "8", "--n-layers", "1", "--max-len", "20"]
+
+# (arguments, texts the single error line must hold). {foreign} is a model trained on
+# another dataset ('other': same source, another seed); {corrupt} a truncated copy of it.
+BAD_INPUT = {
+    "unknown-model": (["train-student", DATASET, "--model", "nosuch"], ("unknown model 'nosuch'", "sasrec")),
+    "empty-sample": (["train-student", DATASET, "--data", "random:0"], ("empty sample",)),
+    "sample-too-large": (
+        ["train-student", DATASET, "--data", "random:100000"],
+        ("more sequences than the 80 training sequences",),
+    ),
+    "head-not-a-number": (["train-student", DATASET, "--data", "head:abc"], ("head needs a count", "head:N")),
+    "max-len-zero": (["trajectories", DATASET, "--max-len", "0"], ("--max-len 0 must be at least 2",)),
+    "other-dataset": (["eval", "{foreign}", "--dataset", DATASET], ("was trained on", "'other'", f"'{DATASET}'")),
+    "corrupt-checkpoint": (["eval", "{corrupt}"], ("model.safetensors", "truncated")),
+    "unknown-split": (["eval", "{foreign}", "--split", "nope"], ("unknown split 'nope'",)),
+}
+AS_SUBPROCESS = "corrupt-checkpoint"
+
+
+def farzictl(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m farzictl ARGS --home HOME`` in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if k != "FARZI_HOME"}
+    env["OMP_NUM_THREADS"] = "1"  # tiny tensors: more threads only contend on a busy machine
+    return subprocess.run(
+        [sys.executable, "-m", "farzictl", *args, "--home", str(home)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def in_process(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """farzictl's entry point, here; the result looks like a finished subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([*args, "--home", str(home)])
+        except SystemExit as exc:
+            code = exc.code
+    return subprocess.CompletedProcess(args, code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
+
+
+def _ok(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr == "", proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before conftest's per-test thread limit
+    try:
+        yield _run_all(tmp_path_factory.mktemp("home"))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_all(home: Path) -> dict:
+    out: dict = {"home": home}
+    size = ["--synthetic-vocab", "40", "--synthetic-sequences", "100"]
+    out["prepare"] = in_process(home, "prepare", DATASET, *size, "--json")
+    # another dataset (same source, another seed), a model of it, and a truncated copy
+    other = prepare("synthetic-rec", PrepareOptions(synthetic_vocab=40, synthetic_sequences=100, seed=7), "other", home)
+    torch.manual_seed(0)
+    cfg = make_config("sasrec", other.vocab_size, d_model=8, n_layers=1, max_len=20)
+    foreign = home / "foreign" / "model.safetensors"
+    save_checkpoint(foreign, build_model("sasrec", cfg), dataset_record(other))
+    corrupt = home / "corrupt"
+    shutil.copytree(foreign.parent, corrupt)
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    out["fill"] = {"foreign": str(foreign.parent), "corrupt": str(corrupt)}
+    common = ["--max-steps", "10", *TINY, "--json"]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        trajectories = pool.submit(farzictl, home, "trajectories", DATASET, "--runs", "1", "--every", "5", *common)
+        student = pool.submit(farzictl, home, "train-student", DATASET, "--data", "random:10", *common)
+        bad = pool.submit(farzictl, home, *[a.format(**out["fill"]) for a in BAD_INPUT[AS_SUBPROCESS][0]])
+        out["student"] = student.result()
+        ok = out["student"].returncode == 0
+        out["model"] = json.loads(out["student"].stdout)["path"] if ok else str(home / "missing")
+        evaluated = pool.submit(farzictl, home, "eval", out["model"], "--json")
+        out["trajectories"], out[AS_SUBPROCESS], out["eval"] = trajectories.result(), bad.result(), evaluated.result()
+    return out
+
+
+def test_prepare(runs: dict) -> None:
+    doc = _ok(runs["prepare"])
+    assert doc["name"] == DATASET and doc["task"] == "rec"
+    assert doc["statistics"]["splits"]["train"]["sequences"] == 80
+
+
+def test_trajectories(runs: dict) -> None:
+    doc = _ok(runs["trajectories"])
+    path = Path(doc["path"])
+    assert path == runs["home"] / "trajectories" / DATASET / "sasrec"
+    assert (doc["model"], doc["runs"], doc["every"], doc["checkpoints"]) == ("sasrec", 1, 5, 2)
+    assert doc["summaries"][0]["steps"] == 10
+    assert sorted(p.name for p in path.iterdir()) == [
+        "manifest.json",
+        "run0-step10.safetensors",
+        "run0-step5.safetensors",
+    ]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["config"]["d_model"] == 8 and manifest["config"]["max_len"] == 20
+
+
+def test_train_student(runs: dict) -> None:
+    doc = _ok(runs["student"])
+    path = Path(doc["path"])
+    assert path == runs["home"] / "models" / DATASET / "sasrec-random-10-s0"
+    assert sorted(p.name for p in path.iterdir()) == ["model.json", "model.safetensors"]
+    assert doc["model"] == "sasrec" and doc["data"]["kind"] == "random" and doc["data"]["n"] == 10
+    assert doc["result"]["steps"] == 10 and doc["result"]["metric"] == "hr@10"
+    assert [p["step"] for p in doc["curve"]] == [10]
+
+
+def test_eval(runs: dict) -> None:
+    doc = _ok(runs["eval"])
+    assert {"hr@10", "ndcg@10", "hr@100", "ndcg@100", "auc"} <= set(doc)
+    assert (doc["dataset"], doc["model_name"], doc["split"], doc["users"]) == (DATASET, "sasrec", "test", 10)
+    assert doc["hr@100"] == 100.0  # 40 items
+    assert 0.0 <= doc["hr@10"] <= 100.0 and 0.0 <= doc["auc"] <= 1.0
+    assert "strata" not in doc
+
+
+def test_eval_stratified(runs: dict) -> None:
+    plain = _ok(runs["eval"])
+    doc = _ok(in_process(runs["home"], "eval", runs["model"], "--stratify", "popularity", "--json"))
+    assert {k: doc[k] for k in plain} == plain  # the same metrics, plus the strata
+    assert set(doc["strata"]) == {"item_popularity", "user_activity"}
+    for rows in doc["strata"].values():
+        assert [r["decile"] for r in rows] == list(range(1, 11))
+        assert sum(r["users"] for r in rows) == doc["users"]
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUT))
+def test_bad_input_fails_cleanly(runs: dict, name: str) -> None:
+    args, expected = BAD_INPUT[name]
+    if name == AS_SUBPROCESS:
+        proc = runs[name]
+    else:
+        proc = in_process(runs["home"], *[a.format(**runs["fill"]) for a in args])
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and lines[0][len("error: ") :].strip(), lines[0]
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def test_failed_commands_leave_nothing_behind(runs: dict) -> None:
+    home: Path = runs["home"]
+    for name in ("unknown-model", "sample-too-large"):
+        in_process(home, *BAD_INPUT[name][0])
+    assert [p for p in home.rglob("*") if ".tmp-" in p.name or ".old-" in p.name] == []
+    assert [p.name for p in (home / "models" / DATASET).iterdir()] == ["sasrec-random-10-s0"]

@@ -1,0 +1,136 @@
+"""The outer loop: budgets, objectives, the non-finite guard, and bitwise resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from farzi.distill import engine
+from farzi.distill.engine import DistillConfig, distill, parse_budget
+from farzi.errors import ConfigError
+from farzi.train import TrainConfig
+from farzi.trajectories import train_trajectories
+
+TINY_MODEL = {"d_model": 8, "n_layers": 1, "n_heads": 2, "max_len": 16}
+
+
+def _cfg(**kw) -> DistillConfig:
+    base = dict(mu=4, xi=8, latent_dim=4, inner_steps=3, outer_steps=4, real_batch=8, model="transformer",
+                model_overrides=TINY_MODEL, seed=3)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+@pytest.mark.parametrize(("text", "want"), [("400x50", (400, 50)), ("50X50", (50, 50)), ("3*2", (3, 2))])
+def test_parse_budget(text: str, want: tuple[int, int]) -> None:
+    assert parse_budget(text) == want
+
+
+@pytest.mark.parametrize("text", ["50by50", "50x", "x50", "0x50", "5x1", "-1x5", "5x5x5", ""])
+def test_parse_budget_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="budget"):
+        parse_budget(text)
+
+
+def test_budget_larger_than_the_dataset(tiny_lm, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="exceeds the"):
+        distill(tiny_lm, _cfg(mu=10_000), tmp_path / "b.safetensors")
+    longest = int(tiny_lm.train.lengths.max())
+    with pytest.raises(ConfigError, match="longest"):
+        distill(tiny_lm, _cfg(xi=longest + 1), tmp_path / "b.safetensors")
+    assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_distill_writes_a_bundle_and_a_log(tiny_lm, tmp_path) -> None:
+    result = distill(tiny_lm, _cfg(), tmp_path / "b.safetensors")
+    assert result.bundle.latent.shape == (4, 8, 4)
+    assert result.bundle.decoder.shape == (4, tiny_lm.vocab_size)
+    lines = [json.loads(x) for x in result.log_path.read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert all(math.isfinite(x["meta_loss"]) and not x["skipped"] for x in lines)
+
+
+def test_resume_after_a_kill_ends_bitwise_identical(tiny_lm, tmp_path, monkeypatch) -> None:
+    """A run killed after step 3 (state saved at step 2) and resumed equals an uninterrupted run."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    cfg = _cfg(outer_steps=5)
+    whole = distill(tiny_lm, cfg, tmp_path / "whole.safetensors")
+    killed = tmp_path / "killed.safetensors"
+    distill(tiny_lm, cfg, killed, checkpoint_every=2, stop_after=3)
+    assert killed.with_suffix(".state.safetensors").is_file() and not killed.exists()
+    resumed = distill(tiny_lm, cfg, killed, checkpoint_every=2, resume=True)
+    assert torch.equal(resumed.bundle.latent, whole.bundle.latent)
+    assert torch.equal(resumed.bundle.decoder, whole.bundle.decoder)
+    # the bundles differ only in their name-bearing metadata: none; the bytes are equal
+    assert killed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+    drop = ("step_seconds", "seconds")
+    log_a = [{k: v for k, v in json.loads(x).items() if k not in drop} for x in whole.log_path.read_text().splitlines()]
+    log_b = [{k: v for k, v in json.loads(x).items() if k not in drop} for x in resumed.log_path.read_text().splitlines()]
+    assert log_a == log_b
+    assert not killed.with_suffix(".state.safetensors").exists()
+
+
+def test_resume_refuses_other_settings(tiny_lm, tmp_path) -> None:
+    out = tmp_path / "b.safetensors"
+    distill(tiny_lm, _cfg(), out, checkpoint_every=1, stop_after=2)
+    with pytest.raises(ConfigError, match="other settings"):
+        distill(tiny_lm, _cfg(tau=2.0), out, resume=True)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        distill(tiny_lm, _cfg(), tmp_path / "other.safetensors", resume=True)
+
+
+def test_non_finite_meta_gradient_skips_the_step(tiny_lm, tmp_path, monkeypatch) -> None:
+    real = engine.meta_gradient
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out.grads = [torch.full_like(g, float("nan")) for g in out.grads]
+        return out
+
+    monkeypatch.setattr(engine, "meta_gradient", flaky)
+    result = distill(tiny_lm, _cfg(), tmp_path / "b.safetensors")
+    lines = [json.loads(x) for x in result.log_path.read_text().splitlines()]
+    assert [x["skipped"] for x in lines] == [False, True, False, False]
+    assert result.skipped == 1
+    assert torch.isfinite(result.bundle.latent).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_omega(tiny_lm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("omega") / "traj"
+    train_trajectories(tiny_lm, "transformer", runs=2, every=2, config=TrainConfig(max_steps=6, batch_size=16, patience=0),
+                       out=out, model_overrides=TINY_MODEL)
+    return out
+
+
+@pytest.mark.parametrize("objective", ["farzi", "mm", "dc", "mtt"])
+@pytest.mark.parametrize("inner", ["adam", "sgd"])
+def test_objectives_run(tiny_lm, tiny_omega, tmp_path, objective: str, inner: str) -> None:
+    cfg = _cfg(objective=objective, inner_optimizer=inner, outer_steps=2, mtt_offset=1)
+    result = distill(tiny_lm, cfg, tmp_path / "b.safetensors", trajectories=tiny_omega)
+    lines = [json.loads(x) for x in result.log_path.read_text().splitlines()]
+    assert len(lines) == 2 and all(math.isfinite(x["meta_loss"]) for x in lines)
+    if objective in ("farzi", "dc", "mtt"):
+        assert all(x["checkpoint"] is not None for x in lines)
+    assert result.bundle.meta["teacher"]["checkpoints"] == 6
+
+
+def test_trajectory_objectives_need_trajectories(tiny_lm, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="needs --trajectories"):
+        distill(tiny_lm, _cfg(objective="mtt"), tmp_path / "b.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [("objective", "bogus", "objective"), ("meta_grad", "bogus", "strategy"), ("inner_optimizer", "rmsprop", "inner"),
+     ("tau", 0.0, "tau"), ("inner_steps", 0, "inner-steps"), ("device", "tpu", "device")],
+)
+def test_bad_settings(tiny_lm, tmp_path, field: str, value, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        distill(tiny_lm, _cfg(**{field: value}), tmp_path / "b.safetensors")
