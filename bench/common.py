@@ -67,8 +67,12 @@ def stopwatch(into: dict[str, float], key: str):
 
 def write_result(name: str, payload: dict[str, Any], results: Path = RESULTS) -> Path:
     results.mkdir(parents=True, exist_ok=True)
-    payload = {"experiment": name, "machine": machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               **payload}
+    payload = {
+        "experiment": name,
+        "machine": machine(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **payload,
+    }
     path = results / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

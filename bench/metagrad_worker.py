@@ -41,8 +41,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     V = args.vocab + 3
-    cfg = make_config("transformer", V, max_len=args.xi, d_model=args.d_model, n_layers=1, n_heads=2,
-                      d_ff=4 * args.d_model, dropout=0.0)
+    cfg = make_config(
+        "transformer",
+        V,
+        max_len=args.xi,
+        d_model=args.d_model,
+        n_layers=1,
+        n_heads=2,
+        d_ff=4 * args.d_model,
+        dropout=0.0,
+    )
     model = build_model("transformer", cfg).eval()
     names = [n for n, _ in model.named_parameters()]
     w0 = [p.detach().clone() for p in model.parameters()]
@@ -59,9 +67,12 @@ def main() -> None:
     loop = InnerLoop(model, names, Adam(lr=0.01), syn, [latent, decoder], batches)
     # Zipf-distributed "sentences" as the real batch
     probs = 1.0 / torch.arange(1, V - 2, dtype=torch.float64)
-    x_real = torch.multinomial(probs, args.real_batch * args.xi, replacement=True, generator=gen).view(
-        args.real_batch, args.xi
-    ) + 3
+    x_real = (
+        torch.multinomial(probs, args.real_batch * args.xi, replacement=True, generator=gen).view(
+            args.real_batch, args.xi
+        )
+        + 3
+    )
 
     def terminal(w):
         return next_token_loss(functional_call(model, dict(zip(names, w, strict=True)), (x_real,)), x_real)
@@ -71,12 +82,21 @@ def main() -> None:
     out = meta_gradient(loop, w0, terminal, args.strategy)
     seconds = time.perf_counter() - start
     norm = float(torch.cat([g.flatten() for g in out.grads]).norm())
-    print(json.dumps({
-        "strategy": args.strategy, "steps": args.steps, "seconds": round(seconds, 3),
-        "rss_before_mib": round(before, 1), "peak_rss_mib": round(rss_mib(), 1),
-        "grad_norm": norm, "meta_loss": out.meta_loss, "stats": out.stats,
-        "params": sum(p.numel() for p in w0),
-    }))
+    print(
+        json.dumps(
+            {
+                "strategy": args.strategy,
+                "steps": args.steps,
+                "seconds": round(seconds, 3),
+                "rss_before_mib": round(before, 1),
+                "peak_rss_mib": round(rss_mib(), 1),
+                "grad_norm": norm,
+                "meta_loss": out.meta_loss,
+                "stats": out.stats,
+                "params": sum(p.numel() for p in w0),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def student_run(
         "sequences_seen": result.sequences_seen,
         "valid": result.best_metric,
         "test": metrics,
+        "curve": result.curve,
         "path": str(out),
     }
 

@@ -3,8 +3,8 @@
 Format ``farzi-trajectories`` v1 (formats/trajectories-v1.md): a directory with
 ``manifest.json`` and one ``run{R}-step{S}.safetensors`` model checkpoint
 (format farzi-model v1) per saved point. Runs start from independent random
-initializations (seed + run); a checkpoint is saved every ``every`` steps and at
-the end of each run.
+initializations (seed + run); a checkpoint is saved at the initialization (step
+0), every ``every`` steps, and at the end of each run.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def train_trajectories(
             model = build_model(model_name, cfg)
             run_cfg = TrainConfig(**{**config.to_dict(), "seed": config.seed + run})
             recorder = _Recorder(tmp, run, every, record, points)
+            recorder(0, model, None)  # the initialization is the first point of the trajectory
 
             train_set = SequenceTrainSet(ds.train, cfg.max_len)
             result = train_model(
@@ -160,6 +161,16 @@ class Omega:
             ckpt = load_checkpoint(self.path / self.entry(i)["file"])
             self._cache[i] = {k: v.detach() for k, v in ckpt.model.named_parameters()}
         return self._cache[i]
+
+    def first_runs(self, n: int) -> Omega:
+        """The checkpoints of runs 0 .. n-1 only."""
+        runs = sorted({int(e["run"]) for e in self.manifest["checkpoints"]})
+        if n > len(runs):
+            raise ConfigError(
+                f"--omega-runs {n} exceeds the {len(runs)} runs in {self.path}", f"pass at most {len(runs)}"
+            )
+        keep = [e for e in self.manifest["checkpoints"] if int(e["run"]) < n]
+        return Omega(path=self.path, manifest={**self.manifest, "checkpoints": keep, "runs": n}, _cache={})
 
     def sample(self, rng: random.Random) -> int:
         return rng.randrange(len(self))

@@ -37,10 +37,10 @@ def omega(tiny_lm: PreparedDataset, tmp_path_factory: pytest.TempPathFactory) ->
         torch.set_num_threads(before)
 
 
-def test_checkpoints_every_k_steps_and_at_the_end(omega: tuple[Path, dict]) -> None:
+def test_checkpoints_at_init_every_k_steps_and_at_the_end(omega: tuple[Path, dict]) -> None:
     path, manifest = omega
     points = [(p["run"], p["step"], p["file"]) for p in manifest["checkpoints"]]
-    assert points == [(run, step, f"run{run}-step{step}.safetensors") for run in (0, 1) for step in (5, 10, 12)]
+    assert points == [(run, step, f"run{run}-step{step}.safetensors") for run in (0, 1) for step in (0, 5, 10, 12)]
     files = sorted(p.name for p in path.iterdir())
     assert files == sorted(["manifest.json", *[f for _, _, f in points]])
     assert [p.name for p in path.parent.iterdir()] == ["transformer"]  # no temporary directory left
@@ -80,19 +80,19 @@ def test_checkpoints_are_farzi_models(omega: tuple[Path, dict], tiny_lm: Prepare
 def test_load_trajectories(omega: tuple[Path, dict], tiny_lm: PreparedDataset) -> None:
     path, manifest = omega
     om = load_trajectories(path, tiny_lm, "transformer")
-    assert isinstance(om, Omega) and len(om) == 6 and om.model_name == "transformer"
+    assert isinstance(om, Omega) and len(om) == 8 and om.model_name == "transformer"
     assert om.config == manifest["config"]
     assert om.entry(4) == manifest["checkpoints"][4]
-    assert om.later(0, 1) == 1 and om.later(0, 2) == 2 and om.later(1, 2) is None and om.later(3, 2) == 5
+    assert om.later(0, 1) == 1 and om.later(0, 2) == 2 and om.later(2, 2) is None and om.later(4, 2) == 6
     params = om.params(2)
     assert set(params) == {k for k, _ in load_checkpoint(path / "run0-step12.safetensors").model.named_parameters()}
     assert om.params(2) is params  # cached
-    assert 0 <= om.sample(random.Random(0)) < 6
+    assert 0 <= om.sample(random.Random(0)) < 8
 
 
 def test_end_of_run_on_a_save_step_is_saved_once(tiny_lm: PreparedDataset, tmp_path: Path) -> None:
     manifest = _train(tiny_lm, tmp_path / "o", runs=1, every=5, max_steps=10)
-    assert [p["step"] for p in manifest["checkpoints"]] == [5, 10]
+    assert [p["step"] for p in manifest["checkpoints"]] == [0, 5, 10]
 
 
 def test_bad_arguments(tiny_lm: PreparedDataset, tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_manifest_not_json(copy_of: Path) -> None:
 
 
 def test_corrupt_first_checkpoint(copy_of: Path) -> None:
-    f = copy_of / "run0-step5.safetensors"
+    f = copy_of / "run0-step0.safetensors"
     f.write_bytes(f.read_bytes()[:50])
     with pytest.raises(CheckpointError):
         load_trajectories(copy_of)

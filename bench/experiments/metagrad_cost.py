@@ -16,7 +16,9 @@ from bench.common import python, run_json
 STRATEGIES = ("reverse", "checkpointed", "unroll", "paper")
 
 
-def run(protocol: str, work: Path, seeds: int, smoke: bool = False, memory_budget_mib: float = 14_000) -> dict[str, Any]:
+def run(
+    protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "", memory_budget_mib: float = 14_000
+) -> dict[str, Any]:
     if smoke:
         steps = [2, 4]
         shape = ["--vocab", "50", "--xi", "8", "--mu", "8", "--syn-batch", "4", "--d-model", "8", "--real-batch", "4"]
@@ -32,8 +34,14 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, memory_budge
                 slope = (b["peak_rss_mib"] - a["peak_rss_mib"]) / max(b["steps"] - a["steps"], 1)
                 projected = b["peak_rss_mib"] + slope * (T - b["steps"])
                 if projected > memory_budget_mib:
-                    rows.append({"strategy": strategy, "steps": T, "skipped": True,
-                                 "projected_peak_rss_mib": round(projected, 1)})
+                    rows.append(
+                        {
+                            "strategy": strategy,
+                            "steps": T,
+                            "skipped": True,
+                            "projected_peak_rss_mib": round(projected, 1),
+                        }
+                    )
                     continue
             cmd = [python(), "-m", "bench.metagrad_worker", "--strategy", strategy, "--steps", str(T), *shape]
             try:
@@ -43,6 +51,14 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, memory_budge
             rows.append(row)
             if "peak_rss_mib" in row:
                 seen.append(row)
-    return {"protocol": protocol, "settings": {"shape": shape, "steps": steps, "inner_optimizer": "adam lr 0.01",
-                                               "model": "1-layer Transformer LM", "threads": 2},
-            "rows": rows}
+    return {
+        "protocol": protocol,
+        "settings": {
+            "shape": shape,
+            "steps": steps,
+            "inner_optimizer": "adam lr 0.01",
+            "model": "1-layer Transformer LM",
+            "threads": 2,
+        },
+        "rows": rows,
+    }

@@ -42,7 +42,16 @@ from farzi.data.prepared import PreparedDataset
 from farzi.distill.bundle import FarziData, load_bundle, save_bundle
 from farzi.distill.inner import SGD, Adam
 from farzi.distill.metagrad import STRATEGIES, InnerLoop, meta_gradient
-from farzi.distill.summary import banned_mask, init_summary, materialize
+from farzi.distill.summary import (
+    banned_mask,
+    fit_summary,
+    init_from_real,
+    init_summary,
+    materialize,
+    principal_decoder,
+    real_windows,
+    teacher_targets,
+)
 from farzi.errors import ConfigError, FarziError
 from farzi.models import SequenceModel, build_model, make_config, model_task, next_token_loss
 from farzi.progress import ProgressFn, report
@@ -72,8 +81,12 @@ class DistillConfig:
     segment: int = 0  # 0 = the strategy's default anchor / checkpoint interval
     objective: str = "farzi"
     mtt_offset: int = 2  # mtt: target = this many saved checkpoints later
+    omega_runs: int = 0  # use the checkpoints of the first N training runs only; 0 = all
     grad_clip: float = 1.0  # max norm of the meta-gradient; 0 = off
-    init_scale: float = 1.0
+    init: str = "random"  # "random"; "real": smoothed real sequences; "teacher": real + teacher predictions
+    init_mix: float = 0.5  # teacher init: weight of the real token against the teacher's prediction
+    init_scale: float = 1.0  # random init: logits start at about this scale
+    init_sharpness: float = 10.0  # real init: logit of the real token over its unit-norm neighbours
     model: str = ""  # teacher model (from the trajectories when given)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -101,6 +114,8 @@ def parse_budget(text: str) -> tuple[int, int]:
 
 
 def _check(cfg: DistillConfig, ds: PreparedDataset) -> None:
+    if cfg.init not in ("random", "real", "teacher"):
+        raise ConfigError(f"unknown init {cfg.init!r}", "use random, real or teacher")
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {cfg.objective!r}", f"choose one of: {', '.join(OBJECTIVES)}")
     if cfg.meta_grad not in STRATEGIES:
@@ -179,7 +194,23 @@ class _Run:
         self.device = torch.device(cfg.device)
         self.names = [n for n, _ in teacher.named_parameters()]
         gen = torch.Generator().manual_seed(cfg.seed)
-        latent, decoder = init_summary(cfg.mu, cfg.xi, cfg.latent_dim, ds.vocab_size, gen, cfg.init_scale)
+        if cfg.init == "teacher":
+            tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)
+            model = self._trained_model()
+            with torch.no_grad():
+                logits = model(tokens)  # [mu, xi, V]
+            banned = banned_mask(ds.vocab_size, [ds.vocab.pad_id])
+            targets = teacher_targets(tokens, logits, cfg.init_mix, banned)
+            decoder0 = principal_decoder(model.token_embeddings(), cfg.latent_dim, [ds.vocab.pad_id])
+            latent, decoder = fit_summary(targets, decoder0, cfg.tau, banned, gen=gen)
+        elif cfg.init == "real":
+            tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)
+            emb = self._trained_model().token_embeddings()
+            latent, decoder = init_from_real(
+                tokens, emb, cfg.latent_dim, cfg.init_sharpness, cfg.tau, [ds.vocab.pad_id]
+            )
+        else:
+            latent, decoder = init_summary(cfg.mu, cfg.xi, cfg.latent_dim, ds.vocab_size, gen, cfg.init_scale)
         self.latent = latent.to(self.device).requires_grad_()
         self.decoder = decoder.to(self.device).requires_grad_()
         self.opt = torch.optim.Adam([self.latent, self.decoder], lr=cfg.outer_lr, weight_decay=cfg.outer_weight_decay)
@@ -189,6 +220,19 @@ class _Run:
             self.inner = Adam(lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay)
         else:
             self.inner = SGD(lr=cfg.inner_lr, momentum=cfg.inner_momentum, weight_decay=cfg.inner_weight_decay)
+
+    def _trained_model(self) -> SequenceModel:
+        """The most trained checkpoint of Omega as a model (the teacher at its start if no Omega)."""
+        model = build_model(self.teacher.name, self.teacher.config).eval()
+        if self.omega is not None:
+            last = max(range(len(self.omega)), key=lambda i: (self.omega.entry(i)["step"], -self.omega.entry(i)["run"]))
+            params = self.omega.params(last)
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(params[n])
+        else:
+            model.load_state_dict(self.teacher.state_dict())
+        return model
 
     # -- pieces of one outer step
     def syn(self, idx: Tensor | None) -> Tensor:
@@ -233,6 +277,8 @@ class _Run:
                 def terminal(w: list[Tensor]) -> Tensor:
                     return self.real_loss(w, x_real)
 
+                with torch.no_grad():  # the real loss before the inner loop: meta_loss should end below it
+                    stats["real_loss_start"] = float(terminal(w0))
             mg = meta_gradient(loop, w0, terminal, cfg.meta_grad, segment=cfg.segment or None)
             meta_loss, grads = mg.meta_loss, mg.grads
             stats.update(inner_loss_first=mg.inner_loss_first, inner_loss_last=mg.inner_loss_last, **mg.stats)
@@ -337,6 +383,8 @@ def _teacher(ds: PreparedDataset, cfg: DistillConfig, trajectories: Path | None)
     omega = None
     if trajectories is not None:
         omega = load_trajectories(Path(trajectories), ds, model_name=cfg.model or None)
+        if cfg.omega_runs:
+            omega = omega.first_runs(cfg.omega_runs)
         model = build_model(omega.model_name, omega.config)
     else:
         if cfg.objective in ("dc", "mtt"):

@@ -33,3 +33,98 @@ def init_summary(
     latent = torch.randn(mu, xi, d, generator=gen) * (scale / d**0.5)
     decoder = torch.randn(d, vocab_size, generator=gen)
     return latent, decoder
+
+
+def real_windows(train: object, mu: int, xi: int, gen: torch.Generator) -> Tensor:
+    """``mu`` windows of ``xi`` real tokens [mu, xi]: from sequences at least ``xi`` long where there
+    are any (random start), else consecutive random sequences joined end to end."""
+    lengths = torch.as_tensor(train.lengths)  # type: ignore[attr-defined]
+    long_enough = torch.nonzero(lengths >= xi).flatten()
+    out = torch.zeros(mu, xi, dtype=torch.long)
+    for i in range(mu):
+        if len(long_enough):
+            j = int(long_enough[torch.randint(len(long_enough), (1,), generator=gen)])
+            seq = torch.as_tensor(train[j], dtype=torch.long)  # type: ignore[index]
+            start = int(torch.randint(len(seq) - xi + 1, (1,), generator=gen))
+            out[i] = seq[start : start + xi]
+            continue
+        parts, have = [], 0
+        while have < xi:
+            j = int(torch.randint(len(lengths), (1,), generator=gen))
+            seq = torch.as_tensor(train[j], dtype=torch.long)  # type: ignore[index]
+            parts.append(seq)
+            have += len(seq)
+        out[i] = torch.cat(parts)[:xi]
+    return out
+
+
+def init_from_real(
+    tokens: Tensor, embeddings: Tensor, d: int, sharpness: float, tau: float, banned: list[int]
+) -> tuple[Tensor, Tensor]:
+    """A summary that starts as smoothed real sequences.
+
+    The decoder's columns are the tokens' embeddings (from a trained teacher)
+    projected on their top-``d`` principal directions and scaled to unit norm;
+    each latent vector is ``sharpness * tau`` times its token's column. Then
+    softmax(latent @ decoder / tau) puts the most mass on the real token and
+    the rest on tokens the teacher embeds nearby.
+    """
+    coords = principal_decoder(embeddings, d, banned).T  # [V, d]
+    coords = coords / coords.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    decoder = coords.T.contiguous().float()  # [d, V]
+    latent = (sharpness * tau) * decoder.T[tokens]  # [mu, xi, d]
+    return latent.contiguous(), decoder
+
+
+def fit_summary(
+    targets: Tensor,
+    decoder0: Tensor,
+    tau: float,
+    banned: Tensor,
+    steps: int = 500,
+    lr: float = 0.05,
+    gen: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Latent and decoder whose softmax(latent @ decoder / tau) best fits ``targets`` [mu, xi, V].
+
+    Minimizes the cross-entropy to the targets with Adam, starting from
+    ``decoder0`` [d, V] and a small random latent.
+    """
+    mu, xi, _ = targets.shape
+    d = decoder0.shape[0]
+    latent = (0.1 * torch.randn(mu, xi, d, generator=gen)).requires_grad_()
+    decoder = decoder0.detach().clone().float().requires_grad_()
+    opt = torch.optim.Adam([latent, decoder], lr=lr)
+    for _ in range(steps):
+        p_log = F.log_softmax(((latent @ decoder) / tau).masked_fill(banned, -1e4), dim=-1)
+        loss = -(targets * p_log).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return latent.detach(), decoder.detach()
+
+
+def teacher_targets(tokens: Tensor, teacher_logits: Tensor, mix: float, banned: Tensor) -> Tensor:
+    """Distributions for real windows ``tokens`` [mu, xi]: at each position after the first,
+    ``mix`` of the real token plus ``1 - mix`` of the teacher's prediction for it
+    (``teacher_logits`` [mu, xi, V] from the teacher run on the windows)."""
+    V = teacher_logits.shape[-1]
+    onehot = F.one_hot(tokens, V).float()  # [mu, xi, V]
+    pred = F.softmax(teacher_logits[:, :-1].float().masked_fill(banned, float("-inf")), dim=-1)
+    out = onehot.clone()
+    out[:, 1:] = mix * onehot[:, 1:] + (1 - mix) * pred
+    return out
+
+
+def principal_decoder(embeddings: Tensor, d: int, banned: list[int]) -> Tensor:
+    """The tokens' coordinates on the top-``d`` principal directions of ``embeddings`` [V, dm]: [d, V]."""
+    emb = embeddings.detach().double()
+    keep = torch.ones(emb.shape[0], dtype=torch.bool)
+    keep[banned] = False
+    centered = emb - emb[keep].mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centered[keep], full_matrices=False)
+    k = min(d, vh.shape[0])
+    coords = centered @ vh[:k].T  # [V, k]
+    if k < d:
+        coords = torch.cat([coords, 1e-3 * torch.randn(emb.shape[0], d - k, dtype=coords.dtype)], dim=1)
+    return coords.T.contiguous().float()

@@ -59,6 +59,13 @@ class SequenceModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def token_embeddings(self) -> Tensor:
+        """The input embedding table [V, d] (tied with the output in every model here)."""
+        for name in ("item_emb", "tok_emb"):
+            if hasattr(self, name):
+                return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__} has no token embedding table")
+
 
 def padding_mask(x: Tensor) -> Tensor:
     """[B, L] bool, True at real (non-pad) positions, for ids or distributions."""

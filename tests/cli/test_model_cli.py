@@ -133,10 +133,11 @@ def test_trajectories(runs: dict) -> None:
     doc = _ok(runs["trajectories"])
     path = Path(doc["path"])
     assert path == runs["home"] / "trajectories" / DATASET / "sasrec"
-    assert (doc["model"], doc["runs"], doc["every"], doc["checkpoints"]) == ("sasrec", 1, 5, 2)
+    assert (doc["model"], doc["runs"], doc["every"], doc["checkpoints"]) == ("sasrec", 1, 5, 3)
     assert doc["summaries"][0]["steps"] == 10
     assert sorted(p.name for p in path.iterdir()) == [
         "manifest.json",
+        "run0-step0.safetensors",
         "run0-step10.safetensors",
         "run0-step5.safetensors",
     ]

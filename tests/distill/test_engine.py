@@ -118,7 +118,7 @@ def test_objectives_run(tiny_lm, tiny_omega, tmp_path, objective: str, inner: st
     assert len(lines) == 2 and all(math.isfinite(x["meta_loss"]) for x in lines)
     if objective in ("farzi", "dc", "mtt"):
         assert all(x["checkpoint"] is not None for x in lines)
-    assert result.bundle.meta["teacher"]["checkpoints"] == 6
+    assert result.bundle.meta["teacher"]["checkpoints"] == 8  # 2 runs x steps 0, 2, 4, 6
 
 
 def test_trajectory_objectives_need_trajectories(tiny_lm, tmp_path) -> None:

@@ -1,0 +1,69 @@
+"""The benchmark harness.
+
+    python -m bench list
+    python -m bench run EXPERIMENT [--protocol cpu|paper] [--seeds N] [--smoke]
+    python -m bench report
+
+``run`` executes one experiment from scratch (through the farzi library, the
+same code the CLI calls), writes ``bench/results/EXPERIMENT.json`` (every
+figure with its settings, seeds, machine and wall time) and re-renders
+``bench/REPORT.md`` and its plots from all results present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import RESULTS, write_result
+from bench.report import EXPERIMENTS, render_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list the experiments")
+    run = sub.add_parser("run", help="run one experiment")
+    run.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    run.add_argument("--protocol", choices=("cpu", "paper"), default="cpu")
+    run.add_argument("--seeds", type=int, default=3)
+    run.add_argument("--smoke", action="store_true", help="toy size, synthetic data (for tests)")
+    run.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    run.add_argument("--results", type=Path, default=RESULTS)
+    run.add_argument("--threads", type=int, default=2)
+    rep = sub.add_parser("report", help="re-render bench/REPORT.md from bench/results/")
+    rep.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if args.cmd == "list":
+        for name, (_module, title) in sorted(EXPERIMENTS.items()):
+            print(f"{name:22s} {title}")
+        return 0
+    if args.cmd == "report":
+        print(render_report(args.results))
+        return 0
+    torch.set_num_threads(args.threads)
+    module = importlib.import_module(f"bench.experiments.{EXPERIMENTS[args.experiment][0]}")
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"bench-{args.experiment}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    payload = module.run(args.protocol, work, args.seeds, smoke=args.smoke, experiment=args.experiment)
+    payload["wall_seconds"] = round(time.perf_counter() - start, 1)
+    payload["protocol"] = args.protocol
+    payload["smoke"] = args.smoke
+    payload["seeds"] = args.seeds
+    name = args.experiment + ("-smoke" if args.smoke else "") + ("-paper" if args.protocol == "paper" else "")
+    path = write_result(name, payload, args.results)
+    print(f"wrote {path}")
+    if not args.smoke:
+        print(render_report(args.results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
