@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from farzi.batching import pad_right
 from farzi.data.prepared import PreparedDataset
 from farzi.errors import ConfigError
-from farzi.metrics import decile_of, lm_metrics, rank_metrics, target_ranks
+from farzi.metrics import decile_of, lm_metrics, rank_metrics, target_nll, target_ranks
 from farzi.models import SequenceModel
 from farzi.progress import ProgressFn, report
 
@@ -72,6 +72,7 @@ def evaluate_rec(
     ranks_t, auc_t = target_ranks(scores, targets, cand)
     ranks, auc = ranks_t.numpy(), auc_t.numpy()
     result: dict[str, Any] = rank_metrics(ranks, auc, ks)
+    result["nll"] = float(target_nll(scores, targets, cand).mean()) if len(keep) else float("nan")
     if stratify == "popularity":
         result["strata"] = _popularity_strata(ds, contexts, targets.numpy(), ranks, auc, ks)
     elif stratify is not None:

@@ -7,6 +7,8 @@ Recommendation (full ranking over the item set, no sampled negatives):
   against the target, so a constant scorer gets no free hits.
 * HR@k = 1 if rank < k; nDCG@k = 1 / log2(rank + 2) if rank < k, else 0
   (one relevant item, so the ideal DCG is 1).
+* NLL = -log softmax(scores over the candidates)[target], a smooth score
+  (lower is better);
 * AUC = (#negatives scored below the target + 0.5 * #negatives tied with it)
   / #negatives: the Mann-Whitney statistic, ties counted half.
 
@@ -49,6 +51,18 @@ def target_ranks(scores: Tensor, targets: Tensor, candidates: Tensor) -> tuple[T
     n_neg = cand.sum(1).double()
     auc = torch.where(n_neg > 0, (lower + 0.5 * tied) / n_neg.clamp_min(1), torch.ones_like(n_neg))
     return higher_or_tied.long(), auc
+
+
+def target_nll(scores: Tensor, targets: Tensor, candidates: Tensor) -> Tensor:
+    """-log softmax probability of each row's target among its candidates (the target included): [N].
+
+    A smooth companion to the rank metrics, e.g. for early stopping on few users.
+    """
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    cand = candidates.clone()
+    cand[rows, targets] = True
+    logz = torch.logsumexp(scores.double().masked_fill(~cand, float("-inf")), dim=1)
+    return logz - scores[rows, targets].double()
 
 
 def hit_rate(ranks: Tensor | np.ndarray, k: int) -> np.ndarray:

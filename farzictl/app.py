@@ -355,6 +355,11 @@ def distill_cmd(
     meta_grad: Annotated[str, typer.Option(help="reverse (default), checkpointed, unroll, or paper.")] = "reverse",
     objective: Annotated[str, typer.Option(help="farzi (default), mm, dc, or mtt.")] = "farzi",
     grad_clip: Annotated[float, typer.Option(help="Clip the meta-gradient's norm (0 = off).")] = 1.0,
+    init: Annotated[
+        str, typer.Option(help="Summary start: teacher (real windows + teacher predictions), real, or random.")
+    ] = "teacher",
+    init_mix: Annotated[float, typer.Option(help="teacher init: weight of the real token vs the prediction.")] = 0.5,
+    omega_runs: Annotated[int, typer.Option(help="Use only the first N trajectory runs (0 = all).")] = 0,
     max_len: MaxLen = None,
     d_model: DModel = None,
     n_layers: NLayers = None,
@@ -394,6 +399,9 @@ def distill_cmd(
         meta_grad=meta_grad,
         objective=objective,
         grad_clip=grad_clip,
+        init=init,
+        init_mix=init_mix,
+        omega_runs=omega_runs,
         model=model or "",
         model_overrides={
             k: v for k, v in _overrides(max_len, d_model, n_layers, n_heads, None).items() if v is not None

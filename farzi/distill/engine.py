@@ -83,7 +83,7 @@ class DistillConfig:
     mtt_offset: int = 2  # mtt: target = this many saved checkpoints later
     omega_runs: int = 0  # use the checkpoints of the first N training runs only; 0 = all
     grad_clip: float = 1.0  # max norm of the meta-gradient; 0 = off
-    init: str = "random"  # "random"; "real": smoothed real sequences; "teacher": real + teacher predictions
+    init: str = "teacher"  # "teacher": real windows + teacher predictions; "real": smoothed real windows; "random"
     init_mix: float = 0.5  # teacher init: weight of the real token against the teacher's prediction
     init_scale: float = 1.0  # random init: logits start at about this scale
     init_sharpness: float = 10.0  # real init: logit of the real token over its unit-norm neighbours
@@ -194,7 +194,10 @@ class _Run:
         self.device = torch.device(cfg.device)
         self.names = [n for n, _ in teacher.named_parameters()]
         gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.init == "teacher":
+        init = cfg.init
+        if init == "teacher" and omega is None:
+            init = "real"  # no trained teacher to ask: start from real windows alone
+        if init == "teacher":
             tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)
             model = self._trained_model()
             with torch.no_grad():
@@ -203,7 +206,7 @@ class _Run:
             targets = teacher_targets(tokens, logits, cfg.init_mix, banned)
             decoder0 = principal_decoder(model.token_embeddings(), cfg.latent_dim, [ds.vocab.pad_id])
             latent, decoder = fit_summary(targets, decoder0, cfg.tau, banned, gen=gen)
-        elif cfg.init == "real":
+        elif init == "real":
             tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)
             emb = self._trained_model().token_embeddings()
             latent, decoder = init_from_real(

@@ -52,6 +52,8 @@ def real_windows(train: object, mu: int, xi: int, gen: torch.Generator) -> Tenso
         while have < xi:
             j = int(torch.randint(len(lengths), (1,), generator=gen))
             seq = torch.as_tensor(train[j], dtype=torch.long)  # type: ignore[index]
+            if parts and len(seq) > 1 and int(parts[-1][-1]) == int(seq[0]):
+                seq = seq[1:]  # sentences end and start with <eos>: keep one boundary between them
             parts.append(seq)
             have += len(seq)
         out[i] = torch.cat(parts)[:xi]

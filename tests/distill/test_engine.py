@@ -18,8 +18,17 @@ TINY_MODEL = {"d_model": 8, "n_layers": 1, "n_heads": 2, "max_len": 16}
 
 
 def _cfg(**kw) -> DistillConfig:
-    base = dict(mu=4, xi=8, latent_dim=4, inner_steps=3, outer_steps=4, real_batch=8, model="transformer",
-                model_overrides=TINY_MODEL, seed=3)
+    base = dict(
+        mu=4,
+        xi=8,
+        latent_dim=4,
+        inner_steps=3,
+        outer_steps=4,
+        real_batch=8,
+        model="transformer",
+        model_overrides=TINY_MODEL,
+        seed=3,
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -68,7 +77,9 @@ def test_resume_after_a_kill_ends_bitwise_identical(tiny_lm, tmp_path, monkeypat
     assert killed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
     drop = ("step_seconds", "seconds")
     log_a = [{k: v for k, v in json.loads(x).items() if k not in drop} for x in whole.log_path.read_text().splitlines()]
-    log_b = [{k: v for k, v in json.loads(x).items() if k not in drop} for x in resumed.log_path.read_text().splitlines()]
+    log_b = [
+        {k: v for k, v in json.loads(x).items() if k not in drop} for x in resumed.log_path.read_text().splitlines()
+    ]
     assert log_a == log_b
     assert not killed.with_suffix(".state.safetensors").exists()
 
@@ -104,8 +115,15 @@ def test_non_finite_meta_gradient_skips_the_step(tiny_lm, tmp_path, monkeypatch)
 @pytest.fixture(scope="module")
 def tiny_omega(tiny_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("omega") / "traj"
-    train_trajectories(tiny_lm, "transformer", runs=2, every=2, config=TrainConfig(max_steps=6, batch_size=16, patience=0),
-                       out=out, model_overrides=TINY_MODEL)
+    train_trajectories(
+        tiny_lm,
+        "transformer",
+        runs=2,
+        every=2,
+        config=TrainConfig(max_steps=6, batch_size=16, patience=0),
+        out=out,
+        model_overrides=TINY_MODEL,
+    )
     return out
 
 
@@ -128,8 +146,14 @@ def test_trajectory_objectives_need_trajectories(tiny_lm, tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "match"),
-    [("objective", "bogus", "objective"), ("meta_grad", "bogus", "strategy"), ("inner_optimizer", "rmsprop", "inner"),
-     ("tau", 0.0, "tau"), ("inner_steps", 0, "inner-steps"), ("device", "tpu", "device")],
+    [
+        ("objective", "bogus", "objective"),
+        ("meta_grad", "bogus", "strategy"),
+        ("inner_optimizer", "rmsprop", "inner"),
+        ("tau", 0.0, "tau"),
+        ("inner_steps", 0, "inner-steps"),
+        ("device", "tpu", "device"),
+    ],
 )
 def test_bad_settings(tiny_lm, tmp_path, field: str, value, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -23,7 +23,9 @@ def _quadratic_problem(seed: int = 0):
 
 OPTIMIZERS = [
     pytest.param(Adam(lr=0.05), lambda p: torch.optim.Adam(p, lr=0.05), id="adam"),
-    pytest.param(Adam(lr=0.05, weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.1), id="adam-wd"),
+    pytest.param(
+        Adam(lr=0.05, weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.1), id="adam-wd"
+    ),
     pytest.param(
         SGD(lr=0.02, momentum=0.9, weight_decay=0.1),
         lambda p: torch.optim.SGD(p, lr=0.02, momentum=0.9, weight_decay=0.1),

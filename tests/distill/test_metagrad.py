@@ -94,8 +94,11 @@ def test_paper_algorithm_is_an_approximation(adam_reference, record_property) ->
 
 
 @pytest.mark.parametrize("strategy", ["reverse", "checkpointed"])
-@pytest.mark.parametrize("optimizer", [SGD(lr=0.05, momentum=0.9, weight_decay=1e-3), Adam(lr=0.01, weight_decay=1e-3)],
-                         ids=["sgd-momentum", "adam-wd"])
+@pytest.mark.parametrize(
+    "optimizer",
+    [SGD(lr=0.05, momentum=0.9, weight_decay=1e-3), Adam(lr=0.01, weight_decay=1e-3)],
+    ids=["sgd-momentum", "adam-wd"],
+)
 def test_strategies_match_unroll_other_optimizers(strategy: str, optimizer) -> None:
     loop, w0, terminal = _problem(torch.float64, 40, optimizer, syn_batch=None)
     ref = meta_gradient(loop, w0, terminal, "unroll")
