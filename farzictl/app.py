@@ -344,7 +344,7 @@ def distill_cmd(
     inner_momentum: Annotated[float, typer.Option(help="SGD momentum in the inner loop.")] = 0.9,
     inner_weight_decay: Annotated[float, typer.Option(help="Inner optimizer weight decay.")] = 0.0,
     outer_steps: Annotated[int, typer.Option(help="Outer (meta) steps.")] = 200,
-    outer_lr: Annotated[float, typer.Option(help="Adam learning rate on latent and decoder.")] = 0.01,
+    outer_lr: Annotated[float, typer.Option(help="Adam learning rate on latent and decoder.")] = 0.003,
     outer_weight_decay: Annotated[float, typer.Option(help="Adam weight decay on latent and decoder.")] = 0.0,
     syn_batch: Annotated[int, typer.Option(help="Synthetic sequences per inner step (0 = all).")] = 0,
     real_batch: Annotated[int, typer.Option(help="Real sequences in the meta-objective's batch.")] = 128,
@@ -358,7 +358,7 @@ def distill_cmd(
     init: Annotated[
         str, typer.Option(help="Summary start: teacher (real windows + teacher predictions), real, or random.")
     ] = "teacher",
-    init_mix: Annotated[float, typer.Option(help="teacher init: weight of the real token vs the prediction.")] = 0.5,
+    init_mix: Annotated[float, typer.Option(help="teacher init: weight of the real token vs the prediction.")] = 0.2,
     omega_runs: Annotated[int, typer.Option(help="Use only the first N trajectory runs (0 = all).")] = 0,
     max_len: MaxLen = None,
     d_model: DModel = None,

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.data.prepared import PreparedDataset
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
-
-needs_shared = pytest.mark.skipif(
-    not (SHARED / "ml-100k" / "u.data").is_file() or not (SHARED / "ptb" / "ptb.valid.txt").is_file(),
-    reason=f"real datasets not found at {SHARED} (only the maintainers' checkout has ../shared)",
-)
 
 
 @pytest.fixture(autouse=True)

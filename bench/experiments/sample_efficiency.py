@@ -51,11 +51,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "inner_steps": 10,
             "inner_lr": 0.01,
             "outer_steps": 150,
-            "outer_lr": 0.01,
+            "outer_lr": 0.003,
             "syn_batch": 16,
             "real_batch": 128,
             "init": "teacher",
+            "init_mix": 0.2,
         },
+        "outer_steps_by_budget": {"50": 400},
         "student": {"lr": 2e-3, "batch_size": 128, "max_steps": 600, "patience": 15, "eval_every": 10},
         "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
     },
@@ -195,7 +197,9 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
     bundles: dict[int, dict[str, Any]] = {}
     t0 = time.perf_counter()
     for mu in s["budgets"]:
-        cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, device=device, **s["distill"])
+        steps = s.get("outer_steps_by_budget", {}).get(str(mu), s["distill"]["outer_steps"])
+        params = {**s["distill"], "outer_steps": steps}
+        cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, device=device, **params)
         out = work / "bundles" / f"farzi-{mu}x{s['xi']}.safetensors"
         res = distill(ds, cfg, out, trajectories=traj)
         bundles[mu] = {"path": str(out), "summary": res.summary}

@@ -11,19 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from shared_data import ML100K, PTB, REPO, needs_shared
 
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.data.prepared import load_prepared
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "datasets"
-ML100K = SHARED / "ml-100k"
-PTB = SHARED / "ptb"
-
-pytestmark = pytest.mark.skipif(
-    not (ML100K / "u.data").is_file() or not (PTB / "ptb.valid.txt").is_file(),
-    reason=f"real datasets not found at {SHARED} (../shared/datasets from the repo root)",
-)
+pytestmark = needs_shared
 
 
 ML100K_ARGS = ("prepare", "ml-100k", "--source", "../shared/datasets/ml-100k")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED, needs_shared
+from shared_data import REPO, SHARED, needs_shared
 
 TINY_MODEL = "--max-len 16 --d-model 8 --n-layers 1"
 TINY = {
