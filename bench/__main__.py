@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:22s} {title}")
         return 0
     if args.cmd == "report":
-        print(render_report(args.results))
+        print(render_report(args.results, args.results.parent / "REPORT.md"))
         return 0
     torch.set_num_threads(args.threads)
     module = importlib.import_module(f"bench.experiments.{EXPERIMENTS[args.experiment][0]}")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result(name, payload, args.results)
     print(f"wrote {path}")
     if not args.smoke:
-        print(render_report(args.results))
+        print(render_report(args.results, args.results.parent / "REPORT.md"))
     return 0
 
 

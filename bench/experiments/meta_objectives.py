@@ -29,7 +29,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     rows, bundles = [], {}
     for obj, opt in VARIANTS:
         tag = f"{obj}-{opt}"
-        lr = s["distill"]["inner_lr"] if opt == "adam" else 0.1
+        lr = s["distill"].get("inner_lr", 0.01) if opt == "adam" else 0.1
         path, summary = _ml.bundle(
             ds, s, work, traj, mu, tag, objective=obj, inner_optimizer=opt, inner_lr=lr, outer_steps=outer, mtt_offset=1
         )

@@ -50,7 +50,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "tau": 1.0,
             "inner_steps": 10,
             "inner_lr": 0.01,
-            "outer_steps": 150,
+            "outer_steps": 100,
             "outer_lr": 0.003,
             "syn_batch": 16,
             "real_batch": 128,
