@@ -92,7 +92,8 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             {
                 "goal": f"{DEFAULT}: peak RSS < 1/20 of unroll's at T={mid}",
-                "measured": f"unroll / {DEFAULT} = {ratio:.1f}x ({u['peak_rss_mib']:.0f} vs {d['peak_rss_mib']:.0f} MiB)",
+                "measured": f"unroll / {DEFAULT} = {ratio:.1f}x "
+                f"({u['peak_rss_mib']:.0f} vs {d['peak_rss_mib']:.0f} MiB)",
                 "holds": ratio > 20,
             }
         )

@@ -35,6 +35,24 @@ PAPER = {
     },
 }
 
+# toy size for the smoke tests: synthetic data, seconds per experiment
+_SMOKE: dict[str, Any] = {
+    "prepare": {"synthetic_vocab": 30, "synthetic_sequences": 60},
+    "trajectories": {"runs": 1, "every": 3, "train": {"lr": 2e-3, "batch_size": 16, "max_steps": 6}},
+    "budgets": [4],
+    "xi": 8,
+    "claim_budget": 4,
+    "distill": {
+        "latent_dim": 4,
+        "inner_steps": 2,
+        "outer_steps": 2,
+        "syn_batch": 0,
+        "real_batch": 8,
+        "init": "teacher",
+    },
+    "student": {"lr": 2e-3, "batch_size": 16, "max_steps": 6, "patience": 0, "eval_every": 3},
+}
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "ml100k-cpu": {
         "source": "ml-100k",
@@ -110,43 +128,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
     },
     "smoke-rec": {
+        **_SMOKE,
         "source": "synthetic-rec",
         "model": "sasrec",
-        "prepare": {"synthetic_vocab": 30, "synthetic_sequences": 60},
         "model_overrides": {"max_len": 16, "d_model": 8, "n_layers": 1, "dropout": 0.1},
-        "trajectories": {"runs": 1, "every": 3, "train": {"lr": 2e-3, "batch_size": 16, "max_steps": 6}},
-        "budgets": [4],
-        "xi": 8,
-        "claim_budget": 4,
-        "distill": {
-            "latent_dim": 4,
-            "inner_steps": 2,
-            "outer_steps": 2,
-            "syn_batch": 0,
-            "real_batch": 8,
-            "init": "teacher",
-        },
-        "student": {"lr": 2e-3, "batch_size": 16, "max_steps": 6, "patience": 0, "eval_every": 3},
         "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
     },
     "smoke-lm": {
+        **_SMOKE,
         "source": "synthetic-lm",
         "model": "transformer",
-        "prepare": {"synthetic_vocab": 30, "synthetic_sequences": 60},
         "model_overrides": {"max_len": 32, "d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 16, "dropout": 0.1},
-        "trajectories": {"runs": 1, "every": 3, "train": {"lr": 2e-3, "batch_size": 16, "max_steps": 6}},
-        "budgets": [4],
-        "xi": 8,
-        "claim_budget": 4,
-        "distill": {
-            "latent_dim": 4,
-            "inner_steps": 2,
-            "outer_steps": 2,
-            "syn_batch": 0,
-            "real_batch": 8,
-            "init": "teacher",
-        },
-        "student": {"lr": 2e-3, "batch_size": 16, "max_steps": 6, "patience": 0, "eval_every": 3},
         "metrics": ["ppl_corpus", "ppl_sentence", "accuracy"],
     },
 }

@@ -20,8 +20,8 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     results = tmp_path_factory.mktemp("results")
     for name in EXPERIMENTS:
         work = tmp_path_factory.mktemp(f"work-{name}")
-        args = ["run", name, "--smoke", "--seeds", "1", "--threads", "1", "--work", str(work), "--results", str(results)]
-        assert main(args) == 0
+        args = ["run", name, "--smoke", "--seeds", "1", "--threads", "1", "--work", str(work)]
+        assert main([*args, "--results", str(results)]) == 0
     return results
 
 
