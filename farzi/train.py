@@ -154,6 +154,7 @@ def train_model(
                 point = {
                     "step": step,
                     "epoch": round(step / steps_per_epoch, 3),
+                    "sequences_seen": seen,
                     "train_loss": sum(losses) / len(losses),
                     metric: value,
                     "elapsed": round(time.perf_counter() - start, 3),
