@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.common import python, run_json
 
 STRATEGIES = ("reverse", "checkpointed", "unroll", "paper")
@@ -25,6 +27,7 @@ def run(
     else:
         steps = [25, 50, 100, 200, 400]
         shape = ["--vocab", "2000", "--xi", "50", "--mu", "400", "--syn-batch", "32", "--d-model", "16"]
+    threads = torch.get_num_threads()  # as set by `python -m bench run --threads N`
     rows: list[dict[str, Any]] = []
     for strategy in STRATEGIES:
         seen: list[dict[str, Any]] = []
@@ -44,6 +47,7 @@ def run(
                     )
                     continue
             cmd = [python(), "-m", "bench.metagrad_worker", "--strategy", strategy, "--steps", str(T), *shape]
+            cmd += ["--threads", str(threads)]
             try:
                 row = run_json(cmd, timeout=3600)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -58,7 +62,7 @@ def run(
             "steps": steps,
             "inner_optimizer": "adam lr 0.01",
             "model": "1-layer Transformer LM",
-            "threads": 2,
+            "threads": threads,
         },
         "rows": rows,
     }
