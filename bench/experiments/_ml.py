@@ -1,7 +1,15 @@
-"""The ML-100k setup shared by the ablation experiments (cpu protocol), and their toy version."""
+"""The ML-100k setup shared by the ablation experiments (cpu protocol), and their toy version.
+
+Trajectories and bundles are cached under the work directory by the settings that made them, so
+experiments run with the same ``--work`` share what they have in common (each still runs from
+scratch on an empty one); every result records which artifacts it reused.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +18,8 @@ from farzi.data.prepared import PreparedDataset
 from farzi.distill.engine import DistillConfig, distill
 from farzi.train import TrainConfig
 from farzi.trajectories import train_trajectories
+
+REUSED: list[str] = []  # artifacts this process took from the cache (reported by the experiments)
 
 
 def base_settings(smoke: bool) -> dict[str, Any]:
@@ -25,6 +35,10 @@ def dataset(s: dict[str, Any], work: Path) -> PreparedDataset | None:
     return prepare_dataset(s, work)
 
 
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def omega(
     ds: PreparedDataset,
     s: dict[str, Any],
@@ -35,10 +49,12 @@ def omega(
     name: str | None = None,
 ) -> Path:
     tr = s["trajectories"]
-    out = work / "trajectories" / (name or model)
-    train_trajectories(
-        ds, model, runs or tr["runs"], tr["every"], TrainConfig(patience=0, seed=100, **tr["train"]), out, overrides
-    )
+    runs = runs or tr["runs"]
+    out = work / "trajectories" / f"{name or model}-{_key(ds.fingerprint(), model, overrides, runs, tr)}"
+    if (out / "manifest.json").is_file():
+        REUSED.append(f"trajectories {out.name}")
+        return out
+    train_trajectories(ds, model, runs, tr["every"], TrainConfig(patience=0, seed=100, **tr["train"]), out, overrides)
     return out
 
 
@@ -54,6 +70,11 @@ def bundle(
 ) -> tuple[Path, dict[str, Any]]:
     params = {**s["distill"], **changes}
     cfg = DistillConfig(mu=mu, xi=s["xi"], model=model or s["model"], seed=0, **params)
-    out = work / "bundles" / f"{tag}.safetensors"
+    out = work / "bundles" / f"{tag}-{_key(dataclasses.asdict(cfg), str(traj))}.safetensors"
+    summary_file = out.with_suffix(".summary.json")
+    if out.is_file() and summary_file.is_file():
+        REUSED.append(f"bundle {out.name}")
+        return out, json.loads(summary_file.read_text())
     res = distill(ds, cfg, out, trajectories=traj)
+    summary_file.write_text(json.dumps(res.summary, default=str))
     return out, res.summary

@@ -19,7 +19,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
         return {"skipped": "ML-100k not found under ../shared/datasets"}
     mu = 4 if smoke else 50
     traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"])
-    path, _ = _ml.bundle(ds, s, work, traj, mu, "farzi")
+    path, _ = _ml.bundle(ds, s, work, traj, mu, "farzi-sasrec")
     runs = []
     for spec, label in (("full", "full"), (str(path), f"farzi {mu}x{s['xi']}")):
         for seed in range(min(seeds, 2)):
@@ -35,7 +35,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
                     stratify="popularity",
                 )
             )
-    return {"budget": f"{mu}x{s['xi']}", "runs": runs, "settings": s}
+    return {"budget": f"{mu}x{s['xi']}", "runs": runs, "settings": s, "reused": list(_ml.REUSED)}
 
 
 def _mean_by_decile(runs: list[dict[str, Any]], label: str, key: str, metric: str) -> list[float | None]:

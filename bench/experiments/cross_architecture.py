@@ -31,7 +31,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     bundles = {}
     for teacher in TEACHERS:
         traj = _ml.omega(ds, s, work, teacher, _overrides(s, teacher))
-        bundles[teacher], _ = _ml.bundle(ds, s, work, traj, mu, f"teacher-{teacher}", model=teacher)
+        bundles[teacher], _ = _ml.bundle(ds, s, work, traj, mu, f"farzi-{teacher}", model=teacher)
     rows = []
     n_seeds = min(seeds, 2)
     for student in STUDENTS:
@@ -48,7 +48,13 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
                     label=f"{student} | {label}",
                 )
                 rows.append(row)
-    return {"budget": f"{mu}x{s['xi']}", "runs": rows, "table": aggregate(rows, ["hr@10", "hr@100"]), "settings": s}
+    return {
+        "budget": f"{mu}x{s['xi']}",
+        "runs": rows,
+        "table": aggregate(rows, ["hr@10", "hr@100"]),
+        "settings": s,
+        "reused": list(_ml.REUSED),
+    }
 
 
 def render(name: str, result: dict[str, Any], plots: Path) -> str:

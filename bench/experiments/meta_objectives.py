@@ -65,6 +65,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
         "bundles": bundles,
         "table": aggregate(rows, ["hr@10", "hr@100", "ndcg@10"]),
         "settings": s,
+        "reused": list(_ml.REUSED),
     }
 
 

@@ -71,6 +71,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
         "runs": rows,
         "table": aggregate(rows, ["hr@10", "hr@100"]),
         "settings": s,
+        "reused": list(_ml.REUSED),
     }
 
 

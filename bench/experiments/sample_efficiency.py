@@ -75,7 +75,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "init": "teacher",
             "init_mix": 0.2,
         },
-        "outer_steps_by_budget": {"50": 400},
         "student": {"lr": 2e-3, "batch_size": 128, "max_steps": 600, "patience": 15, "eval_every": 10},
         "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
     },

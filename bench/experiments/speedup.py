@@ -26,7 +26,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
         return {"skipped": "ML-100k not found under ../shared/datasets"}
     mu = 4 if smoke else 50
     traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"])
-    path, _ = _ml.bundle(ds, s, work, traj, mu, "farzi")
+    path, _ = _ml.bundle(ds, s, work, traj, mu, "farzi-sasrec")
     student = {**s["student"], "patience": 0}  # full curves: no early stopping
     out = []
     for seed in range(min(seeds, 2)):
@@ -49,7 +49,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
             label=f"farzi {mu}x{s['xi']}",
         )
         out.append({"seed": seed, "full": full, "farzi": farzi})
-    return {"budget": f"{mu}x{s['xi']}", "pairs": out, "settings": s}
+    return {"budget": f"{mu}x{s['xi']}", "pairs": out, "settings": s, "reused": list(_ml.REUSED)}
 
 
 def render(name: str, result: dict[str, Any], plots: Path) -> str:
