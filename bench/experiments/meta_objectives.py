@@ -24,7 +24,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     if ds is None:
         return {"skipped": "ML-100k not found under ../shared/datasets"}
     mu = 4 if smoke else 25
-    outer = 2 if smoke else 50
+    outer = 2 if smoke else 30
     traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"])
     rows, bundles = [], {}
     for obj, opt in VARIANTS:
