@@ -18,7 +18,6 @@ added to the gradient; SGD momentum with dampening 0, first buffer = gradient).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -188,16 +187,3 @@ class SGD:
 
 
 InnerOptimizer = Adam | SGD
-
-
-def anchor_interval(decay: float, tolerance: float = 1e-6) -> int:
-    """Steps a float64 reversal can run before rounding error grows past ``tolerance``.
-
-    Reversing m (or a momentum buffer) divides its error by ``decay`` each step;
-    float64 starts at ~1e-16, so after k steps the error is ~1e-16 / decay^k.
-    """
-    if decay <= 0:
-        return 1 << 30
-    if decay >= 1:
-        return 1
-    return max(1, int(math.log(tolerance / 1e-16) / math.log(1.0 / decay)))
