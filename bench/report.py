@@ -74,6 +74,10 @@ def render_report(results: Path = RESULTS, out: Path = BENCH / "REPORT.md") -> s
         "has them. Protocol `cpu` is a reduced scale that runs on 2 CPU cores; protocol `paper` uses the",
         "paper's hyper-parameters and is meant for a GPU.",
         "",
+        "How the figures below were run: the cpu-protocol experiments ran two at a time on the 2-core machine,",
+        "each with `--threads 1`, so every wall time is that of one core shared with another experiment (the",
+        "machine line of each section gives the thread count it recorded).",
+        "",
     ]
     for name in ORDER:
         module_name, title = EXPERIMENTS[name]

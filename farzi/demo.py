@@ -47,7 +47,15 @@ TASKS = {
         budget=(20, 24),
         trajectory_runs=2,
         trajectory_steps=120,
-        distill={"inner_steps": 10, "outer_steps": 120, "real_batch": 64, "inner_lr": 0.01, "outer_lr": 0.02},
+        # init_mix 0.5 (not the default 0.2): measured better on this source (corpus ppl 82.8 vs 86.2, seed 0)
+        distill={
+            "inner_steps": 10,
+            "outer_steps": 120,
+            "real_batch": 64,
+            "inner_lr": 0.01,
+            "outer_lr": 0.02,
+            "init_mix": 0.5,
+        },
         student={"lr": 2e-3, "batch_size": 64, "max_steps": 400, "patience": 6, "eval_every": 20},
         metrics=("ppl_corpus", "ppl_sentence", "accuracy"),
     ),
