@@ -35,7 +35,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
         return {"skipped": "ML-100k not found under ../shared/datasets"}
     traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"], runs=max(sizes))
     mu = 4 if smoke else 50
-    outer = 2 if smoke else 100
+    outer = 2 if smoke else 60
     rows = []
     for n in sizes:
         if n == 0:
