@@ -49,7 +49,8 @@ def mean_std(mean: float | None, std: float | None, digits: int = 2) -> str:
 
 def md_table(columns: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    out += ["| " + " | ".join(fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
+    cells = [[fmt(v) if not isinstance(v, str) else v.replace("|", "\\|") for v in row] for row in rows]
+    out += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(out)
 
 
