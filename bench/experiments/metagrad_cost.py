@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from bench.common import python, run_json
+from bench.report import fmt, md_table
+from farzi.plots import line_panels
 
 STRATEGIES = ("reverse", "checkpointed", "unroll", "paper")
 
@@ -113,11 +115,8 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "holds": ratio > 20,
                 }
             )
-    ratios = [
-        (T, _row(rows, DEFAULT, T)["seconds"] / _row(rows, "unroll", T)["seconds"])
-        for T in steps
-        if _row(rows, DEFAULT, T) and _row(rows, "unroll", T)
-    ]
+    pairs = [(T, _row(rows, DEFAULT, T), _row(rows, "unroll", T)) for T in steps]
+    ratios = [(T, d["seconds"] / u["seconds"]) for T, d, u in pairs if d and u]
     if ratios:
         worst = max(r for _, r in ratios)
         out.append(
@@ -131,9 +130,6 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render(name: str, result: dict[str, Any], plots: Path) -> str:
-    from bench.report import fmt, md_table
-    from farzi.plots import line_panels
-
     rows, steps = result["rows"], result["settings"]["steps"]
     table = []
     for strategy in STRATEGIES:
