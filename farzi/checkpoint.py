@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from farzi import __version__
 from farzi._io import atomic_file
 from farzi._safetensors import load_tensors, read_header, save_tensors
+from farzi._version import __version__
 from farzi.data.prepared import PreparedDataset
 from farzi.errors import CheckpointError, FarziError
 from farzi.models import SequenceModel, build_model

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from farzi import __version__
 from farzi._io import atomic_dir, read_json, write_json
+from farzi._version import __version__
 from farzi.batching import SequenceTrainSet
 from farzi.checkpoint import (
     check_dataset,

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from farzi import __version__
 from farzi._io import atomic_dir, read_json, write_json
+from farzi._version import __version__
 from farzi.data.sequences import Sequences
 from farzi.data.vocab import Vocabulary
 from farzi.errors import DataError

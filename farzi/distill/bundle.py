@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from farzi import __version__
 from farzi._io import atomic_file
 from farzi._safetensors import load_tensors, read_header, save_tensors
+from farzi._version import __version__
 from farzi.distill.summary import banned_mask, materialize
 from farzi.errors import BundleError
 

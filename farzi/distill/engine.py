@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from farzi import __version__
 from farzi._io import atomic_file
 from farzi._safetensors import load_tensors, read_header, save_tensors
+from farzi._version import __version__
 from farzi.batching import pad_right
 from farzi.data.prepared import PreparedDataset
 from farzi.distill.bundle import FarziData, load_bundle, save_bundle
