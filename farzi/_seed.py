@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1; 2**63 - 1 keeps seed + run in range
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator seeded the same way."""

@@ -7,6 +7,7 @@ stderr and exits with status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,8 @@ from farzi.checkpoint import check_dataset, load_checkpoint
 from farzi.data.prepare import SOURCES, PrepareOptions, prepare
 from farzi.data.prepared import load_prepared
 from farzi.demo import TASKS, run_demo
-from farzi.distill.engine import DistillConfig, distill, parse_budget
+from farzi.distill.config import DistillConfig, Init, InnerOptimizerName, MetaGrad, Objective, parse_budget
+from farzi.distill.engine import distill
 from farzi.distill.inspect import inspect_bundle
 from farzi.errors import DataError
 from farzi.evaluate import evaluate
@@ -331,35 +333,53 @@ def render_metrics(title: str, metrics: dict) -> None:
         )
 
 
+# ------------------------------------------------------------------ distill
+# Options named after DistillConfig's fields take their default and help from it (one source of truth);
+# tests/cli/test_distill_options.py checks that every field has its option.
+_DISTILL = DistillConfig()
+_DISTILL_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(DistillConfig)}
+# fields with an option of the same name; the rest: mu, xi (--budget), model (--model), model_overrides
+# (--max-len, --d-model, --n-layers, --n-heads)
+DISTILL_OPTION_FIELDS = tuple(
+    f.name for f in dataclasses.fields(DistillConfig) if f.name not in ("mu", "xi", "model", "model_overrides")
+)
+
+
+def _d(name: str) -> typer.models.OptionInfo:
+    return typer.Option(help=_DISTILL_HELP[name])
+
+
 @app.command("distill")
 @ui.handle_errors
 def distill_cmd(
     dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
     budget: Annotated[str, typer.Option(help="MUxXI: number of synthetic sequences x their length.")] = "50x50",
-    latent_dim: Annotated[int, typer.Option(help="Latent dimension d of the factorization.")] = 8,
-    tau: Annotated[float, typer.Option(help="Softmax temperature of the decoder.")] = 1.0,
-    inner_steps: Annotated[int, typer.Option(help="Inner training steps T per outer step.")] = 20,
-    inner_lr: Annotated[float, typer.Option(help="Inner optimizer learning rate.")] = 0.01,
-    inner_optimizer: Annotated[str, typer.Option(help="adam or sgd (with --inner-momentum).")] = "adam",
-    inner_momentum: Annotated[float, typer.Option(help="SGD momentum in the inner loop.")] = 0.9,
-    inner_weight_decay: Annotated[float, typer.Option(help="Inner optimizer weight decay.")] = 0.0,
-    outer_steps: Annotated[int, typer.Option(help="Outer (meta) steps.")] = 200,
-    outer_lr: Annotated[float, typer.Option(help="Adam learning rate on latent and decoder.")] = 0.003,
-    outer_weight_decay: Annotated[float, typer.Option(help="Adam weight decay on latent and decoder.")] = 0.0,
-    syn_batch: Annotated[int, typer.Option(help="Synthetic sequences per inner step (0 = all).")] = 0,
-    real_batch: Annotated[int, typer.Option(help="Real sequences in the meta-objective's batch.")] = 128,
+    latent_dim: Annotated[int, _d("latent_dim")] = _DISTILL.latent_dim,
+    tau: Annotated[float, _d("tau")] = _DISTILL.tau,
+    inner_steps: Annotated[int, _d("inner_steps")] = _DISTILL.inner_steps,
+    inner_lr: Annotated[float, _d("inner_lr")] = _DISTILL.inner_lr,
+    inner_optimizer: Annotated[InnerOptimizerName, _d("inner_optimizer")] = _DISTILL.inner_optimizer,
+    inner_momentum: Annotated[float, _d("inner_momentum")] = _DISTILL.inner_momentum,
+    inner_weight_decay: Annotated[float, _d("inner_weight_decay")] = _DISTILL.inner_weight_decay,
+    outer_steps: Annotated[int, _d("outer_steps")] = _DISTILL.outer_steps,
+    outer_lr: Annotated[float, _d("outer_lr")] = _DISTILL.outer_lr,
+    outer_weight_decay: Annotated[float, _d("outer_weight_decay")] = _DISTILL.outer_weight_decay,
+    syn_batch: Annotated[int, _d("syn_batch")] = _DISTILL.syn_batch,
+    real_batch: Annotated[int, _d("real_batch")] = _DISTILL.real_batch,
+    meta_grad: Annotated[MetaGrad, _d("meta_grad")] = _DISTILL.meta_grad,
+    segment: Annotated[int, _d("segment")] = _DISTILL.segment,
+    objective: Annotated[Objective, _d("objective")] = _DISTILL.objective,
+    mtt_offset: Annotated[int, _d("mtt_offset")] = _DISTILL.mtt_offset,
+    omega_runs: Annotated[int, _d("omega_runs")] = _DISTILL.omega_runs,
+    grad_clip: Annotated[float, _d("grad_clip")] = _DISTILL.grad_clip,
+    init: Annotated[Init, _d("init")] = _DISTILL.init,
+    init_mix: Annotated[float, _d("init_mix")] = _DISTILL.init_mix,
+    init_scale: Annotated[float, _d("init_scale")] = _DISTILL.init_scale,
+    init_sharpness: Annotated[float, _d("init_sharpness")] = _DISTILL.init_sharpness,
     trajectories: Annotated[
         Path | None, typer.Option(help="Omega directory (default: HOME/trajectories/DATASET/MODEL if it exists).")
     ] = None,
     model: Model = None,
-    meta_grad: Annotated[str, typer.Option(help="reverse (default), checkpointed, unroll, or paper.")] = "reverse",
-    objective: Annotated[str, typer.Option(help="farzi (default), mm, dc, or mtt.")] = "farzi",
-    grad_clip: Annotated[float, typer.Option(help="Clip the meta-gradient's norm (0 = off).")] = 1.0,
-    init: Annotated[
-        str, typer.Option(help="Summary start: teacher (real windows + teacher predictions), real, or random.")
-    ] = "teacher",
-    init_mix: Annotated[float, typer.Option(help="teacher init: weight of the real token vs the prediction.")] = 0.2,
-    omega_runs: Annotated[int, typer.Option(help="Use only the first N trajectory runs (0 = all).")] = 0,
     max_len: MaxLen = None,
     d_model: DModel = None,
     n_layers: NLayers = None,
@@ -369,45 +389,26 @@ def distill_cmd(
     out: Annotated[
         Path | None, typer.Option(help="Bundle path (default HOME/bundles/DATASET/farzi-MUxXI-sSEED.safetensors).")
     ] = None,
-    device: Device = "cpu",
-    seed: Seed = 0,
+    device: Annotated[str, _d("device")] = _DISTILL.device,
+    seed: Seed = _DISTILL.seed,
     home: Home = None,
     json: Json = False,
 ) -> None:
     """Distill a prepared dataset into Farzi Data (a farzi-data v1 bundle)."""
+    given = dict(locals())
     ds = resolve_dataset(dataset, home)
     mu, xi = parse_budget(budget)
     name = _model_name(model, ds.task)
-    if trajectories is None and objective != "mm":
+    if trajectories is None and objective is not Objective.mm:
         guess = trajectories_dir(ds.name, name, home)
         trajectories = guess if (guess / "manifest.json").is_file() else None
+    overrides = _overrides(max_len, d_model, n_layers, n_heads, None)
     cfg = DistillConfig(
         mu=mu,
         xi=xi,
-        latent_dim=latent_dim,
-        tau=tau,
-        inner_steps=inner_steps,
-        inner_lr=inner_lr,
-        inner_optimizer=inner_optimizer,
-        inner_momentum=inner_momentum,
-        inner_weight_decay=inner_weight_decay,
-        outer_steps=outer_steps,
-        outer_lr=outer_lr,
-        outer_weight_decay=outer_weight_decay,
-        syn_batch=syn_batch,
-        real_batch=real_batch,
-        meta_grad=meta_grad,
-        objective=objective,
-        grad_clip=grad_clip,
-        init=init,
-        init_mix=init_mix,
-        omega_runs=omega_runs,
         model=model or "",
-        model_overrides={
-            k: v for k, v in _overrides(max_len, d_model, n_layers, n_heads, None).items() if v is not None
-        },
-        seed=seed,
-        device=device,
+        model_overrides={k: v for k, v in overrides.items() if v is not None},
+        **{k: given[k] for k in DISTILL_OPTION_FIELDS},
     )
     target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
     with ui.progress_bars(not json) as progress:
@@ -553,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             ctx = getattr(exc, "ctx", None)
             where = f"run '{ctx.command_path} --help'" if ctx is not None else "run 'farzictl --help'"
-            msg = " ".join(str(exc.format_message()).split())
+            msg = " ".join(str(exc.format_message()).split()).replace("Value error, ", "").rstrip(".")
             print(f"error: {msg}; {where}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -51,7 +51,7 @@ Tensors = list[Tensor]
 class InnerLoop:
     """Everything that defines one inner run (shared by all strategies)."""
 
-    model: SequenceModel  # used through functional_call; should be in eval mode
+    model: SequenceModel  # used through functional_call; must be in eval mode (checked)
     names: list[str]  # parameter names, in the order of the tensor lists
     optimizer: InnerOptimizer
     syn: Callable[[Tensor | None], Tensor]  # idx -> distributions, differentiable in (latent, decoder)
@@ -59,6 +59,13 @@ class InnerLoop:
     batches: list[Tensor | None]  # syn batch indices per step (None = all)
     compute_dtype: torch.dtype = torch.float32
     state_dtype: torch.dtype = torch.float64
+
+    def __post_init__(self) -> None:
+        # dropout (or any train-mode layer) would draw new masks in every forward pass, so the
+        # reverse pass would differentiate another function than the forward pass ran
+        training = [type(m).__name__ for m in self.model.modules() if m.training]
+        if training:
+            raise ValueError(f"meta-gradients need the model in eval mode; in train mode: {', '.join(training[:5])}")
 
     @property
     def steps(self) -> int:
@@ -191,17 +198,14 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
             g = torch.autograd.grad(loss, wp, create_graph=True)
             g_sd = [x.detach().to(sd) for x in g]
             with torch.no_grad():
-                dg, dstate = opt.adjoint(dw, dstate, g_sd, w_prev, state, t, carry_dv=carry_dv)
+                adj = opt.adjoint(dw, dstate, g_sd, w_prev, state, t, carry_dv=carry_dv)
             hv = torch.autograd.grad(
-                g, wp + loop.data_params, grad_outputs=[x.to(loop.compute_dtype) for x in dg], allow_unused=True
+                g, wp + loop.data_params, grad_outputs=[x.to(loop.compute_dtype) for x in adj.dgrad], allow_unused=True
             )
         with torch.no_grad():
             n = len(wp)
-            wd = opt.weight_decay
-            dw = [
-                a + (wd * b if wd else 0) + (h.to(sd) if h is not None else 0)
-                for a, b, h in zip(dw, dg, hv[:n], strict=True)
-            ]
+            dstate = adj.dstate
+            dw = [a if h is None else a + h.to(sd) for a, h in zip(adj.dw_prev, hv[:n], strict=True)]
             for i, h in enumerate(hv[n:]):
                 if h is not None:
                     ddata[i] += h

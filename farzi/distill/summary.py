@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -130,3 +132,38 @@ def principal_decoder(embeddings: Tensor, d: int, banned: list[int]) -> Tensor:
     if k < d:
         coords = torch.cat([coords, 1e-3 * torch.randn(emb.shape[0], d - k, dtype=coords.dtype)], dim=1)
     return coords.T.contiguous().float()
+
+
+@dataclass
+class Summary:
+    """The summary being learned: leaves ``latent`` [mu, xi, d] and ``decoder`` [d, V]."""
+
+    latent: Tensor  # [mu, xi, d], requires grad
+    decoder: Tensor  # [d, V], requires grad
+    tau: float
+    banned: Tensor  # [V] bool: tokens that never get mass (padding)
+
+    @classmethod
+    def create(cls, latent: Tensor, decoder: Tensor, tau: float, banned: list[int], device: torch.device) -> Summary:
+        return cls(
+            latent.to(device).requires_grad_(),
+            decoder.to(device).requires_grad_(),
+            tau,
+            banned_mask(decoder.shape[1], banned, device),
+        )
+
+    @property
+    def mu(self) -> int:
+        return int(self.latent.shape[0])
+
+    @property
+    def params(self) -> list[Tensor]:
+        """The outer loop's parameters, in the order meta-gradients are returned."""
+        return [self.latent, self.decoder]
+
+    def syn(self, idx: Tensor | None = None) -> Tensor:
+        """Distributions of the sequences ``idx`` (all when None): [b, xi, V], differentiable."""
+        return materialize(self.latent, self.decoder, self.tau, self.banned, idx)
+
+    def is_finite(self) -> bool:
+        return bool(torch.isfinite(self.latent).all() and torch.isfinite(self.decoder).all())

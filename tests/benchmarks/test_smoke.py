@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.__main__ import main
 from bench.report import EXPERIMENTS, render_report
@@ -18,10 +19,14 @@ from bench.report import EXPERIMENTS, render_report
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     results = tmp_path_factory.mktemp("results")
-    for name in EXPERIMENTS:
-        work = tmp_path_factory.mktemp(f"work-{name}")
-        args = ["run", name, "--smoke", "--seeds", "1", "--threads", "1", "--work", str(work)]
-        assert main([*args, "--results", str(results)]) == 0
+    threads = torch.get_num_threads()  # `bench run --threads` sets it for the process: restore it after
+    try:
+        for name in EXPERIMENTS:
+            work = tmp_path_factory.mktemp(f"work-{name}")
+            args = ["run", name, "--smoke", "--seeds", "1", "--threads", "1", "--work", str(work)]
+            assert main([*args, "--results", str(results)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return results
 
 
@@ -52,8 +57,6 @@ def test_report_renders_every_section(smoke_results: Path, tmp_path: Path) -> No
 
 
 def test_paper_protocol_without_gpu_is_marked_not_run(tmp_path: Path) -> None:
-    import torch
-
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the paper protocol would really run")
     results = tmp_path / "results"

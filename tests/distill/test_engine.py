@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from farzi.distill import engine
+from farzi.distill import engine, objectives
 from farzi.distill.engine import DistillConfig, distill, parse_budget
 from farzi.errors import ConfigError
 from farzi.train import TrainConfig
@@ -94,7 +94,7 @@ def test_resume_refuses_other_settings(tiny_lm, tmp_path) -> None:
 
 
 def test_non_finite_meta_gradient_skips_the_step(tiny_lm, tmp_path, monkeypatch) -> None:
-    real = engine.meta_gradient
+    real = objectives.meta_gradient
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -104,7 +104,7 @@ def test_non_finite_meta_gradient_skips_the_step(tiny_lm, tmp_path, monkeypatch)
             out.grads = [torch.full_like(g, float("nan")) for g in out.grads]
         return out
 
-    monkeypatch.setattr(engine, "meta_gradient", flaky)
+    monkeypatch.setattr(objectives, "meta_gradient", flaky)
     result = distill(tiny_lm, _cfg(), tmp_path / "b.safetensors")
     lines = [json.loads(x) for x in result.log_path.read_text().splitlines()]
     assert [x["skipped"] for x in lines] == [False, True, False, False]
@@ -158,3 +158,91 @@ def test_trajectory_objectives_need_trajectories(tiny_lm, tmp_path) -> None:
 def test_bad_settings(tiny_lm, tmp_path, field: str, value, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         distill(tiny_lm, _cfg(**{field: value}), tmp_path / "b.safetensors")
+
+
+def test_zero_outer_steps_writes_the_initial_summary(tiny_lm, tmp_path) -> None:
+    """--outer-steps 0 is the 'init only' bundle: the initialization of the same seed, untouched."""
+    init = distill(tiny_lm, _cfg(outer_steps=0), tmp_path / "init.safetensors")
+    assert init.summary["complete"] and init.steps == 0 and init.log_path.read_text() == ""
+    one = distill(tiny_lm, _cfg(outer_steps=1, outer_lr=1e-12), tmp_path / "one.safetensors")
+    torch.testing.assert_close(init.bundle.latent, one.bundle.latent, rtol=0, atol=1e-9)
+
+
+def test_resume_of_a_finished_run_returns_its_bundle(tiny_lm, tmp_path) -> None:
+    out = tmp_path / "b.safetensors"
+    first = distill(tiny_lm, _cfg(), out, checkpoint_every=1)
+    again = distill(tiny_lm, _cfg(), out, checkpoint_every=1, resume=True)
+    assert again.summary["resumed"] == "already complete"
+    assert torch.equal(again.bundle.latent, first.bundle.latent)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        distill(tiny_lm, _cfg(seed=4), out, resume=True)  # another run's bundle is not this run's result
+
+
+def test_resumed_log_keeps_its_history_when_the_first_step_dies(tiny_lm, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "b.safetensors"
+    distill(tiny_lm, _cfg(), out, checkpoint_every=2, stop_after=3)
+    log = out.with_suffix(".log.jsonl")
+    assert len(log.read_text().splitlines()) == 3
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "outer_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_lm, _cfg(), out, checkpoint_every=2, resume=True)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2]  # the state's two steps
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_mtt_logs_the_checkpoint_it_started_from(tiny_lm, tiny_omega, tmp_path) -> None:
+    from farzi.trajectories import load_trajectories
+
+    offset = 3  # runs save 4 checkpoints (steps 0, 2, 4, 6): only step 0 has a target 3 saves later
+    result = distill(
+        tiny_lm,
+        _cfg(objective="mtt", mtt_offset=offset, outer_steps=6),
+        tmp_path / "b.safetensors",
+        trajectories=tiny_omega,
+    )
+    omega = load_trajectories(tiny_omega)
+    for line in result.log_path.read_text().splitlines():
+        rec = json.loads(line)
+        assert omega.later(rec["checkpoint"], offset) == rec["target"]
+        assert omega.entry(rec["checkpoint"])["step"] == 0
+
+
+def test_mtt_offset_longer_than_every_run_is_refused_up_front(tiny_lm, tiny_omega, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="--mtt-offset"):
+        distill(tiny_lm, _cfg(objective="mtt", mtt_offset=4), tmp_path / "b.safetensors", trajectories=tiny_omega)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("seed", 2**64, "--seed"),
+        ("seed", -1, "--seed"),
+        ("latent_dim", 10**9, "latent would hold"),
+        ("tau", 1e300, "--tau"),
+        ("inner_momentum", 1.0, "--inner-momentum"),
+        ("init_mix", 1.5, "--init-mix"),
+        ("grad_clip", float("nan"), "--grad-clip"),
+        ("outer_steps", -1, "--outer-steps"),
+        ("model", "bogus", "--model"),
+        ("model_overrides", {"d_model": "wide"}, "d_model"),
+    ],
+)
+def test_validate_refuses_before_any_work(tiny_lm, tmp_path, field: str, value, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        distill(tiny_lm, _cfg(**{field: value}), tmp_path / "b.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_inner_loop_refuses_a_model_in_train_mode(tiny_lm) -> None:
+    from farzi.distill.inner import Adam
+    from farzi.distill.metagrad import InnerLoop
+    from farzi.models import build_model, make_config
+
+    model = build_model("transformer", make_config("transformer", tiny_lm.vocab_size, **TINY_MODEL))
+    with pytest.raises(ValueError, match="eval mode"):
+        InnerLoop(model, [n for n, _ in model.named_parameters()], Adam(), lambda idx: None, [], [None])

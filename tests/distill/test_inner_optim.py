@@ -99,11 +99,11 @@ def test_adjoint_matches_autograd(ours, theirs, t: int) -> None:
     auto = torch.autograd.grad(outputs, inputs, grad_outputs=cotangents)
     with torch.no_grad():
         post_state = type(state)(*[[x.detach() for x in f] for f in new_state])
-        dg, dprev = ours.adjoint(dw, dstate, [grad[0].detach()], [w[0].detach()], post_state, t)
-    # d/dw_prev through the step alone = dw + weight_decay * dg (the Hessian term is the caller's)
-    torch.testing.assert_close(auto[0], dw[0] + ours.weight_decay * dg[0], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(auto[1], dg[0], rtol=1e-10, atol=1e-12)
-    for got, want in zip([x for f in dprev for x in f], auto[2:], strict=True):
+        adj = ours.adjoint(dw, dstate, [grad[0].detach()], [w[0].detach()], post_state, t)
+    # d/dw_prev through the step alone (identity + weight decay; the Hessian term is the caller's)
+    torch.testing.assert_close(auto[0], adj.dw_prev[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(auto[1], adj.dgrad[0], rtol=1e-10, atol=1e-12)
+    for got, want in zip([x for f in adj.dstate for x in f], auto[2:], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 

@@ -1,7 +1,8 @@
 """Same seeds, same bundles: the distillation engine against bundles recorded before its restructure.
 
 The tensors under ``tests/assets/reference/`` were written by the engine as it stood at commit
-beacc0b (before the split into init / objectives / outer optimizer), from the tiny fixtures below.
+c887acb (before the split into init / objectives / outer optimizer), from the tiny fixtures below and
+the trajectory sets stored beside them (``omega-lm/``, ``omega-rec/``, trained once at that commit).
 Each case must still give those tensors, to float tolerance (the order of some arithmetic changed).
 To re-record after an intended change of behaviour: ``FARZI_RECORD_REFERENCE=1 python -m pytest
 tests/distill/test_reference_bundles.py`` and say why in the commit.
@@ -52,23 +53,37 @@ CASES: dict[str, tuple[str, str, bool, dict]] = {
 }
 
 
+def _omega_dir(fixture: str) -> Path:
+    return ASSETS / f"omega-{fixture.removeprefix('tiny_')}"
+
+
 @pytest.fixture(scope="module")
 def omegas(tiny_lm, tiny_rec, tmp_path_factory) -> dict[str, Path]:
+    """Trajectories stored beside the references, so that changes to training don't move them.
+
+    With ``FARZI_RECORD_REFERENCE=1`` and no stored set, they are trained (at one intra-op thread).
+    """
     out = {}
     for key, ds, model, overrides in (
         ("tiny_lm", tiny_lm, "transformer", TINY_LM),
         ("tiny_rec", tiny_rec, "sasrec", TINY_REC),
     ):
-        path = tmp_path_factory.mktemp("omega") / key
-        train_trajectories(
-            ds,
-            model,
-            runs=2,
-            every=2,
-            config=TrainConfig(max_steps=6, batch_size=16, patience=0, seed=5),
-            out=path,
-            model_overrides=overrides,
-        )
+        path = _omega_dir(key)
+        if RECORD and not (path / "manifest.json").is_file():
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                train_trajectories(
+                    ds,
+                    model,
+                    runs=2,
+                    every=2,
+                    config=TrainConfig(max_steps=6, batch_size=16, patience=0, seed=5),
+                    out=path,
+                    model_overrides=overrides,
+                )
+            finally:
+                torch.set_num_threads(before)
         out[key] = path
     return out
 

@@ -1,0 +1,67 @@
+"""The initial summary: where the outer loop starts (``--init``).
+
+* ``teacher``: ``mu`` real windows of ``xi`` tokens; at each position the target
+  mixes the real token (weight ``init_mix``) with the trained teacher's prediction
+  for it, and (latent, decoder) are fitted to those targets, the decoder starting
+  from the teacher's embeddings on their top-``d`` principal directions;
+* ``real``: the same windows, smoothed over the teacher's embedding neighbourhood
+  (no fitting): softmax(latent @ decoder / tau) puts most mass on the real token;
+* ``random``: a random latent and decoder (the paper's start).
+
+Without trajectories there is no trained teacher to ask, and ``teacher`` falls back
+to ``real`` over the untrained teacher's embeddings.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from farzi.data.prepared import PreparedDataset
+from farzi.distill.config import DistillConfig, Init
+from farzi.distill.summary import (
+    banned_mask,
+    fit_summary,
+    init_from_real,
+    init_summary,
+    principal_decoder,
+    real_windows,
+    teacher_targets,
+)
+from farzi.distill.teacher import Teacher
+from farzi.errors import ConfigError
+
+
+def effective_init(cfg: DistillConfig, teacher: Teacher) -> Init:
+    """The initialization that will actually run (``teacher`` needs Omega)."""
+    if cfg.init is Init.teacher and teacher.omega is None:
+        return Init.real
+    return cfg.init
+
+
+def initial_summary(cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> tuple[Tensor, Tensor]:
+    """(latent [mu, xi, d], decoder [d, V]) on the CPU, seeded by ``cfg.seed`` alone."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pad = [ds.vocab.pad_id]
+    init = effective_init(cfg, teacher)
+    if init is Init.teacher:
+        tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)  # [mu, xi]
+        model = teacher.trained_model()
+        with torch.no_grad():
+            logits = model(tokens)  # [mu, xi, V]
+        banned = banned_mask(ds.vocab_size, pad)
+        targets = teacher_targets(tokens, logits, cfg.init_mix, banned)  # [mu, xi, V]
+        decoder0 = principal_decoder(model.token_embeddings(), cfg.latent_dim, pad)  # [d, V]
+        latent, decoder = fit_summary(targets, decoder0, cfg.tau, banned, gen=gen)
+    elif init is Init.real:
+        tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)
+        emb = teacher.trained_model().token_embeddings()
+        latent, decoder = init_from_real(tokens, emb, cfg.latent_dim, cfg.init_sharpness, cfg.tau, pad)
+    else:
+        latent, decoder = init_summary(cfg.mu, cfg.xi, cfg.latent_dim, ds.vocab_size, gen, cfg.init_scale)
+    if not (torch.isfinite(latent).all() and torch.isfinite(decoder).all()):
+        raise ConfigError(
+            f"the initial summary ({init.value} init, tau {cfg.tau:g}) holds NaN or infinite values",
+            "pick a --tau closer to 1 or a smaller --init-sharpness / --init-scale",
+        )
+    return latent, decoder

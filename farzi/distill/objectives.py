@@ -1,0 +1,233 @@
+"""The meta-objectives: one object each, mapping (summary, the step's draws) to a contribution.
+
+A :class:`Contribution` is what one start point gives the outer step: the
+meta-loss, its gradient with respect to the summary's parameters, and the figures
+worth logging. The outer loop averages contributions (a meta-batch), clips and
+steps; an objective knows nothing about the outer optimizer.
+
+Every objective consumes a step's random draws in the same order, so objectives
+and settings compare on the same samples:
+
+1. the start point, from ``draws.rng`` (an Omega checkpoint, or a random init for ``mm``);
+2. the real batch, from ``draws.gen`` (drawn even where unused, to keep the streams aligned);
+3. the synthetic batch of every inner step, from ``draws.gen`` (when ``syn_batch`` < mu).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from farzi.batching import pad_right
+from farzi.data.prepared import PreparedDataset
+from farzi.distill.config import DistillConfig, InnerOptimizerName, Objective
+from farzi.distill.inner import SGD, Adam, InnerOptimizer
+from farzi.distill.metagrad import InnerLoop, meta_gradient
+from farzi.distill.summary import Summary
+from farzi.distill.teacher import Teacher
+from farzi.errors import ConfigError
+from farzi.models import next_token_loss
+
+Tensors = list[Tensor]
+
+
+@dataclass
+class Draws:
+    """The random streams of one start point of one outer step."""
+
+    rng: random.Random  # start points
+    gen: torch.Generator  # real and synthetic batches
+
+
+def step_draws(seed: int, step: int, index: int = 0) -> Draws:
+    """Draws that depend on (seed, step, index) alone, so a resumed run replays them exactly.
+
+    ``index`` numbers the start points of one outer step (a meta-batch); index 0 is the
+    stream every earlier version used for the step's single start point.
+    """
+    key = f"farzi:{seed}:{step}" if index == 0 else f"farzi:{seed}:{step}:{index}"
+    digest = hashlib.sha256(key.encode()).digest()
+    n = int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return Draws(random.Random(n), torch.Generator().manual_seed(n))
+
+
+@dataclass
+class Contribution:
+    meta_loss: float
+    grads: Tensors  # d meta_loss / d summary.params
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class MetaObjective:
+    """What every objective shares: the teacher, the data, the inner optimizer, the draws."""
+
+    def __init__(self, cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> None:
+        self.cfg, self.ds, self.teacher = cfg, ds, teacher
+        self.names = teacher.names
+        self.inner = inner_optimizer(cfg)
+
+    def __call__(self, summary: Summary, draws: Draws) -> Contribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- the draws, in their fixed order
+    def start(self, draws: Draws) -> tuple[Tensors, int | None]:
+        """Inner start weights and the Omega checkpoint they are (None for a random init)."""
+        i = self.teacher.sample_checkpoint(draws.rng)
+        return self.teacher.checkpoint(i), i
+
+    def real_batch(self, draws: Draws) -> Tensor:
+        """``real_batch`` random windows of the teacher's context from the training split: [b, L]."""
+        n = len(self.ds.train)
+        size, max_len = self.cfg.real_batch, self.teacher.model.config.max_len
+        idx = torch.randint(n, (size,), generator=draws.gen).numpy()
+        starts = torch.rand(size, generator=draws.gen, dtype=torch.float64).numpy()
+        seqs = []
+        for j, r in zip(idx, starts, strict=True):
+            s = self.ds.train[int(j)]
+            room = max(len(s) - max_len, 0)
+            begin = int(np.floor(r * (room + 1)))
+            seqs.append(s[begin : begin + max_len])
+        return pad_right(seqs).to(self.teacher.device)
+
+    def syn_batches(self, draws: Draws) -> list[Tensor | None]:
+        """The synthetic sequences of each inner step (None = all of them)."""
+        bsz, mu = self.cfg.syn_batch, self.cfg.mu
+        if not bsz or bsz >= mu:
+            return [None] * self.cfg.inner_steps
+        device = self.teacher.device
+        return [torch.randperm(mu, generator=draws.gen)[:bsz].to(device) for _ in range(self.cfg.inner_steps)]
+
+    # -- pieces
+    def loss(self, w: Tensors, x: Tensor) -> Tensor:
+        """Next-token cross-entropy of the teacher architecture at weights ``w`` on ``x``."""
+        logits = functional_call(self.teacher.model, dict(zip(self.names, w, strict=True)), (x,))
+        return next_token_loss(logits, x)
+
+    def unrolled(
+        self, summary: Summary, w0: Tensors, batches: list[Tensor | None], terminal: Callable[[Tensors], Tensor]
+    ) -> Contribution:
+        """T inner steps on the summary from ``w0``, scored by ``terminal``; its meta-gradient."""
+        loop = InnerLoop(self.teacher.model, self.names, self.inner, summary.syn, summary.params, batches)
+        mg = meta_gradient(loop, w0, terminal, self.cfg.meta_grad.value, segment=self.cfg.segment or None)
+        stats = {"inner_loss_first": mg.inner_loss_first, "inner_loss_last": mg.inner_loss_last, **mg.stats}
+        return Contribution(mg.meta_loss, mg.grads, stats)
+
+
+class MetaMatching(MetaObjective):
+    """``farzi`` (paper Eq. 2): T inner steps from a checkpoint of Omega, then the real-data loss.
+    ``mm``: the same from random initializations."""
+
+    def start(self, draws: Draws) -> tuple[Tensors, int | None]:
+        if self.cfg.objective is Objective.mm or self.teacher.omega is None:
+            return self.teacher.random_init(draws.rng), None
+        return super().start(draws)
+
+    def __call__(self, summary: Summary, draws: Draws) -> Contribution:
+        w0, ckpt = self.start(draws)
+        x_real = self.real_batch(draws)
+        batches = self.syn_batches(draws)
+
+        def terminal(w: Tensors) -> Tensor:
+            return self.loss(w, x_real)
+
+        with torch.no_grad():  # the real loss before the inner loop: the meta-loss should end below it
+            before = float(terminal(w0))
+        out = self.unrolled(summary, w0, batches, terminal)
+        out.stats = {"checkpoint": ckpt, "real_loss_start": before, **out.stats}
+        return out
+
+
+class GradientMatching(MetaObjective):
+    """``dc`` (Zhao et al. 2021): at a checkpoint of Omega, the per-tensor cosine distance between
+    the gradient on the whole summary and on a real batch."""
+
+    def __call__(self, summary: Summary, draws: Draws) -> Contribution:
+        w0, ckpt = self.start(draws)
+        x_real = self.real_batch(draws)
+        w = [p.detach().clone().requires_grad_() for p in w0]
+        g_real = torch.autograd.grad(self.loss(w, x_real), w)
+        g_syn = torch.autograd.grad(self.loss(w, summary.syn(None)), w, create_graph=True)
+        loss = sum(
+            1 - F.cosine_similarity(a.flatten(), b.detach().flatten(), dim=0, eps=1e-12)
+            for a, b in zip(g_syn, g_real, strict=True)
+        )
+        grads = torch.autograd.grad(loss, summary.params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, summary.params, strict=True)]
+        return Contribution(float(loss.detach()), grads, {"checkpoint": ckpt})
+
+
+class TrajectoryMatching(MetaObjective):
+    """``mtt`` (Cazenavette et al. 2022): T inner steps from checkpoint i, then the squared distance to
+    checkpoint i + ``mtt_offset`` of the same run, normalized by the distance the run itself covered."""
+
+    MAX_DRAWS = 10_000
+
+    def __init__(self, cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> None:
+        super().__init__(cfg, ds, teacher)
+        omega = teacher.omega
+        assert omega is not None  # load_teacher refuses mtt without trajectories
+        if not any(omega.later(i, cfg.mtt_offset) is not None for i in range(len(omega))):
+            raise ConfigError(
+                f"no trajectory run has more than {cfg.mtt_offset} saved checkpoints after a start point",
+                "lower --mtt-offset, or save checkpoints more often (farzictl trajectories --every)",
+            )
+
+    def start(self, draws: Draws) -> tuple[Tensors, int | None]:
+        """A checkpoint with a target ``mtt_offset`` saves later in its run (redrawn until one has)."""
+        omega = self.teacher.omega
+        assert omega is not None
+        for _ in range(self.MAX_DRAWS):
+            i = omega.sample(draws.rng)
+            if omega.later(i, self.cfg.mtt_offset) is not None:
+                return self.teacher.checkpoint(i), i
+        raise RuntimeError("no checkpoint with a later target was drawn")  # the constructor checked one exists
+
+    def __call__(self, summary: Summary, draws: Draws) -> Contribution:
+        w0, i = self.start(draws)
+        assert i is not None and self.teacher.omega is not None
+        j = self.teacher.omega.later(i, self.cfg.mtt_offset)
+        assert j is not None
+        self.real_batch(draws)  # unused; drawn so that the synthetic batches match the other objectives'
+        batches = self.syn_batches(draws)
+        target = self.teacher.checkpoint(j)
+        denom = sum(float((a - b).pow(2).sum()) for a, b in zip(w0, target, strict=True)) or 1.0
+
+        def terminal(w: Tensors) -> Tensor:
+            return sum((a - b).pow(2).sum() for a, b in zip(w, target, strict=True)) / denom
+
+        out = self.unrolled(summary, w0, batches, terminal)
+        out.stats = {"checkpoint": i, "target": j, **out.stats}
+        return out
+
+
+OBJECTIVES: dict[Objective, type[MetaObjective]] = {
+    Objective.farzi: MetaMatching,
+    Objective.mm: MetaMatching,
+    Objective.dc: GradientMatching,
+    Objective.mtt: TrajectoryMatching,
+}
+
+
+def make_objective(cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> MetaObjective:
+    return OBJECTIVES[cfg.objective](cfg, ds, teacher)
+
+
+def inner_optimizer(cfg: DistillConfig) -> InnerOptimizer:
+    if cfg.inner_optimizer is InnerOptimizerName.adam:
+        return Adam(lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay)
+    return SGD(lr=cfg.inner_lr, momentum=cfg.inner_momentum, weight_decay=cfg.inner_weight_decay)
+
+
+def grad_norm(grads: Tensors) -> float:
+    """The L2 norm over all tensors (float64 accumulation); NaN/inf when any entry is."""
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
