@@ -1,59 +1,548 @@
-"""Atomic file and directory writes, JSON helpers and hashing."""
+"""Safe outputs: claims on output paths, atomic file and directory writes, JSON helpers and hashing.
+
+Every command that writes an artifact does it in two steps:
+
+1. :func:`claim_output` before any work: it takes an exclusive lock beside the target
+   (``.NAME.lock``; a second writer of the same output fails at once), removes what
+   killed runs left there (``.NAME.tmp-*``, ``.NAME.old-*``), checks that the location
+   can be written, and refuses a target that exists and is not farzi's own artifact of
+   the same kind (unless ``overwrite``);
+2. :func:`atomic_file` / :func:`atomic_dir` at the end: everything is written into a
+   temporary file or directory beside the target and renamed onto it; every failure
+   removes the temporary. Inside a claim they check the target again just before the
+   rename (someone may have put files there during a long run).
+
+Artifacts get the modes a plain ``open``/``mkdir`` would give them: ``0o666 & ~umask``
+for files, ``0o777 & ~umask`` for directories.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import stat
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from farzi.errors import ConfigError
+
+OutputKind = Literal["prepared", "trajectories", "model", "bundle"]
+
+
+# ------------------------------------------------------------------ recognizing farzi's own artifacts
+
+
+def _json_format(path: Path) -> str | None:
+    """The ``format`` field of a small JSON document, or None if it is not one."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 256 << 20:
+            return None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc.get("format") if isinstance(doc, dict) and isinstance(doc.get("format"), str) else None
+
+
+def _safetensors_format(path: Path) -> str | None:
+    """The ``format`` entry of a safetensors file's ``__metadata__``, or None."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            (n,) = struct.unpack("<Q", head)
+            if n > 100 << 20:
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    return fmt if isinstance(fmt, str) else None
+
+
+@dataclass(frozen=True)
+class _Kind:
+    what: str  # "a prepared dataset"
+    is_dir: bool
+    marker: str  # the file that says what the artifact is
+    format: str  # its format name (formats/*.md)
+    read_format: Callable[[Path], str | None]
+    names: frozenset[str] = frozenset()  # the entries farzi writes in the directory ...
+    pattern: re.Pattern[str] | None = None  # ... and those matching this
+
+
+_KINDS: dict[str, _Kind] = {
+    "prepared": _Kind(
+        "a prepared dataset",
+        True,
+        "manifest.json",
+        "farzi-prepared",
+        _json_format,
+        frozenset({"manifest.json", "vocab.json", "train.parquet", "valid.parquet", "test.parquet"}),
+    ),
+    "trajectories": _Kind(
+        "a trajectory set",
+        True,
+        "manifest.json",
+        "farzi-trajectories",
+        _json_format,
+        frozenset({"manifest.json"}),
+        re.compile(r"run\d+-step\d+\.safetensors"),
+    ),
+    "model": _Kind(
+        "a model directory written by train-student",
+        True,
+        "model.safetensors",
+        "farzi-model",
+        _safetensors_format,
+        frozenset({"model.json", "model.safetensors"}),
+    ),
+    "bundle": _Kind("a Farzi Data bundle", False, "", "farzi-data", _safetensors_format),
+}
+
+_State = Literal["absent", "empty", "own", "foreign"]
+
+
+def _inspect(target: Path, kind: _Kind) -> tuple[_State, str, str]:
+    """What is at ``target``: (state, problem, fix) -- problem and fix only for "foreign"."""
+    if not os.path.lexists(target):
+        return "absent", "", ""
+    again = "or add --overwrite to replace it"
+    if target.is_symlink():
+        return (
+            "foreign",
+            f"{target} is a symbolic link",
+            "pass --out with the real path, or add --overwrite to replace the link (what it points to is kept)",
+        )
+    if kind.is_dir:
+        if not target.is_dir():
+            return (
+                "foreign",
+                f"{target} exists and is not {kind.what} but a file (writing there would delete it)",
+                f"pass --out with a new path or an empty directory, {again}",
+            )
+        try:
+            entries = sorted(p.name for p in target.iterdir())
+        except OSError as exc:
+            return "foreign", f"{target} cannot be read ({_reason(exc)})", f"pass --out with a new path, {again}"
+        if not entries:
+            return "empty", "", ""
+        if kind.read_format(target / kind.marker) != kind.format:
+            return (
+                "foreign",
+                f"{target} exists and is not {kind.what} (writing there would delete it)",
+                f"pass --out with a new path or an empty directory, {again}",
+            )
+        extra = [n for n in entries if n not in kind.names and not (kind.pattern and kind.pattern.fullmatch(n))]
+        if extra:
+            shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+            return (
+                "foreign",
+                f"{target} is {kind.what} but also holds files farzi did not write ({shown}), "
+                "which writing there would delete",
+                "move them away, or add --overwrite to replace the whole directory",
+            )
+        return "own", "", ""
+    if target.is_dir():
+        return (
+            "foreign",
+            f"{target} is a directory, not {kind.what} (a file)",
+            f"pass --out with a file path, e.g. inside that directory, {again}",
+        )
+    if kind.read_format(target) != kind.format:
+        return (
+            "foreign",
+            f"{target} exists and is not {kind.what} (writing there would delete it)",
+            f"pass --out with a new path, {again}",
+        )
+    return "own", "", ""
+
+
+def _guard_replace(target: Path) -> None:
+    """Never replace the file system root, the home directory, or the current directory or a parent of it."""
+    if target.is_symlink() or not target.is_dir():
+        return
+    real = target.resolve()
+    cwd = Path.cwd().resolve()
+    precious = {Path(real.anchor), Path.home().resolve()}
+    if real in precious or cwd == real or real in cwd.parents:
+        raise ConfigError(
+            f"refusing to replace {target}: it is the root, your home directory, or holds the current directory",
+            "pass --out with a path of its own",
+        )
+
+
+# ------------------------------------------------------------------ errors of the file system
+
+
+_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large",
+    errno.ENAMETOOLONG: "name too long",
+    errno.ENOTDIR: "a part of the path is not a directory",
+    errno.EISDIR: "it is a directory",
+    errno.EEXIST: "it already exists",
+    errno.ENOTEMPTY: "it is a directory that is not empty",
+}
+# errors in the middle of writing that are the location's, not the program's
+_LOCATION_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _reason(exc: OSError) -> str:
+    return _REASONS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+def _write_error(exc: OSError, target: Path) -> ConfigError:
+    fix = {
+        errno.ENOSPC: "free some space, or pass --out on another disk",
+        errno.EDQUOT: "free some space, or pass --out on another disk",
+        errno.EISDIR: "pass --out with a file path, or move the directory away",
+        errno.ENOTEMPTY: "pass --out with a new path, or move the directory away",
+    }.get(exc.errno or 0, "pass --out (or --home) with a location you can write to")
+    return ConfigError(f"cannot write {target} ({_reason(exc)})", fix)
+
+
+def _ensure_dir(directory: Path, target: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; return those created (outermost first)."""
+    missing: list[Path] = []
+    p = directory
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    if os.path.lexists(p) and not p.is_dir():
+        raise ConfigError(
+            f"cannot write {target}: {p} is a file, not a directory",
+            "pass --out (or --home) with a path under a directory, or move the file away",
+        )
+    created: list[Path] = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o777)
+            created.append(d)
+        except FileExistsError:
+            if not d.is_dir():
+                raise ConfigError(f"cannot write {target}: {d} is not a directory", "pass --out elsewhere") from None
+        except OSError as exc:
+            _remove_dirs(created)
+            raise ConfigError(
+                f"cannot create the directory {d} for {target} ({_reason(exc)})",
+                "pass --out (or --home) with a location you can write to",
+            ) from None
+    return created
+
+
+def _read_only(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _remove_dirs(created: Sequence[Path]) -> None:
+    """Remove directories this process created, innermost first, where they are still empty."""
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a symbolic link or a directory tree; nothing if it is gone."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+# ------------------------------------------------------------------ claims
+
+
+# ours are HEX; tempfile's names of earlier versions [a-z0-9_], and .NAME.old-PID; no dots, so the
+# temporaries of another target whose name starts with NAME. are never matched
+_STALE = r"\.{name}\.(tmp|old)-[A-Za-z0-9_]+"
+
+
+def _stale_siblings(target: Path) -> list[Path]:
+    """What killed runs on ``target`` left beside it: ``.NAME.tmp-*`` and ``.NAME.old-*``."""
+    pattern = re.compile(_STALE.format(name=re.escape(target.name)))
+    try:
+        return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return []
+
+
+def _clean_stale(target: Path) -> None:
+    stale = _stale_siblings(target)
+    olds = [p for p in stale if ".old-" in p.name[len(target.name) + 1 :]]
+    if len(olds) == 1 and not os.path.lexists(target):
+        # killed between moving the previous artifact aside and renaming the new one in: put it back
+        with contextlib.suppress(OSError):
+            os.replace(olds[0], target)
+    for p in stale:
+        if os.path.lexists(p):
+            _remove(p)
+
+
+@dataclass
+class Claim:
+    """An output path held by this process (see :func:`claim_output`)."""
+
+    target: Path  # absolute
+    kind: str
+    overwrite: bool
+    existing: _State  # what was there when the claim was taken
+    companions: tuple[Path, ...] = ()
+    created: list[Path] = field(default_factory=list)  # parent directories this claim made
+    thread: int = 0
+
+    def check(self) -> None:
+        """Refuse (``ConfigError``) if the target is now something this claim may not replace."""
+        state, problem, fix = _inspect(self.target, _KINDS[self.kind])
+        if state == "foreign" and not self.overwrite:
+            raise ConfigError(problem + " -- it appeared while this run was working, nothing was written", fix)
+        _guard_replace(self.target)
+
+
+_HELD: dict[str, Claim] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _key(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def held_claim(target: str | os.PathLike[str]) -> Claim | None:
+    """The claim this thread holds on ``target``, if any."""
+    with _HELD_LOCK:
+        claim = _HELD.get(_key(Path(target)))
+    return claim if claim is not None and claim.thread == threading.get_ident() else None
+
+
+def _lock(lock_path: Path, target: Path) -> int:
+    """Open and exclusively lock ``lock_path``; return the descriptor. A held lock is an error at once."""
+    while True:
+        try:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except PermissionError:  # another user's lock file: reading is enough to lock it
+                fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write in {lock_path.parent} ({_reason(exc)})",
+                "pass --out (or --home) with a location you can write to",
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = os.pread(fd, 32, 0).decode("ascii").strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise ConfigError(
+                    f"{target} is being written by another farzi process{pid}",
+                    "wait for it to finish, or write to another --out",
+                ) from None
+            raise ConfigError(
+                f"cannot lock {lock_path} ({_reason(exc)})", "pass --out on a local file system"
+            ) from None
+        # the holder we waited for may have removed the file after we opened it: then ours is not the lock
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            return fd
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def claim_output(
+    target: str | os.PathLike[str],
+    kind: OutputKind,
+    overwrite: bool = False,
+    companions: Sequence[str | os.PathLike[str]] = (),
+) -> Iterator[Claim]:
+    """Hold ``target`` for writing an artifact of ``kind`` until the block ends.
+
+    On entry, before any work: creates missing parent directories, takes an exclusive
+    ``flock`` on ``.NAME.lock`` beside the target (another holder: ``ConfigError`` at
+    once; the kernel releases it when the process dies, however it dies), removes the
+    temporaries of killed runs on the target and on each of ``companions`` (side files
+    such as a log, written under the same lock), and refuses with ``ConfigError`` a
+    target that exists and is neither absent, an empty directory (directory kinds) nor
+    farzi's own ``kind`` of artifact, unless ``overwrite`` (which still never replaces
+    the root, the home directory or a directory holding the current one).
+
+    Inside the block, :func:`atomic_file` / :func:`atomic_dir` on ``target`` check it
+    again just before their rename. On exit the lock file is removed, and parent
+    directories the claim created are removed again if they are still empty.
+
+    Reentrant within one thread: a nested claim on the same target yields the outer one.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"unknown output kind {kind!r}; expected one of {sorted(_KINDS)}")
+    path = Path(_key(Path(target)))
+    outer = held_claim(path)
+    if outer is not None:
+        if outer.kind != kind:
+            raise ValueError(f"{path} is already claimed as {outer.kind!r}, not {kind!r}")
+        yield outer
+        return
+    if path.name in ("", ".", ".."):
+        raise ConfigError(f"--out {target} does not name a file or directory", "pass --out with a path of its own")
+    created = _ensure_dir(path.parent, path)
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        _remove_dirs(created)
+        reason = "read-only file system" if _read_only(path.parent) else "permission denied"
+        raise ConfigError(
+            f"cannot write in {path.parent} ({reason})", "pass --out (or --home) with a location you can write to"
+        )
+    fd = -1
+    lock_path = path.parent / f".{path.name}.lock"
+    try:
+        fd = _lock(lock_path, path)
+        others = tuple(Path(_key(Path(c))) for c in companions)
+        for p in (path, *others):
+            _clean_stale(p)
+        state, problem, fix = _inspect(path, _KINDS[kind])
+        if state == "foreign" and not overwrite:
+            raise ConfigError(problem, fix)
+        _guard_replace(path)
+        claim = Claim(path, kind, overwrite, state, others, created, threading.get_ident())
+        with _HELD_LOCK:
+            _HELD[_key(path)] = claim
+        try:
+            yield claim
+        finally:
+            with _HELD_LOCK:
+                _HELD.pop(_key(path), None)
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)  # while still locked: a waiter that opened it sees another inode and retries
+            os.close(fd)
+        _remove_dirs(created)
+
+
+# ------------------------------------------------------------------ atomic writes
+
+
+def _new_temp(target: Path, directory: bool) -> Path:
+    """A fresh ``.NAME.tmp-HEX`` beside ``target``, created with the umask's modes."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _write_error(exc, target) from None
+    raise ConfigError(f"cannot create a temporary name beside {target}", "remove the .NAME.tmp-* entries there")
+
+
+def _aside(target: Path) -> Path:
+    """Rename the current ``target`` to ``.NAME.old-HEX``; return that name."""
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    os.replace(target, old)
+    return old
+
+
+@contextlib.contextmanager
+def _writing(target: Path, directory: bool, may_replace: bool) -> Iterator[Path]:
+    claim = held_claim(target)
+    created = [] if claim is not None else _ensure_dir(target.parent, target)
+    tmp = _new_temp(target, directory)
+    old: Path | None = None
+    try:
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno in _LOCATION_ERRNOS:
+                raise _write_error(exc, target) from exc
+            raise
+        if claim is not None:
+            claim.check()
+        exists = os.path.lexists(target)
+        if exists and not may_replace:
+            raise FileExistsError(target)
+        # a directory, or anything in the way of a directory, is moved aside first (a rename cannot
+        # replace a non-empty directory, nor a file with a directory); only a claim lets a file replace a directory
+        if exists and (directory or (claim is not None and target.is_dir() and not target.is_symlink())):
+            old = _aside(target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    os.replace(old, target)
+                old = None
+            raise _write_error(exc, target) from None
+    except BaseException:
+        _remove(tmp)
+        _remove_dirs(created)
+        raise
+    if old is not None:
+        _remove(old)
 
 
 @contextlib.contextmanager
 def atomic_dir(target: Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only on success.
 
-    The temporary directory lives beside ``target`` (same filesystem, so the final
-    rename is atomic); on any exception it is removed and ``target`` is untouched.
+    The temporary directory (``.NAME.tmp-HEX``) lives beside ``target`` (same file system,
+    so the final rename is atomic); an existing target is moved to ``.NAME.old-HEX`` for the
+    swap and removed after it. On any exception, the final rename's included, the temporary
+    is removed and ``target`` is as it was. ``overwrite=False``: an existing target is a
+    ``FileExistsError``. Inside a :func:`claim_output` on ``target``, the claim is checked
+    again before the rename.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with _writing(Path(target), directory=True, may_replace=overwrite) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(target)
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
-    """Yield a temporary path that is renamed onto ``target`` on success."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    """Yield a temporary path (an empty file) that is renamed onto ``target`` on success.
+
+    On any exception, the final rename's included (e.g. ``target`` is a directory), the
+    temporary file is removed. Inside a :func:`claim_output` on ``target``, the claim is
+    checked again before the rename, and with ``overwrite`` may replace a directory.
+    """
+    with _writing(Path(target), directory=False, may_replace=True) as tmp:
         yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)
 
 
 def write_json(path: Path, obj: Any) -> None:

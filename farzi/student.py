@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from farzi._io import atomic_dir, write_json
+from farzi._io import atomic_dir, claim_output, write_json
 from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet
 from farzi.checkpoint import dataset_record, save_checkpoint
 from farzi.data.prepared import PreparedDataset
@@ -124,8 +124,14 @@ def train_student(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     target_metric: float | None = None,
+    overwrite: bool = False,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train ``model_name`` from scratch on ``spec_text`` data; save to ``out`` (a directory)."""
+    """Train ``model_name`` from scratch on ``spec_text`` data; save to ``out`` (a directory).
+
+    ``out`` is claimed before training (:func:`farzi._io.claim_output`): it may be absent,
+    an empty directory or a model directory written here before; anything else is a
+    ``ConfigError`` unless ``overwrite``, and so is a second writer of the same ``out``.
+    """
     if model_task(model_name) != ds.task:
         raise ConfigError(
             f"model {model_name!r} is for {model_task(model_name)} but {ds.name!r} is a {ds.task} dataset",
@@ -136,6 +142,22 @@ def train_student(
         raise ConfigError("--device cuda was asked for but CUDA is not available", "use --device cpu")
     cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
     check_model_sizes(cfg)
+    with claim_output(out, "model", overwrite):
+        return _train_and_save(ds, model_name, spec, cfg, config, Path(out), discrete, device, progress, target_metric)
+
+
+def _train_and_save(
+    ds: PreparedDataset,
+    model_name: str,
+    spec: DataSpec,
+    cfg: Any,
+    config: TrainConfig,
+    out: Path,
+    discrete: bool,
+    device: str,
+    progress: ProgressFn | None,
+    target_metric: float | None,
+) -> tuple[TrainResult, dict[str, Any]]:
     train_set, data_info = training_set(ds, spec, cfg.max_len, config.seed, discrete, device)
     torch.manual_seed(config.seed)
     model = build_model(model_name, cfg)
@@ -157,7 +179,7 @@ def train_student(
         "curve": result.curve,
         "wall_seconds_total": round(time.perf_counter() - start, 3),
     }
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(out) as tmp:
         save_checkpoint(tmp / "model.safetensors", result.model, dataset_record(ds), **info)
         write_json(
             tmp / "model.json", {"model": model_name, "config": cfg.to_dict(), "dataset": dataset_record(ds), **info}

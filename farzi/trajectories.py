@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from farzi._io import atomic_dir, read_json, write_json
+from farzi._io import atomic_dir, claim_output, read_json, write_json
 from farzi._version import __version__
 from farzi.batching import SequenceTrainSet
 from farzi.checkpoint import (
@@ -48,8 +48,14 @@ def train_trajectories(
     model_overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train ``runs`` models and write Omega to ``out`` (atomically)."""
+    """Train ``runs`` models and write Omega to ``out`` (atomically).
+
+    ``out`` is claimed before training (:func:`farzi._io.claim_output`): it may be absent,
+    an empty directory or an earlier trajectory set; anything else is a ``ConfigError``
+    unless ``overwrite``, and so is a second writer of the same ``out``.
+    """
     if runs < 1:
         raise ConfigError(f"--runs {runs} must be at least 1", "pass e.g. --runs 5")
     if every < 1:
@@ -65,7 +71,7 @@ def train_trajectories(
     points: list[dict[str, Any]] = []
     summaries = []
     start = time.perf_counter()
-    with atomic_dir(Path(out)) as tmp:
+    with claim_output(out, "trajectories", overwrite), atomic_dir(Path(out)) as tmp:
         for run in range(runs):
             torch.manual_seed(config.seed + run)
             model = build_model(model_name, cfg)

@@ -20,12 +20,43 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
-    if home:
-        return Path(home).expanduser()
+    """The workspace directory; ``ConfigError`` if it (or a parent of it) is not a directory.
+
+    It need not exist yet (commands create it when they first write there).
+    """
+    from farzi.errors import ConfigError
+
     env = os.environ.get("FARZI_HOME")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".farzi"
+    if home:  # the CLI's --home also carries FARZI_HOME (its envvar): name the one that was set
+        path, where = Path(home), "FARZI_HOME" if env and os.fspath(home) == env else "--home"
+    elif env:
+        path, where = Path(env), "FARZI_HOME"
+    else:
+        path, where = Path("~") / ".farzi", "the default workspace"
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # no home directory to expand '~' with
+        raise ConfigError(
+            f"the workspace {path} ({where}) cannot be expanded: no home directory is known",
+            "pass --home (or set FARZI_HOME) with an absolute directory",
+        ) from None
+    _check_home(path, where)
+    return path
+
+
+def _check_home(path: Path, where: str) -> None:
+    """``path`` is a directory, or absent under a directory (anything else breaks every write later)."""
+    from farzi.errors import ConfigError
+
+    fix = "pass --home (or set FARZI_HOME) with a directory, or move the file away"
+    p = path
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    if p.is_dir():
+        return
+    if p == path:
+        raise ConfigError(f"the workspace {path} ({where}) is a file, not a directory", fix)
+    raise ConfigError(f"the workspace {path} ({where}) cannot be created: {p} is a file, not a directory", fix)
 
 
 def check_name(name: str, what: str = "name") -> str:

@@ -45,6 +45,13 @@ Home = Annotated[
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result on CPU.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace the output even if it is not this command's own earlier result (its files are deleted).",
+    ),
+]
 
 
 @app.command("prepare")
@@ -73,6 +80,7 @@ def prepare_cmd(
         str | None, typer.Option("--name", help="Name in the workspace (default: the dataset's).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write here instead of HOME/datasets/NAME.")] = None,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
@@ -96,7 +104,7 @@ def prepare_cmd(
         synthetic_sequences=synthetic_sequences,
     )
     with ui.progress_bars(not json) as progress:
-        ds = prepare(name, opts, name=as_name, home=home, out=out, progress=progress)
+        ds = prepare(name, opts, name=as_name, home=home, out=out, progress=progress, overwrite=overwrite)
     stats = ds.statistics()
     if json:
         ui.print_json(
@@ -190,6 +198,7 @@ def trajectories_cmd(
     eval_every: EvalEvery = 0,
     metric: Metric = "",
     out: Annotated[Path | None, typer.Option(help="Directory (default HOME/trajectories/DATASET/MODEL).")] = None,
+    overwrite: Overwrite = False,
     device: Device = "cpu",
     seed: Seed = 0,
     home: Home = None,
@@ -211,6 +220,7 @@ def trajectories_cmd(
             _overrides(max_len, d_model, n_layers, n_heads, dropout),
             device,
             progress,
+            overwrite=overwrite,
         )
     if json:
         ui.print_json(
@@ -257,6 +267,7 @@ def train_student_cmd(
     eval_every: EvalEvery = 0,
     metric: Metric = "",
     out: Annotated[Path | None, typer.Option(help="Directory (default HOME/models/DATASET/MODEL-DATA-sSEED).")] = None,
+    overwrite: Overwrite = False,
     device: Device = "cpu",
     seed: Seed = 0,
     home: Home = None,
@@ -279,6 +290,7 @@ def train_student_cmd(
             discrete=discrete,
             device=device,
             progress=progress,
+            overwrite=overwrite,
         )
     if json:
         ui.print_json(

@@ -6,7 +6,8 @@ isolation. An exception that escapes ``main`` is a traceback a user would see: i
 ``Outcome.exception`` (and :meth:`Outcome.one_error_line` fails on it), never swallowed.
 
 Tests that need a real process (signals, concurrency, the console script) use
-:func:`farzictl_process` instead; both share the argument handling.
+:func:`farzictl_process` (run to the end) or :func:`farzictl_start` (a running child) instead;
+all share the argument handling.
 """
 
 from __future__ import annotations
@@ -81,13 +82,31 @@ def farzictl_process(
     *args: str | os.PathLike, home: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """``python -m farzictl ARGS [--home HOME]`` in a child process (one intra-op thread)."""
-    child_env = {k: v for k, v in os.environ.items() if k != "FARZI_HOME"}
-    child_env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "farzictl", *_argv(args, home)],
         cwd=REPO,
-        env=child_env,
+        env=_child_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def farzictl_start(
+    *args: str | os.PathLike, home: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start ``python -m farzictl ARGS [--home HOME]`` and return at once (to signal or race it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "farzictl", *_argv(args, home)],
+        cwd=REPO,
+        env=_child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _child_env(env: dict[str, str] | None) -> dict[str, str]:
+    child_env = {k: v for k, v in os.environ.items() if k != "FARZI_HOME"}
+    child_env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
+    return child_env

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from farzi._io import sha256_file
+from farzi._io import claim_output, sha256_file
 from farzi.data import interactions as inter
 from farzi.data import synthetic, text
 from farzi.data.download import fetch, verify_checksum
@@ -427,18 +427,6 @@ SOURCES: dict[str, Callable[[PrepareOptions, Path, ProgressFn | None], _Built]] 
 }
 
 
-def _check_target(target: Path) -> None:
-    """Saving replaces ``target`` whole: only let it replace an earlier prepared dataset."""
-    if not target.exists() and not target.is_symlink():
-        return
-    if target.is_dir() and (not any(target.iterdir()) or (target / "manifest.json").is_file()):
-        return
-    raise ConfigError(
-        f"{target} exists and is not a prepared dataset; writing there would delete it",
-        "pass --out with a new or empty directory, or a prepared dataset to replace",
-    )
-
-
 def prepare(
     source: str,
     options: PrepareOptions | None = None,
@@ -446,8 +434,14 @@ def prepare(
     home: str | Path | None = None,
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> PreparedDataset:
-    """Prepare ``source`` and write it to ``out`` (default ``HOME/datasets/NAME``)."""
+    """Prepare ``source`` and write it to ``out`` (default ``HOME/datasets/NAME``).
+
+    The target is claimed before any work (:func:`farzi._io.claim_output`): it may be
+    absent, an empty directory or an earlier prepared dataset, anything else is a
+    ``ConfigError`` unless ``overwrite``; a second writer of the same target fails at once.
+    """
     opts = options or PrepareOptions()
     if source not in SOURCES:
         raise ConfigError(
@@ -461,20 +455,20 @@ def prepare(
     name = check_name(name or source, "dataset name")
     home_path = home_dir(home)
     target = Path(out) if out is not None else dataset_dir(name, home)
-    _check_target(target)
-    report(progress, f"prepare {name}", 0, 2)
-    built = SOURCES[source](opts, home_path, progress)
-    report(progress, f"prepare {name}", 1, 2)
-    params = {"source": source, "seed": opts.seed, **built.params}
-    ds = PreparedDataset(
-        name=name,
-        task=built.task,
-        vocab=built.vocab,
-        splits=built.splits,
-        params=params,
-        source=built.source,
-        extra=built.info,
-    )
-    ds.save(target)
+    with claim_output(target, "prepared", overwrite):
+        report(progress, f"prepare {name}", 0, 2)
+        built = SOURCES[source](opts, home_path, progress)
+        report(progress, f"prepare {name}", 1, 2)
+        params = {"source": source, "seed": opts.seed, **built.params}
+        ds = PreparedDataset(
+            name=name,
+            task=built.task,
+            vocab=built.vocab,
+            splits=built.splits,
+            params=params,
+            source=built.source,
+            extra=built.info,
+        )
+        ds.save(target)
     report(progress, f"prepare {name}", 2, 2, done=True)
     return ds

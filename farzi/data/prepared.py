@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from farzi._io import atomic_dir, read_json, write_json
+from farzi._io import atomic_dir, claim_output, read_json, write_json
 from farzi._version import __version__
 from farzi.data.sequences import Sequences
 from farzi.data.vocab import Vocabulary
@@ -144,10 +144,15 @@ class PreparedDataset:
             "extra": self.extra,
         }
 
-    def save(self, target: Path) -> Path:
-        """Write the dataset to ``target`` atomically (temp directory + rename)."""
+    def save(self, target: Path, overwrite: bool = False) -> Path:
+        """Write the dataset to ``target`` atomically (temp directory + rename).
+
+        ``target`` may be absent, an empty directory or an earlier prepared dataset;
+        anything else is a ``ConfigError`` unless ``overwrite``. Saving holds
+        :func:`farzi._io.claim_output` on ``target`` (or joins the caller's).
+        """
         target = Path(target)
-        with atomic_dir(target) as tmp:
+        with claim_output(target, "prepared", overwrite), atomic_dir(target) as tmp:
             for split in SPLITS:
                 seqs = self.splits[split]
                 frame = pl.DataFrame(
