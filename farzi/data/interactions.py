@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from farzi.data._read import check_readable
+from farzi.data._read import check_readable, reading
 from farzi.data.sequences import Sequences
 from farzi.data.vocab import Vocabulary, build_item_vocab
 from farzi.errors import ConfigError, DataError
@@ -101,11 +101,14 @@ def scan_table(
     ``u101`` into a parse error.
     """
     path = Path(path)
-    if not path.exists():
+    with reading(path):  # stat in a directory one may not enter: permission denied, not "does not exist"
+        exists, is_file = path.exists(), path.is_file()
+        empty = is_file and path.stat().st_size == 0
+    if not exists:
         raise DataError(f"file {path} does not exist", "check the path")
-    if not path.is_file():
+    if not is_file:
         raise DataError(f"{path} is not a file", "pass a CSV, TSV or parquet file")
-    if path.stat().st_size == 0:
+    if empty:
         raise DataError(f"file {path} is empty", "pass a file with interactions in it")
     check_readable(path)
     sep = resolve_separator(path, separator)

@@ -17,6 +17,16 @@ from farzi.data.prepare import PrepareOptions, prepare
 from farzi.data.prepared import load_prepared
 from farzi.errors import DataError
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_cli(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run the CLI's error paths once as root: ``nobody`` cannot read this interpreter's stdlib (under /root),
+    so every module a command imports lazily must already be imported when privileges are dropped."""
+    home = tmp_path_factory.mktemp("warm")
+    farzictl("prepare", "interactions", "--path", home / "missing.csv", home=home).one_error_line()
+    farzictl("trajectories", home / "missing", home=home).one_error_line()
+
+
 LOG = "user,item,time\n" + "".join(f"{u},{u % 4},{t}\n" for u in range(12) for t in range(2))
 TINY = PrepareOptions(synthetic_vocab=20, synthetic_sequences=12)
 
@@ -49,6 +59,18 @@ def test_unreadable_interaction_log(unreadable, fmt: str) -> None:
     with unreadable.enforced(path), pytest.raises(DataError) as err:
         prepare("interactions", PrepareOptions(path=path), home=home)
     permission_denied(str(err.value), path)
+    assert not home.exists()
+
+
+def test_log_in_a_directory_that_cannot_be_entered(unreadable) -> None:
+    folder = unreadable.root / "private"
+    folder.mkdir()
+    (folder / "log.csv").write_text(LOG)
+    unreadable.revoke(folder)
+    home = unreadable.root / "home"
+    with unreadable.enforced(folder):
+        line = farzictl("prepare", "interactions", "--path", folder / "log.csv", home=home).one_error_line()
+    permission_denied(line, folder / "log.csv")
     assert not home.exists()
 
 
