@@ -312,3 +312,13 @@ def test_unwritable_download_directory_is_one_error(tmp_path: Path, http_server)
     blocker.write_text("not a directory\n")
     with pytest.raises(DataError, match="cannot write to .*file/cache .*; check that the workspace's downloads"):
         fetch([url], blocker / "cache" / "data.txt", md5=MD5)
+
+
+def test_cli_ml1m_checksum_mismatch_is_one_error_line(tmp_path: Path, http_server) -> None:
+    from cli_runner import farzictl
+
+    url = http_server.put("ml-1m.zip", _ml1m_zip())
+    home = tmp_path / "home"
+    line = farzictl("prepare", "ml-1m", "--mirror", url, home=home).one_error_line()
+    assert f"checksum mismatch for ml-1m.zip downloaded from {url}: sha256" in line
+    assert not (home / "datasets").exists() and list((home / "downloads" / "ml-1m").iterdir()) == []

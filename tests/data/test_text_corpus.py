@@ -187,3 +187,12 @@ def test_line_numbers_in_errors_count_newlines_only(tmp_path: Path) -> None:
     path = write(tmp_path / "c.txt", "a\u2028b\nc\x85d\nbad\x00\n".encode())
     with pytest.raises(DataError, match="line 3 holds a NUL byte"):
         read_sentences(path)
+
+
+def test_cli_carriage_return_only_corpus_is_one_error_line(tmp_path: Path) -> None:
+    from cli_runner import farzictl
+
+    path = write(tmp_path / "c.txt", "first line\rsecond line\r")
+    home = tmp_path / "home"
+    line = farzictl("prepare", "text", "--train", path, home=home).one_error_line()
+    assert "ends its lines with \\r only" in line and not home.exists()
