@@ -63,7 +63,7 @@ def check_name(name: str, what: str = "name") -> str:
     """Workspace names become directory names: keep them to a safe alphabet."""
     from farzi.errors import ConfigError
 
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # not match: "$" also matches before a trailing newline
         raise ConfigError(
             f"{what} {name!r} is not a valid workspace name",
             "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",

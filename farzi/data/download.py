@@ -16,25 +16,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from farzi._io import md5_file, sha256_file
+from farzi.data._read import reading
 from farzi.errors import ChecksumError, DataError
 from farzi.progress import ProgressFn, report
 
 _CHUNK = 1 << 16
 
 
-def verify_checksum(path: Path, md5: str | None = None, sha256: str | None = None) -> str:
-    """Check ``path`` against the expected digest(s); return its sha256."""
-    actual_sha = sha256_file(path)
+def verify_checksum(path: Path, md5: str | None = None, sha256: str | None = None, label: str | None = None) -> str:
+    """Check ``path`` against the expected digest(s); return its sha256. ``label`` names it in messages."""
+    label = label or str(path)
+    with reading(path):
+        actual_sha = sha256_file(path)
     if sha256 is not None and actual_sha != sha256.lower():
         raise ChecksumError(
-            f"checksum mismatch for {path}: sha256 {actual_sha}, expected {sha256}",
+            f"checksum mismatch for {label}: sha256 {actual_sha}, expected {sha256}",
             "the file is corrupt or a different release; download it again or point --source at the official files",
         )
     if md5 is not None:
-        actual_md5 = md5_file(path)
+        with reading(path):
+            actual_md5 = md5_file(path)
         if actual_md5 != md5.lower():
             raise ChecksumError(
-                f"checksum mismatch for {path}: md5 {actual_md5}, expected {md5}",
+                f"checksum mismatch for {label}: md5 {actual_md5}, expected {md5}",
                 "the file is corrupt or a different release; download it again or point --source at the official files",
             )
     return actual_sha
@@ -59,10 +63,16 @@ def fetch(
             return dest
         except ChecksumError:
             dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     for url in urls:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
+        except OSError as exc:
+            raise DataError(
+                f"cannot write to {dest.parent} ({exc.strerror or exc.__class__.__name__})",
+                "check that the workspace's downloads directory is writable, or pass --home DIR",
+            ) from exc
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -75,7 +85,7 @@ def fetch(
                     h.update(block)
                     done += len(block)
                     report(progress, f"download {dest.name}", done, total_bytes)
-            verify_checksum(tmp, md5=md5, sha256=sha256)
+            verify_checksum(tmp, md5=md5, sha256=sha256, label=f"{dest.name} downloaded from {url}")
             os.replace(tmp, dest)
             report(progress, f"download {dest.name}", done, total_bytes, done=True)
             return dest

@@ -8,6 +8,7 @@ embedded ``synthetic-lm`` / ``synthetic-rec``.
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -17,12 +18,14 @@ from typing import Any
 
 import polars as pl
 
-from farzi._io import claim_output, sha256_file
+from farzi._io import atomic_file, claim_output, sha256_file
+from farzi._seed import check_seed
 from farzi.data import interactions as inter
 from farzi.data import synthetic, text
+from farzi.data._read import check_readable, read_bytes, reading
 from farzi.data.download import fetch, verify_checksum
 from farzi.data.prepared import PreparedDataset
-from farzi.errors import ConfigError, DataError
+from farzi.errors import ChecksumError, ConfigError, DataError
 from farzi.progress import ProgressFn, report
 from farzi.workspace import check_name, dataset_dir, home_dir
 
@@ -36,12 +39,24 @@ PTB_MIRRORS = (
     "https://raw.githubusercontent.com/tomsercu/lstm/master/data/",
 )
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+# sha256 of u.data inside the archive (checked instead of the archive's own md5, which GroupLens publishes,
+# so that a mirror that re-packs the zip still verifies)
 ML100K_UDATA_SHA256 = "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+# ml-1m.zip as GroupLens serves it. md5: GroupLens publishes it beside the archive (ml-1m.zip.md5); the same
+# value is pinned by PaddlePaddle (python/paddle/dataset/movielens.py, MD5). sha256: pinned by TensorFlow's
+# examples (tensorflow/examples, lite/examples/recommendation/ml/data/example_generation_movielens.py,
+# MOVIELENS_ZIP_HASH). Both are checked; neither could be re-computed here (no network).
+ML1M_ZIP_MD5 = "c4d9eecfca2ab87c1945afe126590906"
+ML1M_ZIP_SHA256 = "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"
 AMAZON_MAGAZINE_URLS = (
     "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/categoryFilesSmall/Magazine_Subscriptions.csv",
     "https://jmcauley.ucsd.edu/data/amazon_v2/categoryFilesSmall/Magazine_Subscriptions.csv",
 )
+# The data's authors publish no checksum for the 2018 ratings files. This sha256 is the one the OmniRec
+# library pins for the same URL (ISG-Siegen/OmniRec, src/omnirec/data_loaders/amazon2018.py,
+# "Amazon2018MagazineSubscriptions"): one third-party source, not re-computed here (no network).
+AMAZON_MAGAZINE_SHA256 = "40287d71ee0c49030ee222888fb21a95941c2c31344e15bdd2e58e0f63831c2d"
 
 
 @dataclass
@@ -64,6 +79,9 @@ class PrepareOptions:
     synthetic_vocab: int | None = None
     synthetic_sequences: int | None = None
 
+    def __post_init__(self) -> None:
+        self.seed = check_seed(self.seed)
+
     def as_params(self) -> dict[str, Any]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
         return {k: v for k, v in out.items() if v is not None}
@@ -80,7 +98,8 @@ class _Built:
 
 
 def _file_record(path: Path) -> dict[str, Any]:
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    with reading(path):
+        return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _need_source(opts: PrepareOptions, name: str, files: list[str]) -> Path:
@@ -94,19 +113,22 @@ def _need_source(opts: PrepareOptions, name: str, files: list[str]) -> Path:
 
 def _source_dir(src: Path) -> Path:
     src = Path(src)
-    if not src.exists():
+    with reading(src):
+        exists, is_dir = src.exists(), src.is_dir()
+    if not exists:
         raise DataError(f"--source {src} does not exist", "pass the directory that holds the dataset's files")
-    if not src.is_dir():
+    if not is_dir:
         raise DataError(f"--source {src} is not a directory", "pass the directory that holds the dataset's files")
     return src
 
 
 def _require_file(directory: Path, name: str, hint: str) -> Path:
     path = directory / name
-    if not path.is_file():
-        raise DataError(f"{path} is missing", hint)
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty", hint)
+    with reading(path):
+        if not path.is_file():
+            raise DataError(f"{path} is missing", hint)
+        if path.stat().st_size == 0:
+            raise DataError(f"{path} is empty", hint)
     return path
 
 
@@ -223,8 +245,14 @@ def _build_synthetic_lm(opts: PrepareOptions, home: Path, progress: ProgressFn |
 # ---------------------------------------------------------------- recommendation
 
 
-def _rec(lf: pl.LazyFrame, label: str, opts: PrepareOptions, titles: dict[str, str] | None) -> tuple:
-    return inter.build_sequences(lf, label, seed=opts.seed, min_length=opts.min_length, titles=titles)
+def _rec(
+    lf: pl.LazyFrame,
+    label: str,
+    opts: PrepareOptions,
+    titles: dict[str, str] | None,
+    labels: dict[str, str] | None = None,
+) -> tuple:
+    return inter.build_sequences(lf, label, seed=opts.seed, min_length=opts.min_length, titles=titles, labels=labels)
 
 
 def _ml100k_dir(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> Path:
@@ -239,33 +267,63 @@ def _ml100k_dir(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -
         except DataError:
             udata.unlink()
     archive = fetch([opts.mirror or ML100K_URL], cache / "ml-100k.zip", progress=progress)
-    _extract(archive, cache, ["ml-100k/u.data", "ml-100k/u.item"])
-    try:  # the archive has no published checksum: check the file inside it
+    members = ["ml-100k/u.data", "ml-100k/u.item"]
+    _extract(archive, cache, members)
+    try:  # check the file inside the archive (see ML100K_UDATA_SHA256)
         verify_checksum(udata, sha256=ML100K_UDATA_SHA256)
     except DataError:
-        udata.unlink(missing_ok=True)
-        archive.unlink(missing_ok=True)
+        for path in (archive, *(cache / Path(m).name for m in members)):
+            path.unlink(missing_ok=True)
         raise
     return cache
 
 
-def _extract(archive: Path, dest: Path, members: list[str]) -> None:
+def _ml1m_dir(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> tuple[Path, dict[str, Any] | None]:
+    """The directory with ratings.dat, and the verified archive's record when it was downloaded."""
+    if opts.source is not None:
+        return _source_dir(opts.source), None
+    cache = _downloads(home, "ml-1m")
+    members = ["ml-1m/ratings.dat", "ml-1m/movies.dat"]
     try:
-        with zipfile.ZipFile(archive) as zf:
+        archive = fetch(
+            [opts.mirror or ML1M_URL], cache / "ml-1m.zip", md5=ML1M_ZIP_MD5, sha256=ML1M_ZIP_SHA256, progress=progress
+        )
+    except ChecksumError:  # files extracted from an earlier archive must not outlive its rejection
+        for member in members:
+            (cache / Path(member).name).unlink(missing_ok=True)
+        raise
+    _extract(archive, cache, members)  # every run, from the verified archive: the cache holds nothing unchecked
+    record = {**_file_record(archive), "md5": ML1M_ZIP_MD5, "checksum_pinned": True}
+    return cache, record
+
+
+def _extract(archive: Path, dest: Path, members: list[str]) -> None:
+    """Copy ``members`` of ``archive`` into ``dest``, each through a temporary file (never half a file)."""
+    try:
+        with reading(archive), zipfile.ZipFile(archive) as zf:
             for member in members:
-                with zf.open(member) as src, open(dest / Path(member).name, "wb") as out:
-                    shutil.copyfileobj(src, out)
+                target = dest / Path(member).name
+                try:
+                    with zf.open(member) as src, atomic_file(target) as tmp, open(tmp, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                except OSError as exc:
+                    raise DataError(
+                        f"cannot write {target} ({exc.strerror or exc.__class__.__name__})",
+                        "check that the workspace's downloads directory is writable, or pass --home DIR",
+                    ) from exc
     except (zipfile.BadZipFile, KeyError) as exc:
         archive.unlink(missing_ok=True)
         raise DataError(f"{archive} is not the expected archive ({exc})", "download it again or pass --source") from exc
 
 
 def _titles(path: Path, sep: str, id_col: int, title_col: int) -> dict[str, str]:
-    if not path.is_file():
-        return {}
+    with reading(path):
+        if not path.is_file():
+            return {}
     out: dict[str, str] = {}
-    for line in path.read_bytes().decode("latin-1").splitlines():
-        parts = line.split(sep)
+    # lines end at \n only: str.splitlines would also split at \x85 (latin-1 for "..." in cp1252 titles)
+    for line in read_bytes(path).decode("latin-1").split("\n"):
+        parts = line.rstrip("\r").split(sep)
         if len(parts) > max(id_col, title_col):
             out[parts[id_col].strip()] = parts[title_col].strip()
     return out
@@ -286,13 +344,7 @@ def _build_ml100k(opts: PrepareOptions, home: Path, progress: ProgressFn | None)
 
 
 def _build_ml1m(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
-    if opts.source is not None:
-        src = _source_dir(opts.source)
-    else:
-        src = _downloads(home, "ml-1m")
-        if not (src / "ratings.dat").is_file():
-            archive = fetch([opts.mirror or ML1M_URL], src / "ml-1m.zip", progress=progress)
-            _extract(archive, src, ["ml-1m/ratings.dat", "ml-1m/movies.dat"])
+    src, archive = _ml1m_dir(opts, home, progress)
     ratings = _require_file(src, "ratings.dat", f"put MovieLens-1M's ratings.dat in {src}")
     # UserID::MovieID::Rating::Timestamp -> split on ':' gives empty columns between fields
     cols = ["user", "_a", "item", "_b", "rating", "_c", "time"]
@@ -305,7 +357,7 @@ def _build_ml1m(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -
         vocab,
         splits,
         info,
-        source={"kind": "ml-1m", "files": [_file_record(ratings)]},
+        source={"kind": "ml-1m", "files": [_file_record(ratings)], **({"archive": archive} if archive else {})},
         params={"min_length": opts.min_length},
     )
 
@@ -318,16 +370,19 @@ def _build_amazon_magazine(opts: PrepareOptions, home: Path, progress: ProgressF
         )
     else:
         urls = (opts.mirror,) if opts.mirror else AMAZON_MAGAZINE_URLS
-        path = fetch(list(urls), _downloads(home, "amazon-magazine") / fname, progress=progress)
+        dest = _downloads(home, "amazon-magazine") / fname
+        path = fetch(list(urls), dest, sha256=AMAZON_MAGAZINE_SHA256, progress=progress)
     schema = {"item": pl.Utf8, "user": pl.Utf8, "rating": pl.Float64, "time": pl.Int64}
     lf = inter.scan_table(path, separator=",", has_header=False, schema=schema)
     vocab, splits, info = _rec(lf.select("user", "item", "time"), str(path), opts, None)
+    record = _file_record(path)
+    record["sha256_pinned"] = record["sha256"] == AMAZON_MAGAZINE_SHA256  # a --source file is recorded, not refused
     return _Built(
         "rec",
         vocab,
         splits,
         info,
-        source={"kind": "amazon-magazine", "files": [_file_record(path)]},
+        source={"kind": "amazon-magazine", "files": [record]},
         params={"min_length": opts.min_length},
     )
 
@@ -340,6 +395,7 @@ def netflix_frame(files: list[Path]) -> pl.LazyFrame:
     """
     frames = []
     for path in files:
+        check_readable(path)
         lf = pl.scan_csv(
             path, has_header=False, separator="\x1f", new_columns=["line"], schema={"line": pl.Utf8}, quote_char=None
         )
@@ -362,13 +418,16 @@ def netflix_frame(files: list[Path]) -> pl.LazyFrame:
 
 def _build_netflix(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
     src = _need_source(opts, "netflix", ["combined_data_1.txt ... combined_data_4.txt"])
-    files = sorted(src.glob("combined_data_*.txt"))
+    with reading(src):  # Path.glob would hide an unreadable directory as an empty one
+        files = sorted(p for p in src.iterdir() if fnmatch.fnmatchcase(p.name, "combined_data_*.txt"))
     if not files:
         raise DataError(
             f"no combined_data_*.txt in {src}", "pass the Netflix Prize training_set directory with --source"
         )
     for f in files:
-        if f.stat().st_size == 0:
+        with reading(f):
+            empty = f.stat().st_size == 0
+        if empty:
             raise DataError(f"{f} is empty", "restore the Netflix Prize file")
     titles = _titles(src / "movie_titles.csv", ",", 0, 2)
     vocab, splits, info = _rec(netflix_frame(files), str(src), opts, titles or None)
@@ -381,9 +440,12 @@ def _build_netflix(opts: PrepareOptions, home: Path, progress: ProgressFn | None
 def _build_interactions(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
     if opts.path is None:
         raise DataError("interactions needs --path FILE", "pass a CSV, TSV or parquet log with --path")
-    lf = inter.scan_table(Path(opts.path), separator=opts.separator)
-    lf = inter.select_columns(lf, Path(opts.path), opts.user_col, opts.item_col, opts.time_col)
-    vocab, splits, info = _rec(lf, str(opts.path), opts, None)
+    path = Path(opts.path)
+    separator = inter.resolve_separator(path, opts.separator)
+    lf = inter.scan_table(path, separator=separator)
+    lf = inter.select_columns(lf, path, opts.user_col, opts.item_col, opts.time_col, separator=separator)
+    labels = inter.column_labels(opts.user_col, opts.item_col, opts.time_col)
+    vocab, splits, info = _rec(lf, str(path), opts, None, labels)
     return _Built(
         "rec",
         vocab,
@@ -448,6 +510,7 @@ def prepare(
             f"unknown dataset {source!r}",
             f"choose one of: {', '.join(SOURCES)}",
         )
+    opts.seed = check_seed(opts.seed)  # the options may have been changed after they were made
     if opts.vocab_size < 1:
         raise ConfigError(f"--vocab-size {opts.vocab_size} must be positive", "pass e.g. --vocab-size 2000")
     if opts.min_length < 2:

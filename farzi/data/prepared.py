@@ -30,6 +30,8 @@ import polars as pl
 
 from farzi._io import atomic_dir, claim_output, read_json, write_json
 from farzi._version import __version__
+from farzi.data._read import reading
+from farzi.data.interactions import polars_problem
 from farzi.data.sequences import Sequences
 from farzi.data.vocab import Vocabulary
 from farzi.errors import DataError
@@ -38,6 +40,7 @@ FORMAT_NAME = "farzi-prepared"
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 TASKS = ("lm", "rec")
+_AGAIN = "remove it and prepare the dataset again"
 
 
 @dataclass
@@ -184,8 +187,18 @@ def _read_split(path: Path) -> Sequences:
 
 
 def load_prepared(path: str | Path) -> PreparedDataset:
-    """Read and check a prepared dataset directory."""
+    """Read and check a prepared dataset directory.
+
+    A file the operating system will not open (permission denied, a directory where
+    a file belongs, an I/O error) is reported as such: only content that is wrong
+    asks for the dataset to be prepared again.
+    """
     path = Path(path)
+    with reading(path):
+        return _load_prepared(path)
+
+
+def _load_prepared(path: Path) -> PreparedDataset:
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise DataError(
@@ -193,7 +206,8 @@ def load_prepared(path: str | Path) -> PreparedDataset:
             "run farzictl prepare first, or pass the directory farzictl prepare wrote",
         )
     try:
-        manifest = read_json(manifest_path)
+        with reading(manifest_path, directory_fix=_AGAIN):
+            manifest = read_json(manifest_path)
     except ValueError as exc:
         raise DataError(f"{manifest_path} is not valid JSON", "prepare the dataset again") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -207,16 +221,19 @@ def load_prepared(path: str | Path) -> PreparedDataset:
     task = manifest.get("task")
     if task not in TASKS:
         raise DataError(f"{path} has unknown task {task!r}", "prepare the dataset again")
-    vocab = Vocabulary.load(path / "vocab.json")
+    vocab = Vocabulary.load(path / "vocab.json")  # reports a file it cannot open as such, not as corrupt
     splits: dict[str, Sequences] = {}
     for split in SPLITS:
         file = path / f"{split}.parquet"
         if not file.is_file():
             raise DataError(f"{file} is missing", "prepare the dataset again")
         try:
-            splits[split] = _read_split(file)
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            raise DataError(f"cannot read {file} ({exc.__class__.__name__})", "prepare the dataset again") from exc
+            with reading(file, directory_fix=_AGAIN):
+                splits[split] = _read_split(file)
+        except pl.exceptions.PolarsError as exc:
+            raise DataError(
+                f"cannot read {file} as a split ({polars_problem(exc)})", "prepare the dataset again"
+            ) from exc
         seqs = splits[split]
         if len(seqs.tokens) and (seqs.tokens.min() < 0 or seqs.tokens.max() >= len(vocab)):
             raise DataError(f"{file} holds token ids outside the vocabulary", "prepare the dataset again")

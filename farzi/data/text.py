@@ -6,19 +6,35 @@ from pathlib import Path
 
 import numpy as np
 
+from farzi.data._read import read_bytes, reading
 from farzi.data.sequences import Sequences
 from farzi.data.vocab import EOS, PAD, Vocabulary, build_lm_vocab
 from farzi.errors import DataError
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines of a corpus: they end at ``\n`` (or ``\r\n``) only.
+
+    ``str.splitlines`` would also end a line at ``\x0b``, ``\x0c``, ``\x1c``-``\x1e``, ``\x85``,
+    U+2028 and U+2029, splitting one sequence in two; inside a line those characters are
+    whitespace between tokens, like a space.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_sentences(path: Path) -> list[list[str]]:
     """Read a corpus file: one sentence per non-blank line, tokens split on whitespace."""
     path = Path(path)
-    if not path.exists():
+    with reading(path):
+        exists, is_file = path.exists(), path.is_file()
+    if not exists:
         raise DataError(f"corpus file {path} does not exist", "check the path")
-    if not path.is_file():
+    if not is_file:
         raise DataError(f"corpus path {path} is not a file", "pass a text file, one sentence per line")
-    raw = path.read_bytes()
+    raw = read_bytes(path)
     if b"\x00" in raw:
         line_no = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise DataError(
@@ -33,7 +49,13 @@ def read_sentences(path: Path) -> list[list[str]]:
             f"{path} line {line_no} is not valid UTF-8",
             "convert the corpus to UTF-8 (e.g. iconv -t utf-8)",
         ) from exc
-    sentences = [line.split() for line in text.splitlines()]
+    body = text.rstrip()
+    if "\r" in body and "\n" not in body:
+        raise DataError(
+            f"{path} ends its lines with \\r only (classic Mac line endings): it would be read as one sentence",
+            "convert the line endings to \\n (e.g. tr '\\r' '\\n' < old > new)",
+        )
+    sentences = [line.split() for line in split_lines(text)]
     sentences = [s for s in sentences if s]
     if not sentences:
         raise DataError(f"corpus file {path} is empty", "pass a file with at least one non-blank line")

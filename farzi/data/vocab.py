@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farzi.data._read import reading
 from farzi.errors import DataError
 
 PAD = "<pad>"
@@ -88,10 +89,15 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path) -> Vocabulary:
+        again = "prepare the dataset again with farzictl prepare"
+        with reading(path, directory_fix=f"remove it and {again}"):  # cannot open it: say why, it is not corrupt
+            if not Path(path).exists():
+                raise DataError(f"the vocabulary {path} is missing", again)
+            text = Path(path).read_bytes()
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            raw = json.loads(text.decode("utf-8"))
             return cls(tokens=list(raw["tokens"]), specials=dict(raw["specials"]), titles=raw.get("titles"))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise DataError(
                 f"cannot read the vocabulary {path} ({exc.__class__.__name__})",
                 "prepare the dataset again with farzictl prepare",

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from farzi._seed import MAX_SEED
+from farzi._seed import check_seed
 from farzi.device import resolve_device
 from farzi.errors import ConfigError
 
@@ -172,8 +172,7 @@ class DistillConfig:
         _at_least("--segment", self.segment, 0, "0 uses the strategy's default")
         _at_least("--mtt-offset", self.mtt_offset, 1, "e.g. --mtt-offset 2")
         _at_least("--omega-runs", self.omega_runs, 0, "0 uses every run")
-        _at_least("--seed", self.seed, 0, f"pass a seed between 0 and {MAX_SEED}")
-        _at_most("--seed", self.seed, MAX_SEED)
+        check_seed(self.seed)
         for flag, value in (("--tau", self.tau), ("--inner-lr", self.inner_lr), ("--outer-lr", self.outer_lr)):
             _positive(flag, value)
         for flag, value in (

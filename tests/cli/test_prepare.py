@@ -45,7 +45,7 @@ BAD_INPUT = {
     "empty-file": Case(["ml-100k", "--source", "{src}"], ("u.data is empty",), files={"u.data": ""}),
     "malformed-line-interactions": Case(
         ["interactions", "--path", "{src}/log.csv"],
-        ("unparsable user, item or time", "data row 25"),
+        ("column 'time' (--time-col) has 1 value(s) that are not a time", "'yesterday' at data row 25"),
         files={"log.csv": GOOD_LOG + "5,1,yesterday\n"},
     ),
     "checksum-mismatch": Case(

@@ -225,7 +225,9 @@ def test_missing_column_names_the_column_and_the_flag(tmp_path: Path, flag: str,
 
 def test_non_numeric_time_is_an_error_naming_the_row(tmp_path: Path) -> None:
     path = write(tmp_path / "log.csv", LOG.replace("5,9,1", "5,9,yesterday"))
-    with pytest.raises(DataError, match=r"unparsable user, item or time \(first at data row 9\)"):
+    with pytest.raises(
+        DataError, match=r"the time column has 1 value\(s\) that are not a time \('yesterday' at data row 9,"
+    ):
         build(path)
 
 

@@ -145,3 +145,54 @@ def test_only_test_missing_holds_out_only_test() -> None:
 def test_too_few_sentences_to_hold_out_is_an_error() -> None:
     with pytest.raises(DataError, match="too few"):
         lm_splits(_sentences(2), None, None, vocab_size=10, seed=0)
+
+
+# ---------------------------------------------------------------- line breaks
+
+
+@pytest.mark.parametrize(
+    "char",
+    ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85"],
+    ids=["U+2028", "U+2029", "VT", "FF", "FS", "GS", "RS", "NEL"],
+)
+def test_only_newline_ends_a_line(tmp_path: Path, char: str) -> None:
+    # str.splitlines() ends a line at each of these: one sentence became two
+    path = write(tmp_path / "c.txt", f"one{char}sentence here\nsecond line\n")
+    assert read_sentences(path) == [["one", "sentence", "here"], ["second", "line"]]
+
+
+def test_crlf_line_endings(tmp_path: Path) -> None:
+    assert read_sentences(write(tmp_path / "c.txt", "a b\r\nc\r\n\r\nd\r\n")) == [["a", "b"], ["c"], ["d"]]
+
+
+def test_a_corpus_line_with_u2028_stays_one_sequence_through_prepare(tmp_path: Path) -> None:
+    from farzi.data.prepare import PrepareOptions, prepare
+
+    train = write(tmp_path / "train.txt", "a\u2028b c\n" * 5)
+    held = write(tmp_path / "held.txt", "a b\n")
+    ds = prepare("text", PrepareOptions(train=train, valid=held, test=held), home=tmp_path / "home")
+    assert len(ds.train) == 5
+    assert ds.train[0].tolist() == [2, 3, 4, 5, 2]  # <eos> a b c <eos>
+
+
+def test_carriage_return_only_line_endings_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.txt", "first line\rsecond line\rthird\r")
+    with pytest.raises(DataError, match=r"ends its lines with \\r only .* convert the line endings to \\n"):
+        read_sentences(path)
+    # a lone trailing \r on a one-line file is just whitespace
+    assert read_sentences(write(tmp_path / "d.txt", "only line\r")) == [["only", "line"]]
+
+
+def test_line_numbers_in_errors_count_newlines_only(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.txt", "a\u2028b\nc\x85d\nbad\x00\n".encode())
+    with pytest.raises(DataError, match="line 3 holds a NUL byte"):
+        read_sentences(path)
+
+
+def test_cli_carriage_return_only_corpus_is_one_error_line(tmp_path: Path) -> None:
+    from cli_runner import farzictl
+
+    path = write(tmp_path / "c.txt", "first line\rsecond line\r")
+    home = tmp_path / "home"
+    line = farzictl("prepare", "text", "--train", path, home=home).one_error_line()
+    assert "ends its lines with \\r only" in line and not home.exists()

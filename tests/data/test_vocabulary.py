@@ -81,5 +81,5 @@ def test_invalid_vocabularies_are_rejected(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"tokens": ["<pad>"]}', encoding="utf-8")
     with pytest.raises(DataError, match="cannot read the vocabulary"):
         Vocabulary.load(tmp_path / "bad.json")
-    with pytest.raises(DataError, match="cannot read the vocabulary"):
+    with pytest.raises(DataError, match="the vocabulary .*missing.json is missing; prepare the dataset again"):
         Vocabulary.load(tmp_path / "missing.json")
