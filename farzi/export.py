@@ -235,11 +235,12 @@ def _write(
     task = data.task
     specials = data.meta["specials"]
     eos, unk = specials.get(EOS), specials.get(UNK)
-    if cfg.to == "txt" and task == "rec":
+    if cfg.to == "txt":
         spaced = [t for i, t in enumerate(vocab) if any(c.isspace() for c in t) and i != specials.get(PAD)]
         if spaced:
+            what = "item id" if task == "rec" else "word"
             raise ConfigError(
-                f"item id {spaced[0]!r} holds whitespace, which the txt format separates items with",
+                f"{what} {spaced[0]!r} holds whitespace, which the txt format separates tokens with",
                 "use --to csv, jsonl or parquet",
             )
     counts = _Counts()
