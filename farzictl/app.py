@@ -24,6 +24,7 @@ from farzi.distill.engine import distill
 from farzi.distill.inspect import inspect_bundle
 from farzi.errors import DataError
 from farzi.evaluate import evaluate
+from farzi.export import DECODINGS, FORMATS, ExportConfig, export_bundle
 from farzi.models import DEFAULT_MODEL
 from farzi.student import parse_spec, train_student
 from farzi.train import TrainConfig
@@ -503,6 +504,51 @@ def render_inspect(report: dict) -> None:
         ui.stdout.print(
             ui.grid(f"sequence {i}: top tokens per position", ["pos", *[f"top {r + 1}" for r in range(depth)]], rows)
         )
+
+
+@app.command("export")
+@ui.handle_errors
+def export_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A Farzi Data bundle (*.safetensors).")],
+    to: Annotated[str, typer.Option(help=f"Format: {', '.join(FORMATS)}.")] = "jsonl",
+    samples: Annotated[int, typer.Option(help="Decoded sequences per synthetic sequence (--decode sample).")] = 1,
+    decode: Annotated[str, typer.Option(help=f"{' or '.join(DECODINGS)}: most probable or sampled tokens.")] = "argmax",
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (default: beside the bundle, the format's suffix).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset to take the vocabulary from (bundles written without one).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file that is not a previous export.")] = False,
+    seed: Seed = 0,
+    home: Home = None,
+    json: Json = False,
+) -> None:
+    """Write Farzi Data as discrete sequences (words, or user/item/position rows) for other tools."""
+    ds = resolve_dataset(dataset, home) if dataset else None
+    cfg = ExportConfig(to=to, decode=decode, samples=samples, seed=seed, overwrite=overwrite)
+    with ui.progress_bars(not json) as progress:
+        result = export_bundle(bundle, cfg, out=out, dataset=ds, progress=progress)
+    prov = result.provenance
+    if json:
+        ui.print_json({"path": str(result.path), "sidecar": str(result.sidecar), **prov})
+        return
+    rows = {
+        "task": prov["task"],
+        "format": to,
+        "decode": decode if decode == "argmax" else f"sample (seed {seed})",
+        "samples per sequence": samples,
+        "budget (mu x xi)": prov["bundle"]["budget"],
+        **{k.replace("_", " "): v for k, v in prov["counts"].items()},
+        "provenance": str(result.sidecar),
+    }
+    if to == "txt" and prov["task"] == "lm":
+        rows["read back"] = f"farzictl prepare text --train {result.path}"
+    elif to in ("csv", "parquet") and prov["task"] == "rec":
+        rows["read back"] = (
+            f"farzictl prepare interactions --path {result.path} --user-col user --item-col item --time-col position"
+        )
+    ui.stdout.print(ui.kv_table(f"Export: {bundle} -> {result.path}", rows))
 
 
 @app.command("demo")
