@@ -19,11 +19,23 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
+from torch import Tensor
 
 import farzi
 from farzi._safetensors import read_header
-from farzi.distill.bundle import REQUIRED_KEYS, FarziData, created_now, load_bundle, save_bundle
-from farzi.errors import BundleError
+from farzi.batching import MAX_BATCH_BYTES, DistributionTrainSet
+from farzi.distill.bundle import (
+    MAX_SEQUENCE_ELEMENTS,
+    MAX_TOTAL_ELEMENTS,
+    REQUIRED_KEYS,
+    FarziData,
+    check_size,
+    created_now,
+    load_bundle,
+    read_bundle_meta,
+    save_bundle,
+)
+from farzi.errors import BundleError, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "formats" / "farzi-data-v1.schema.json"
@@ -240,8 +252,20 @@ def test_values_whose_logits_would_overflow(tmp_path: Path) -> None:
     latent = torch.zeros(3, 4, 5)
     latent[0, 0, :] = 3e38  # finite, but latent @ decoder is not
     rejection(rewrite(write(tmp_path / "b.safetensors"), latent=latent), "overflow")
-    path = rewrite(write(tmp_path / "c.safetensors"), {"tau": "1e-300"})  # finite, positive, tiny
+    path = rewrite(write(tmp_path / "c.safetensors"), {"tau": "2e-38"})  # a tiny float32: logits near 1e39
     rejection(path, "overflow")
+
+
+@pytest.mark.parametrize(("tau", "by"), [("1e+300", "infinity"), ("3.5e38", "infinity"), ("1e-300", "zero")])
+def test_tau_outside_float32(tmp_path: Path, tau: str, by: str) -> None:
+    """materialize divides float32 logits by tau: 1e300 is infinity there (every distribution uniform),
+    1e-300 is zero (0 / 0 = NaN for a zero latent, which the overflow check alone let through)."""
+    path = rewrite(write(tmp_path / "b.safetensors"), {"tau": tau}, latent=torch.zeros(3, 4, 5))
+    msg = rejection(path, f"tau {float(tau):g} is outside float32's range", f"would divide by {by}", "--tau 1.0")
+    assert "overflow" not in msg and "diverged" not in msg
+    for i, edge in enumerate(("1.1754943508222875e-38", "3.4028234663852886e+38")):  # float32's extremes: accepted
+        data = load_bundle(rewrite(write(tmp_path / f"e{i}.safetensors"), {"tau": edge}, latent=torch.zeros(3, 4, 5)))
+        assert torch.isfinite(data.materialize()).all()
 
 
 def test_truncated_file(tmp_path: Path) -> None:
@@ -268,6 +292,24 @@ def test_header_length_larger_than_the_file(tmp_path: Path) -> None:
         rejection(path, f"header length {n} does not fit the file's {len(data)} bytes")
 
 
+@pytest.mark.parametrize(
+    ("offsets", "expected"),
+    [
+        ((-240, 0), "tensor 'latent' starts at byte -240, before the data section (a negative offset)"),
+        ((-1, 59), "tensor 'latent' starts at byte -1, before the data section"),
+        ((200, 140), "tensor 'latent' ends at byte 140, before it starts (byte 200)"),
+        ((140, 204), "tensor 'latent' claims 64 bytes but its shape [3, 4, 5] of F32 needs 240"),
+    ],
+)
+def test_each_bad_offset_has_its_own_message(tmp_path: Path, offsets: tuple[int, int], expected: str) -> None:
+    path = write(tmp_path / "b.safetensors")
+    header, data = _split(path.read_bytes())
+    header["latent"]["data_offsets"] = list(offsets)
+    path.write_bytes(_join(header, data))
+    msg = rejection(path, expected)
+    assert "claims 240 bytes" not in msg  # the old message: "claims 240 bytes but its shape needs 240"
+
+
 def test_garbage_header(tmp_path: Path) -> None:
     path = tmp_path / "b.safetensors"
     for header in (b"\xff\xfe{", b"not json", b"[1, 2]", b'{"__metadata__": {"format": 1}}', b"[" * 50_000):
@@ -289,6 +331,90 @@ def test_file_over_the_size_limit(tmp_path: Path) -> None:
     rejection(path, "over the limit of 100", max_bytes=100)
 
 
+def sized(path: Path, latent: list[int], decoder: list[int], dtype: str = "F32") -> Path:
+    """A well-formed bundle of the given shapes (all zeros), written byte by byte: nothing is allocated
+    but the file's bytes, whatever mu x xi x V the shapes describe."""
+    meta = raw_meta(write(path))
+    meta = {k: v for k, v in meta.items() if k != "vocab"}  # optional; it would list V tokens
+    meta["vocab_size"] = str(decoder[1])
+    size = {"F32": 4, "F16": 2}[dtype]
+    n_dec, n_lat = math.prod(decoder) * size, math.prod(latent) * size
+    header = {
+        "__metadata__": meta,
+        "decoder": {"dtype": dtype, "shape": decoder, "data_offsets": [0, n_dec]},
+        "latent": {"dtype": dtype, "shape": latent, "data_offsets": [n_dec, n_dec + n_lat]},
+    }
+    path.write_bytes(_join(header, bytes(n_dec + n_lat)))
+    return path
+
+
+def test_the_issue_bundle_is_refused_from_its_header(tmp_path: Path) -> None:
+    """8 MB on disk, 4 TB of distributions: refused before a tensor is read, saying what is too large."""
+    path = sized(tmp_path / "b.safetensors", [1, 10**6, 1], [1, 10**6])
+    assert path.stat().st_size < 8_001_000
+    expected = (
+        f"{path}: one sequence's distributions are xi x |V| = 1000000 x 1000000 = 1000000000000 values, "
+        "over the limit of 16777216 (MAX_SEQUENCE_ELEMENTS); distill a shorter budget (the XI of --budget MUxXI), "
+        "fewer sequences (its MU), or over a smaller vocabulary (e.g. prepare --vocab-size)"
+    )
+    for read in (read_bundle_meta, load_bundle):
+        with pytest.raises(BundleError) as info:
+            read(path)
+        assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("latent", "decoder", "over"),
+    [
+        ([1, 256, 1], [1, 2**16], None),  # xi x V = 2**24: at the limit
+        ([1, 257, 1], [1, 2**16], "xi x |V| = 257 x 65536 = 16842752 values, over the limit of 16777216"),
+        ([2**16, 1, 1], [1, 2**16], None),  # mu x xi x V = 2**32: at the limit
+        ([2**16 + 1, 1, 1], [1, 2**16], "mu x xi x |V| = 65537 x 1 x 65536 = 4295032832 values, over the limit"),
+        ([2**12, 2**8, 1], [1, 2**13], "mu x xi x |V| = 4096 x 256 x 8192 = 8589934592 values"),  # each under
+    ],
+)
+def test_size_limits(tmp_path: Path, latent: list[int], decoder: list[int], over: str | None) -> None:
+    path = sized(tmp_path / "b.safetensors", latent, decoder, dtype="F16")
+    if over is None:
+        meta, header = read_bundle_meta(path)
+        assert header["latent"]["shape"] == latent and meta["vocab_size"] == decoder[1]
+    else:
+        with pytest.raises(BundleError, match=re.escape(over)):
+            read_bundle_meta(path)
+
+
+def test_the_limits_keep_every_real_use() -> None:
+    assert (MAX_SEQUENCE_ELEMENTS, MAX_TOTAL_ELEMENTS) == (2**24, 2**32)  # as formats/farzi-data-v1.md states
+    for mu, xi, vocab in [(500, 200, 17_770), (400, 50, 2_001), (50, 150, 1_683), (500, 200, 3_707)]:
+        check_size(Path("real.safetensors"), mu, xi, vocab)  # Netflix, PTB, ML-100k, ML-1M at the paper's largest
+    with pytest.raises(BundleError, match="xi x |V| = 1000 x 17770"):
+        check_size(Path("b"), 1, 1000, 17_770)
+
+
+def test_a_file_the_safetensors_library_refuses(tmp_path: Path) -> None:
+    """A lone surrogate escape is JSON to Python (and to the header check) but not to safetensors."""
+    path = write(tmp_path / "b.safetensors")
+    header, data = _split(path.read_bytes())
+    text = json.dumps(header).replace('"2', '"\\ud800', 1)  # the first digit of `created`
+    path.write_bytes(struct.pack("<Q", len(text)) + text.encode() + data)
+    assert read_header(path, BundleError, "")[1]["created"].startswith("\ud800")
+    rejection(path, "cannot read tensors (SafetensorError)", "re-create it with farzictl distill")
+
+
+@pytest.mark.parametrize("error", [MemoryError, KeyboardInterrupt, torch.OutOfMemoryError])
+def test_running_out_of_memory_is_not_a_bad_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
+) -> None:
+    path = write(tmp_path / "b.safetensors")
+
+    def load(*args: object, **kwargs: object) -> None:
+        raise error("no memory left")  # what the allocator (or Ctrl-C) raises mid-read
+
+    monkeypatch.setattr("farzi.distill.bundle.load_tensors", load)
+    with pytest.raises(error):
+        load_bundle(path)
+
+
 def test_check_vocabulary(tmp_path: Path) -> None:
     data = load_bundle(write(tmp_path / "b.safetensors"))
     data.check_vocabulary(7, SHA, "toy")  # the same vocabulary: accepted
@@ -302,11 +428,20 @@ def test_check_vocabulary(tmp_path: Path) -> None:
 def test_cuda_without_cuda(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    rejection(write(tmp_path / "b.safetensors"), "CUDA is not available", device="cuda")
+    with pytest.raises(ConfigError) as info:  # the request is wrong, not the file: resolve_device's words
+        load_bundle(write(tmp_path / "b.safetensors"), device="cuda")
+    assert str(info.value) == "--device cuda was asked for but CUDA is not available on this machine; use --device cpu"
 
 
-def test_unknown_device(tmp_path: Path) -> None:
-    rejection(write(tmp_path / "b.safetensors"), "unknown device 'gpu0'", device="gpu0")
+@pytest.mark.parametrize("device", ["gpu0", "tpu", "cuda:x", ""])
+def test_unknown_device(tmp_path: Path, device: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_bundle(write(tmp_path / "b.safetensors"), device=device)
+    assert str(info.value) == f"unknown device {device!r}; use --device cpu or --device cuda"
+
+
+def test_a_bad_file_is_reported_before_a_bad_device(tmp_path: Path) -> None:
+    rejection(tmp_path / "nowhere.safetensors", "does not exist", device="tpu")
 
 
 def test_to_and_banned_follow_the_device(tmp_path: Path) -> None:
@@ -509,3 +644,36 @@ def test_mutated_bundles_load_or_raise_bundle_error(fuzz_path: Path, blob: bytes
     p = data.materialize(torch.arange(min(data.mu, 2)))
     assert torch.isfinite(p).all()
     torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:2]))
+
+
+# ------------------------------------------------------------------ what users of a bundle allocate
+
+
+def _order_batches(data: FarziData, batch: int, limit: int, discrete: bool = False) -> tuple[Tensor, list[Tensor]]:
+    train = DistributionTrainSet(data, discrete=discrete, max_batch_bytes=limit)
+    order = torch.randperm(data.mu, generator=torch.Generator().manual_seed(4))
+    return order, list(train.batches(batch, torch.Generator().manual_seed(4), torch.device("cpu")))
+
+
+def test_student_batches_respect_the_byte_limit(tmp_path: Path) -> None:
+    data = load_bundle(write(tmp_path / "b.safetensors", mu=10, xi=4))  # one sequence: 4 x 7 x 4 = 112 bytes
+    assert DistributionTrainSet(data).sequence_bytes == 112
+    order, batches = _order_batches(data, batch=8, limit=MAX_BATCH_BYTES)
+    assert [len(b) for b in batches] == [8, 2]  # under the limit: the batches asked for
+    order, small = _order_batches(data, batch=8, limit=300)  # 300 bytes hold 2 sequences
+    assert [len(b) for b in small] == [2] * 5 and all(b.nelement() * b.element_size() <= 300 for b in small)
+    torch.testing.assert_close(torch.cat(small), data.materialize(order), rtol=0, atol=0)  # same data, same order
+    assert len(_order_batches(data, batch=8, limit=1)[1]) == 10  # below one sequence: one at a time
+
+
+def test_discrete_batches_keep_their_size_and_their_draws(tmp_path: Path) -> None:
+    data = load_bundle(write(tmp_path / "b.safetensors", mu=10, xi=4))
+    order, batches = _order_batches(data, batch=8, limit=MAX_BATCH_BYTES, discrete=True)
+    gen = torch.Generator().manual_seed(4)
+    torch.randperm(10, generator=gen)
+    first = torch.multinomial(data.materialize(order[:8]).reshape(32, 7).double(), 1, generator=gen).view(8, 4)
+    assert torch.equal(batches[0], first)  # under the limit: exactly the draws of one batch at a time
+    _, chunked = _order_batches(data, batch=8, limit=3 * 112 * 3, discrete=True)  # 3 sequences per chunk
+    assert [b.shape for b in chunked] == [(8, 4), (2, 4)]
+    ids = torch.cat(chunked)
+    assert ids.dtype == torch.int64 and 0 < int(ids.min()) and int(ids.max()) < 7  # <pad> (masked) never drawn
