@@ -29,6 +29,7 @@ from farzi.checkpoint import (
     save_checkpoint,
 )
 from farzi.data.prepared import PreparedDataset
+from farzi.device import resolve_device
 from farzi.errors import CheckpointError, ConfigError
 from farzi.models import build_model, make_config, model_task
 from farzi.progress import ProgressFn
@@ -50,6 +51,7 @@ def train_trajectories(
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Train ``runs`` models and write Omega to ``out`` (atomically)."""
+    resolve_device(device)  # ConfigError for a device this machine lacks, before any work
     if runs < 1:
         raise ConfigError(f"--runs {runs} must be at least 1", "pass e.g. --runs 5")
     if every < 1:
