@@ -131,13 +131,14 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
         parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})"] if unexpected else []
         parts += [f"{k!r} is {found[k]}, the model needs {wanted[k]}" for k in shapes[:1]]
         raise CheckpointError(f"{path}: tensors do not fit the model ({'; '.join(parts)})", _FIX)
-    model = build_model(info["model"], info["config"])
+    model = build_model(info["model"], info["config"])  # its size is now bounded by the file's
     try:
         state = load_tensors(path)
-        model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
-        if isinstance(exc, torch.OutOfMemoryError):
-            raise
+    except (SafetensorError, OSError, ValueError) as exc:  # not MemoryError: running out is not a bad file
+        raise CheckpointError(f"{path}: cannot read tensors ({exc.__class__.__name__})", _FIX) from None
+    try:
+        model.load_state_dict(state, strict=True)  # copies into the model's tensors: allocates nothing
+    except RuntimeError as exc:
         msg = str(exc).splitlines()[0][:200]
         raise CheckpointError(f"{path}: tensors do not fit the model ({msg})", _FIX) from None
     for name, tensor in state.items():

@@ -7,12 +7,14 @@ stderr and exits with status 2.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
+import typer.main
 
 from farzi.checkpoint import check_dataset, load_checkpoint
 from farzi.data.prepare import SOURCES, PrepareOptions, prepare
@@ -548,15 +550,21 @@ def resolve_dataset(arg: str, home: Path | None):
     return load_prepared(where)
 
 
+@functools.cache
+def _command() -> Any:  # a click Command (typer vendors click from 0.29 on)
+    """The click command Typer builds from ``app`` (built once: Typer would rebuild it on every call)."""
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; usage errors become one line and exit 2."""
     try:
-        code = app(args=argv, prog_name="farzictl", standalone_mode=False)
+        code = _command().main(args=argv, prog_name="farzictl", standalone_mode=False)
     except Exception as exc:  # noqa: BLE001 - usage errors from typer's click
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             ctx = getattr(exc, "ctx", None)
             where = f"run '{ctx.command_path} --help'" if ctx is not None else "run 'farzictl --help'"
-            msg = " ".join(str(exc.format_message()).split())
+            msg = " ".join(str(exc.format_message()).split()).rstrip(". ")
             print(f"error: {msg}; {where}", file=sys.stderr)
             sys.exit(2)
         raise
