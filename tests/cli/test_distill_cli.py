@@ -188,3 +188,26 @@ def test_inspect_rejects_negative_counts(world: World, flag: str) -> None:
     out = farzictl("inspect", bundle, flag, "-1", "--json", home=world.home)
     assert out.one_error_line() == f"error: {flag} -1 must not be negative; pass e.g. {flag} 3"
     assert out.stdout == "" and out.stderr == f"error: {flag} -1 must not be negative; pass e.g. {flag} 3\n"
+
+
+def test_the_4_tb_bundle_is_one_line_for_inspect_and_train_student(world: World) -> None:
+    """latent [1, 1e6, 1] x decoder [1, 1e6]: 8 MB that passes every per-tensor check but describes
+    4 TB of distributions; both readers refuse it from the header, before anything is allocated."""
+    good = world.home / "bundles" / "synthetic-lm" / "farzi-4x8-s0.safetensors"
+    meta = {k: v for k, v in read_header(good, BundleError, "")[1].items() if k != "vocab"}
+    meta["vocab_size"] = str(10**6)
+    header = {
+        "__metadata__": meta,
+        "decoder": {"dtype": "F32", "shape": [1, 10**6], "data_offsets": [0, 4 * 10**6]},
+        "latent": {"dtype": "F32", "shape": [1, 10**6, 1], "data_offsets": [4 * 10**6, 8 * 10**6]},
+    }
+    text = json.dumps(header).encode()
+    huge = world.work / "huge.safetensors"
+    huge.write_bytes(struct.pack("<Q", len(text)) + text + bytes(8 * 10**6))
+    too_large = "one sequence's distributions are xi x |V| = 1000000 x 1000000 = 1000000000000 values, over the limit"
+    line = farzictl("inspect", huge, home=world.home).one_error_line()
+    assert line.startswith(f"error: invalid: {huge}: ") and too_large in line and "distill a shorter budget" in line
+    out = world.work / "student"
+    line = farzictl("train-student", "synthetic-lm", "--data", huge, "--out", out, home=world.home).one_error_line()
+    assert line.startswith(f"error: {huge}: ") and too_large in line
+    assert not out.exists()
