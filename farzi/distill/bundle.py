@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from farzi._io import atomic_file
-from safetensors import SafetensorError
-
 from farzi._safetensors import load_tensors, read_header, save_tensors
 from farzi._version import __version__
 from farzi.device import resolve_device
