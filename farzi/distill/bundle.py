@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 MAX_FILE_BYTES = 8 * 1024**3
 MAX_ELEMENTS = 2**31 - 1
 # xi * V: one sequence's distributions, 2**24 values = 64 MiB in float32 (Netflix, |V| 17,770 at
-# xi 200: 3.6M; PTB 50 x 2,001: 0.1M). inspect and students materialize at least this much at once.
+# xi 200: 3.6M; PTB 50 x 2,001: 0.1M). A student batch holds at least one sequence.
 MAX_SEQUENCE_ELEMENTS = 2**24
 # mu * xi * V: all distributions, 2**32 values = 16 GiB in float32, never built at once (Netflix
 # 500 x 200 x 17,770: 1.8e9; PTB 400 x 50 x 2,001: 4.0e7); it bounds one student epoch's work.
