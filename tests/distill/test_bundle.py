@@ -910,6 +910,12 @@ def run_fuzz(ds: Any, work: Path, examples: int, headroom: int = FUZZ_HEADROOM_B
     }
 
 
+needs_linux = pytest.mark.skipif(
+    not Path("/proc/self/status").is_file(), reason="the memory limit reads /proc and sets RLIMIT_DATA (Linux)"
+)
+
+
+@needs_linux
 def test_the_memory_limit_is_enforced() -> None:
     """What the fuzz relies on: past the limit an allocation fails at once, and the limit is lifted after."""
     with memory_limit(64 * 1024**2) as limits:
@@ -922,6 +928,7 @@ def test_the_memory_limit_is_enforced() -> None:
     assert torch.empty(256 * 1024**2, dtype=torch.uint8).numel() == 256 * 1024**2
 
 
+@needs_linux
 def test_mutated_bundles_through_the_reader_inspect_and_a_student(tiny_rec, tmp_path: Path) -> None:
     """FUZZ_EXAMPLES mutated bundles: each is loaded or refused with one line, and then
     `inspect` and one student step agree with the reader: no traceback, nothing over the memory limit."""
@@ -946,6 +953,7 @@ print(json.dumps(test_bundle.run_fuzz(ds, work, int(sys.argv[1]))))
 """
 
 
+@needs_linux
 @pytest.mark.slow
 def test_fuzz_1000_bundles_in_a_child_process() -> None:
     """The full fuzz in a fresh process (its peak is the fuzz's own): >= 1000 bundles, 0 tracebacks,
