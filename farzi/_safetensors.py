@@ -85,8 +85,12 @@ def read_header(
             raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
         begin, end = offsets
         want = math.prod(shape) * DTYPE_SIZES[dtype]
-        if begin < 0 or end < begin or end - begin != want:
-            raise bad(f"tensor {name!r} claims {end - begin} bytes but its shape needs {want}")
+        if begin < 0:
+            raise bad(f"tensor {name!r} starts at byte {begin}, before the data section (a negative offset)")
+        if end < begin:
+            raise bad(f"tensor {name!r} ends at byte {end}, before it starts (byte {begin})")
+        if end - begin != want:
+            raise bad(f"tensor {name!r} claims {end - begin} bytes but its shape {shape} of {dtype} needs {want}")
         if end > buffer:
             raise bad(f"tensor {name!r} ends at byte {end}, past the data's {buffer} bytes (truncated)")
         spans.append((begin, end, name))

@@ -61,30 +61,51 @@ class SequenceTrainSet:
             yield pad_right(chunk).to(device)
 
 
+# float32 distributions a student materializes at once (Netflix at xi 200, --batch-size 128: 1.82 GB)
+MAX_BATCH_BYTES = 2 * 1024**3
+
+
 class DistributionTrainSet:
     """Farzi Data: batches of ``softmax(latent[idx] @ decoder / tau)`` (soft inputs and targets).
 
-    Only the batch is materialized, never all [mu, xi, V] at once. With
-    ``discrete=True`` each batch is instead a sample of token ids from those
-    distributions (one draw per position).
+    Only the batch is materialized, never all [mu, xi, V] at once, and never more
+    than ``max_batch_bytes`` of float32 distributions: soft batches hold at most
+    ``max_batch_bytes // (xi * V * 4)`` sequences (at least one), smaller than
+    ``batch_size`` only where a batch would exceed it. With ``discrete=True`` each
+    batch is instead a sample of token ids from those distributions (one draw per
+    position), drawn chunk by chunk within the same bound (counting the float64
+    copy the sampler uses), so the batch keeps ``batch_size`` sequences.
     """
 
-    def __init__(self, summary: object, discrete: bool = False) -> None:
+    def __init__(self, summary: object, discrete: bool = False, max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
         self.summary = summary
         self.discrete = discrete
         self.kind = "ids" if discrete else "soft"
-        self.num_sequences = int(summary.latent.shape[0])  # type: ignore[attr-defined]
+        latent = summary.latent  # type: ignore[attr-defined]
+        self.num_sequences = int(latent.shape[0])
+        xi = int(latent.shape[1]) if latent.ndim == 3 else 1
+        self.sequence_bytes = 4 * xi * int(summary.vocab_size)  # type: ignore[attr-defined]
+        per_sequence = self.sequence_bytes * (3 if discrete else 1)  # discrete: float32 + its float64 copy
+        self.chunk = max(1, max_batch_bytes // per_sequence)  # sequences materialized at once
 
     def batches(self, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[Tensor]:
         order = torch.randperm(self.num_sequences, generator=gen)
-        for i in range(0, self.num_sequences, batch_size):
-            idx = order[i : i + batch_size]
-            with torch.no_grad():
-                dist = self.summary.materialize(idx.to(self.summary.latent.device)).to(device)  # type: ignore[attr-defined]
+        step = batch_size if self.discrete else min(batch_size, self.chunk)
+        for i in range(0, self.num_sequences, step):
+            idx = order[i : i + step]
             if not self.discrete:
-                yield dist
+                yield self._materialize(idx).to(device)
                 continue
-            B, L, V = dist.shape
-            flat = dist.reshape(B * L, V).double().cpu()
-            draws = torch.multinomial(flat, 1, generator=gen).view(B, L)
-            yield draws.to(device)
+            draws = [self._sample(idx[j : j + self.chunk], gen) for j in range(0, len(idx), self.chunk)]
+            yield (draws[0] if len(draws) == 1 else torch.cat(draws)).to(device)
+
+    def _materialize(self, idx: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.summary.materialize(idx.to(self.summary.latent.device))  # type: ignore[attr-defined]
+
+    def _sample(self, idx: Tensor, gen: torch.Generator) -> Tensor:
+        dist = self._materialize(idx)  # [B, L, V]
+        B, L, V = dist.shape
+        flat = dist.reshape(B * L, V).double().cpu()
+        del dist
+        return torch.multinomial(flat, 1, generator=gen).view(B, L)  # [B, L]

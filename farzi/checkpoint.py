@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from farzi._io import atomic_file
 from farzi._safetensors import load_tensors, read_header, save_tensors
@@ -84,12 +85,23 @@ def read_checkpoint_info(path: Path) -> tuple[dict[str, Any], dict[str, dict[str
         raise CheckpointError(
             f"{path} is farzi-model v{version}; this farzi reads up to v{FORMAT_VERSION}", "upgrade farzi"
         )
+
+    def corrupt(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} has missing or corrupt model metadata ({what})", _FIX)
+
+    if "farzi" not in meta:
+        raise corrupt("no 'farzi' entry")
     try:
         info = json.loads(meta["farzi"])
-        assert isinstance(info, dict) and isinstance(info["config"], dict) and isinstance(info["dataset"], dict)
-        assert isinstance(info["model"], str)
-    except (KeyError, ValueError, AssertionError, TypeError):
-        raise CheckpointError(f"{path} has missing or corrupt model metadata", _FIX) from None
+    except (ValueError, RecursionError):
+        raise corrupt("'farzi' is not valid JSON") from None
+    if not isinstance(info, dict):
+        raise corrupt("'farzi' is not a JSON object")
+    for key, kind in (("model", str), ("config", dict), ("dataset", dict)):
+        if key not in info:
+            raise corrupt(f"no {key!r}")
+        if not isinstance(info[key], kind):
+            raise corrupt(f"{key!r} is not a JSON {'string' if kind is str else 'object'}")
     return info, header
 
 
@@ -98,18 +110,35 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
-    info, _ = read_checkpoint_info(path)
+    info, header = read_checkpoint_info(path)
+    # the config is checked on the meta device first (shapes, no storage): a config whose parameters
+    # the file does not hold is refused before anything of its size is allocated
     try:
-        model = build_model(info["model"], info["config"])
+        with torch.device("meta"):
+            shell = build_model(info["model"], info["config"])
     except FarziError as exc:
         raise CheckpointError(f"{path}: {exc.problem}", _FIX) from None
     except RuntimeError as exc:  # e.g. a negative size in the config: torch refuses the tensor
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: invalid model config ({msg})", _FIX) from None
+    wanted = {k: list(v.shape) for k, v in shell.state_dict().items()}
+    found = {k: entry["shape"] for k, entry in header.items()}
+    if wanted != found:
+        missing = sorted(set(wanted) - set(found))
+        unexpected = sorted(set(found) - set(wanted))
+        shapes = sorted(k for k in set(wanted) & set(found) if wanted[k] != found[k])
+        parts = [f"{len(missing)} missing (e.g. {missing[0]!r})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})"] if unexpected else []
+        parts += [f"{k!r} is {found[k]}, the model needs {wanted[k]}" for k in shapes[:1]]
+        raise CheckpointError(f"{path}: tensors do not fit the model ({'; '.join(parts)})", _FIX)
+    model = build_model(info["model"], info["config"])  # its size is now bounded by the file's
     try:
         state = load_tensors(path)
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:  # not MemoryError: running out is not a bad file
+        raise CheckpointError(f"{path}: cannot read tensors ({exc.__class__.__name__})", _FIX) from None
+    try:
+        model.load_state_dict(state, strict=True)  # copies into the model's tensors: allocates nothing
+    except RuntimeError as exc:
         msg = str(exc).splitlines()[0][:200]
         raise CheckpointError(f"{path}: tensors do not fit the model ({msg})", _FIX) from None
     for name, tensor in state.items():

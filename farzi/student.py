@@ -25,6 +25,7 @@ from farzi._io import atomic_dir, claim_output, write_json
 from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet
 from farzi.checkpoint import dataset_record, save_checkpoint
 from farzi.data.prepared import PreparedDataset
+from farzi.device import resolve_device
 from farzi.distill.bundle import FarziData, load_bundle
 from farzi.errors import ConfigError
 from farzi.models import build_model, make_config, model_task
@@ -138,8 +139,7 @@ def train_student(
             "pick a model for this task",
         )
     spec = parse_spec(spec_text)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available", "use --device cpu")
+    resolve_device(device)  # ConfigError for a device this machine lacks, before any work
     cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
     check_model_sizes(cfg)
     with claim_output(out, "model", overwrite):

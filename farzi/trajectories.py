@@ -29,6 +29,7 @@ from farzi.checkpoint import (
     save_checkpoint,
 )
 from farzi.data.prepared import PreparedDataset
+from farzi.device import resolve_device
 from farzi.errors import CheckpointError, ConfigError
 from farzi.models import build_model, make_config, model_task
 from farzi.progress import ProgressFn
@@ -56,6 +57,7 @@ def train_trajectories(
     an empty directory or an earlier trajectory set; anything else is a ``ConfigError``
     unless ``overwrite``, and so is a second writer of the same ``out``.
     """
+    resolve_device(device)  # ConfigError for a device this machine lacks, before any work
     if runs < 1:
         raise ConfigError(f"--runs {runs} must be at least 1", "pass e.g. --runs 5")
     if every < 1:

@@ -8,17 +8,21 @@ stderr and exits with status 2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
+import typer.main
 
+from farzi._seed import SEED_MAX
 from farzi.checkpoint import check_dataset, load_checkpoint
 from farzi.data.prepare import SOURCES, PrepareOptions, prepare
 from farzi.data.prepared import load_prepared
 from farzi.demo import TASKS, run_demo
+from farzi.device import resolve_device
 from farzi.distill.config import DistillConfig, Init, InnerOptimizerName, MetaGrad, Objective, parse_budget
 from farzi.distill.engine import distill
 from farzi.distill.inspect import inspect_bundle
@@ -44,7 +48,9 @@ Home = Annotated[
     Path | None,
     typer.Option("--home", envvar="FARZI_HOME", help="Workspace directory (default ~/.farzi).", show_default=False),
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result on CPU.")]
+Seed = Annotated[
+    int, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed (0 to 2**63-1); same seed, same result on CPU.")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 Overwrite = Annotated[
     bool,
@@ -138,7 +144,7 @@ MaxSteps = Annotated[int, typer.Option(help="Most optimizer steps.")]
 Patience = Annotated[int, typer.Option(help="Validations without improvement before stopping (0 = never).")]
 EvalEvery = Annotated[int, typer.Option(help="Steps between validations (0 = once per epoch, at least 10).")]
 Metric = Annotated[str, typer.Option(help="Validation metric for early stopping (default hr@10 / ppl_corpus).")]
-Device = Annotated[str, typer.Option(help="cpu or cuda.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (checked before any work).")]
 Model = Annotated[str | None, typer.Option(help="Model: sasrec, gru4rec, fmlp (rec); transformer, rnn (lm).")]
 
 
@@ -318,15 +324,14 @@ def eval_cmd(
 ) -> None:
     """Evaluate a trained model on a split of its dataset."""
     torch.manual_seed(seed)
-    ckpt = load_checkpoint(model_path, device=device if torch.cuda.is_available() or device == "cpu" else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ui.fail("--device cuda was asked for but CUDA is not available; use --device cpu")
-    ds = resolve_dataset(dataset or ckpt.dataset["name"], home)
-    check_dataset(ckpt.dataset, ds, "model")
+    dev = resolve_device(device)
     ks = tuple(sorted(set(k))) if k else (10, 100)
     if any(x < 1 for x in ks):
         raise ui.fail("--k must be at least 1")
-    metrics = evaluate(ckpt.model, ds, split, ks=ks, mask_context=mask_context, stratify=stratify, device=device)
+    ckpt = load_checkpoint(model_path, device=dev)
+    ds = resolve_dataset(dataset or ckpt.dataset["name"], home)
+    check_dataset(ckpt.dataset, ds, "model")
+    metrics = evaluate(ckpt.model, ds, split, ks=ks, mask_context=mask_context, stratify=stratify, device=dev)
     if json:
         ui.print_json({"model": str(ckpt.path), "model_name": ckpt.model_name, "dataset": ds.name, **metrics})
         return
@@ -604,10 +609,16 @@ def resolve_dataset(arg: str, home: Path | None):
     return load_prepared(where)
 
 
+@functools.cache
+def _command() -> Any:  # a click Command (typer vendors click from 0.29 on)
+    """The click command Typer builds from ``app`` (built once: Typer would rebuild it on every call)."""
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; usage errors become one line and exit 2."""
     try:
-        code = app(args=argv, prog_name="farzictl", standalone_mode=False)
+        code = _command().main(args=argv, prog_name="farzictl", standalone_mode=False)
     except Exception as exc:  # noqa: BLE001 - usage errors from typer's click
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             ctx = getattr(exc, "ctx", None)

@@ -186,9 +186,16 @@ def test_missing_file(tmp_path: Path) -> None:
         ({"version": "-1"}, "invalid format version"),
         ({"version": " 1"}, "invalid format version"),
         ({"version": "1" * 5000}, "invalid format version"),
-        ({"farzi": None}, "missing or corrupt model metadata"),
-        ({"farzi": "{not json"}, "missing or corrupt model metadata"),
-        ({"farzi": "[1, 2]"}, "missing or corrupt model metadata"),
+        ({"farzi": None}, "missing or corrupt model metadata (no 'farzi' entry)"),
+        ({"farzi": "{not json"}, "missing or corrupt model metadata ('farzi' is not valid JSON)"),
+        ({"farzi": "[" * 100_000}, "('farzi' is not valid JSON)"),
+        ({"farzi": "[1, 2]"}, "missing or corrupt model metadata ('farzi' is not a JSON object)"),
+        ({"farzi": '{"config": {}, "dataset": {}}'}, "(no 'model')"),
+        ({"farzi": '{"model": "sasrec", "dataset": {}}'}, "(no 'config')"),
+        ({"farzi": '{"model": "sasrec", "config": {}}'}, "(no 'dataset')"),
+        ({"farzi": '{"model": 7, "config": {}, "dataset": {}}'}, "('model' is not a JSON string)"),
+        ({"farzi": '{"model": "sasrec", "config": [], "dataset": {}}'}, "('config' is not a JSON object)"),
+        ({"farzi": '{"model": "sasrec", "config": {}, "dataset": null}'}, "('dataset' is not a JSON object)"),
     ],
 )
 def test_bad_metadata(saved: Path, meta: dict, message: str) -> None:
@@ -221,8 +228,39 @@ def test_metadata_that_does_not_fit(saved: Path, changes: dict) -> None:
 def test_tensors_that_do_not_fit(saved: Path) -> None:
     tensors, _ = _parts(saved)
     rewrite(saved, tensors={k: v for k, v in tensors.items() if "pos_emb" not in k})
-    with pytest.raises(CheckpointError, match="do not fit"):
+    with pytest.raises(CheckpointError, match=r"do not fit the model \(1 missing \(e.g. 'pos_emb'\)\)"):
         load_checkpoint(saved)
+    rewrite(saved, tensors={**tensors, "extra": torch.zeros(2)})
+    with pytest.raises(CheckpointError, match=r"do not fit the model \(1 unexpected \(e.g. 'extra'\)\)"):
+        load_checkpoint(saved)
+    rewrite(saved, tensors={**tensors, "pos_emb": torch.zeros(3, 8)})
+    with pytest.raises(CheckpointError, match=re.escape("'pos_emb' is [3, 8], the model needs [12, 8]")):
+        load_checkpoint(saved)
+
+
+def test_a_config_bigger_than_the_file_is_refused_before_it_is_built(saved: Path) -> None:
+    """vocab_size 10**9 x d_model 10**4 is 40 TB of embeddings: compared on the meta device, never allocated."""
+    _, meta = _parts(saved)
+    doc = json.loads(meta["farzi"])
+    rewrite_doc(saved, config={**doc["config"], "vocab_size": 10**9, "d_model": 10**4, "n_heads": 1})
+    expected = "tensors do not fit the model ('blocks.0.attn.proj.bias' is [8], the model needs [10000])"
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        load_checkpoint(saved)
+
+
+def test_checks_hold_under_python_O(saved: Path) -> None:
+    """No assert validates a file: with asserts stripped the same metadata is refused the same way."""
+    import subprocess
+    import sys
+
+    rewrite(saved, meta={"farzi": '{"model": 7, "config": {}, "dataset": {}}'})
+    code = (
+        "import sys; from farzi.checkpoint import read_checkpoint_info; from farzi.errors import CheckpointError\n"
+        "try:\n    read_checkpoint_info(sys.argv[1])\nexcept CheckpointError as e:\n    print(e)"
+    )
+    out = subprocess.run([sys.executable, "-O", "-c", code, str(saved)], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "('model' is not a JSON string)" in out.stdout, out.stderr
+    assert not re.search(r"^\s*assert\b", (REPO / "farzi" / "checkpoint.py").read_text(), re.MULTILINE)
 
 
 def test_non_finite_tensors(saved: Path) -> None:

@@ -6,6 +6,13 @@ formats/farzi-data-v1.schema.json). Writing is atomic. Reading validates the
 byte layout, the metadata, shapes, dtypes, sizes and values before anything is
 used, and raises :class:`farzi.errors.BundleError` — and only that — for any
 file it cannot accept.
+
+Size limits (formats/farzi-data-v1.md, "Size limits"): a bundle describes
+``mu * xi * V`` probabilities although it stores only ``mu * xi * d + d * V``
+numbers, so the reader also bounds what its users build from it, from the header
+alone, before any tensor is read: one sequence's distributions ``xi * V`` at most
+:data:`MAX_SEQUENCE_ELEMENTS`, all of them ``mu * xi * V`` at most
+:data:`MAX_TOTAL_ELEMENTS`.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from farzi._io import atomic_file
 from farzi._safetensors import load_tensors, read_header, save_tensors
 from farzi._version import __version__
+from farzi.device import resolve_device
 from farzi.distill.summary import banned_mask, materialize
 from farzi.errors import BundleError
 
@@ -32,6 +41,15 @@ FORMAT_NAME = "farzi-data"
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 8 * 1024**3
 MAX_ELEMENTS = 2**31 - 1
+# xi * V: one sequence's distributions, 2**24 values = 64 MiB in float32 (Netflix, |V| 17,770 at
+# xi 200: 3.6M; PTB 50 x 2,001: 0.1M). A student batch holds at least one sequence.
+MAX_SEQUENCE_ELEMENTS = 2**24
+# mu * xi * V: all distributions, 2**32 values = 16 GiB in float32, never built at once (Netflix
+# 500 x 200 x 17,770: 1.8e9; PTB 400 x 50 x 2,001: 4.0e7); it bounds one student epoch's work.
+MAX_TOTAL_ELEMENTS = 2**32
+# materialize divides float32 logits by tau: it must be a normal float32 (no 0, no infinity)
+MIN_TAU = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny
+MAX_TAU = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 FLOAT_DTYPES = {"F32", "F64", "F16", "BF16"}
 REQUIRED_KEYS = (
     "format",
@@ -206,6 +224,12 @@ def _parse_meta(path: Path, raw: dict[str, str]) -> dict[str, Any]:
         raise bad(f"tau {raw['tau']!r} is not a number") from None
     if not math.isfinite(tau) or tau <= 0:
         raise bad(f"tau {tau} must be a positive finite number")
+    if not MIN_TAU <= tau <= MAX_TAU:
+        raise bad(
+            f"tau {tau:g} is outside float32's range [{MIN_TAU:.3g}, {MAX_TAU:.3g}]: "
+            f"latent @ decoder / tau would divide by {'infinity' if tau > MAX_TAU else 'zero'}",
+            "re-create it with farzictl distill and a temperature such as --tau 1.0",
+        )
     meta["tau"] = tau
     if not _DIGITS.fullmatch(raw["vocab_size"]):
         raise bad(f"vocab_size {raw['vocab_size']!r} is not a positive integer")
@@ -255,31 +279,52 @@ def read_bundle_meta(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[dict[
         raise BundleError(f"{path}: latent dim {lat['shape'][-1]} does not match the decoder's {dec['shape'][0]}", _FIX)
     if dec["shape"][1] != meta["vocab_size"]:
         raise BundleError(f"{path}: decoder has {dec['shape'][1]} columns but vocab_size is {meta['vocab_size']}", _FIX)
+    check_size(path, lat["shape"][0], lat["shape"][1], dec["shape"][1])
     return meta, header
+
+
+def check_size(path: Path, mu: int, xi: int, vocab_size: int) -> None:
+    """Refuse a summary whose distributions (mu x xi x V) exceed the size limits."""
+    per_sequence, total = xi * vocab_size, mu * xi * vocab_size
+    fix = (
+        "distill a shorter budget (the XI of --budget MUxXI), fewer sequences (its MU), "
+        "or over a smaller vocabulary (e.g. prepare --vocab-size)"
+    )
+    if per_sequence > MAX_SEQUENCE_ELEMENTS:
+        raise BundleError(
+            f"{path}: one sequence's distributions are xi x |V| = {xi} x {vocab_size} = {per_sequence} "
+            f"values, over the limit of {MAX_SEQUENCE_ELEMENTS} (MAX_SEQUENCE_ELEMENTS)",
+            fix,
+        )
+    if total > MAX_TOTAL_ELEMENTS:
+        raise BundleError(
+            f"{path}: the summary's distributions are mu x xi x |V| = {mu} x {xi} x {vocab_size} = {total} "
+            f"values, over the limit of {MAX_TOTAL_ELEMENTS} (MAX_TOTAL_ELEMENTS)",
+            fix,
+        )
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu", max_bytes: int = MAX_FILE_BYTES) -> FarziData:
     """Read, validate and load a Farzi Data bundle onto ``device``.
 
+    Raises :class:`BundleError` for a file it cannot accept, and
+    :class:`farzi.errors.ConfigError` (from :func:`farzi.device.resolve_device`)
+    for a device this machine lacks.
+
     >>> data = load_bundle("ptb-400x50.safetensors", device="cuda")
     >>> batch = data.materialize(torch.arange(32))   # [32, xi, V] distributions
     """
     path = Path(path)
-    meta, _ = read_bundle_meta(path, max_bytes)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise BundleError(f"unknown device {device!r}", "use cpu or cuda") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise BundleError(f"unknown device {device!r}", "use cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BundleError("--device cuda was asked for but CUDA is not available", "use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise BundleError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs)", "use --device cuda")
+    meta, header = read_bundle_meta(path, max_bytes)
+    dev = resolve_device(device)  # ConfigError: the caller's request, not the file, is wrong
     try:
         tensors = load_tensors(path, dev)
-    except Exception as exc:  # noqa: BLE001 - anything the loader raises means a bad file
+    except (SafetensorError, OSError, ValueError) as exc:
+        # what the loader raises for a file it cannot parse or read (one that changed after the header
+        # was checked, say); memory errors and interrupts are not a bad file and go through
         raise BundleError(f"{path}: cannot read tensors ({exc.__class__.__name__})", _FIX) from None
+    if {k: list(t.shape) for k, t in tensors.items()} != {k: e["shape"] for k, e in header.items()}:
+        raise BundleError(f"{path}: the file changed while it was read", "read it again once it is complete")
     latent, decoder = tensors["latent"].float(), tensors["decoder"].float()
     for name, t in (("latent", latent), ("decoder", decoder)):
         if not torch.isfinite(t).all():

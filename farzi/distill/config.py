@@ -121,7 +121,7 @@ class DistillConfig:
     model_overrides: dict[str, Any] = field(
         default_factory=dict, metadata=_help("Teacher model settings (--max-len, --d-model, --n-layers, --n-heads).")
     )
-    seed: int = field(default=0, metadata=_help("Random seed; same seed, same result on CPU."))
+    seed: int = field(default=0, metadata=_help("Random seed (0 to 2**63-1); same seed, same result on CPU."))
     device: str = field(default="cpu", metadata=_help("cpu or cuda (cuda:N)."))
 
     def __post_init__(self) -> None:

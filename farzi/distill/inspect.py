@@ -1,15 +1,39 @@
-"""``inspect``: what a bundle holds, and whether it is valid."""
+"""``inspect``: what a bundle holds, and whether it is valid.
+
+Memory: the distributions are built ``MATERIALIZE_CHUNK_BYTES`` (64 MiB of
+float32) at a time, whole positions in order (at least one: the reader bounds a
+position's ``V`` by ``xi * V <= MAX_SEQUENCE_ELEMENTS``), never one sequence or
+all ``mu * xi * V`` of them at once; the entropy's temporaries are a few chunks.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from farzi.data.prepared import PreparedDataset
-from farzi.distill.bundle import load_bundle
+from farzi.distill.bundle import FarziData, load_bundle
+from farzi.distill.summary import materialize
 from farzi.errors import BundleError
+
+MATERIALIZE_CHUNK_BYTES = 64 * 1024**2  # = 4 bytes x MAX_SEQUENCE_ELEMENTS: a position always fits
+
+
+def _chunks(data: FarziData, rows: Tensor, chunk_bytes: int) -> Iterator[Tensor]:
+    """Distributions of the latent rows ``rows`` [n, d], a chunk [c, V] at a time (c * V * 4 <= chunk_bytes, c >= 1)."""
+    step = max(1, chunk_bytes // (4 * data.vocab_size))
+    for start in range(0, rows.shape[0], step):
+        yield materialize(rows[start : start + step], data.decoder, data.tau, data.banned)  # [c, V]
+
+
+def _entropy(p: Tensor) -> Tensor:
+    """Entropy in nats of each distribution of ``p`` [c, V] -> [c] (masked tokens, p = 0, add 0)."""
+    q = p.clamp_min(1e-30).log_()  # [c, V]
+    return -q.mul_(p).sum(-1)
 
 
 def inspect_bundle(
@@ -18,9 +42,13 @@ def inspect_bundle(
     top_k: int = 3,
     sequences: int = 3,
     positions: int = 12,
+    chunk_bytes: int = MATERIALIZE_CHUNK_BYTES,
 ) -> dict[str, Any]:
     """A report on the bundle at ``path``; ``report["valid"]`` is False with a verdict
-    when the file cannot be used (the reader's error, in one line)."""
+    when the file cannot be used (the reader's error, in one line).
+
+    Distributions are built at most ``chunk_bytes`` of float32 at a time (whole positions, at least one).
+    """
     try:
         data = load_bundle(path)
     except BundleError as exc:
@@ -54,14 +82,11 @@ def inspect_bundle(
             report["dataset_match"] = False
             report["verdict"] = f"valid bundle, but not for dataset {dataset.name!r}: {exc.problem}"
             dataset = None
-    # entropy (nats), one sequence at a time: never all [mu, xi, V] at once
-    ent_seq = torch.zeros(data.mu)
-    ent_pos = torch.zeros(data.xi)
-    for i in range(data.mu):
-        p = data.materialize(torch.tensor([i]))[0]  # [xi, V]
-        h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # [xi]
-        ent_seq[i] = h.mean()
-        ent_pos += h / data.mu
+    # entropy (nats), chunk by chunk over the mu * xi positions: never all [mu, xi, V] at once
+    flat = data.latent.reshape(-1, data.latent_dim)  # [mu * xi, d]
+    h = torch.cat([_entropy(p) for p in _chunks(data, flat, chunk_bytes)]).view(data.mu, data.xi)  # [mu, xi]
+    ent_seq = h.mean(1)  # [mu]
+    ent_pos = (h / data.mu).sum(0)  # [xi]
     unmasked = data.vocab_size - len(set(meta["masked_tokens"]))  # the reader ensures >= 1
     report["entropy"] = {
         "per_position": [round(float(x), 4) for x in ent_pos],
@@ -78,17 +103,19 @@ def inspect_bundle(
         return vocab[tok] if vocab else str(tok)
 
     examples = []
+    k = min(top_k, data.vocab_size)
     for i in range(min(sequences, data.mu)):
-        p = data.materialize(torch.tensor([i]))[0]  # [xi, V]
-        top = p.topk(min(top_k, data.vocab_size), dim=-1)
-        examples.append(
-            [
-                [
-                    {"token": label(int(t)), "id": int(t), "p": round(float(q), 4)}
-                    for q, t in zip(vals, ids, strict=True)
-                ]
-                for vals, ids in zip(top.values[:positions], top.indices[:positions], strict=True)
-            ]
-        )
+        rows = data.latent[i, : min(positions, data.xi)]  # [n, d]
+        seq = []
+        for p in _chunks(data, rows, chunk_bytes):
+            top = p.topk(k, dim=-1)  # [c, k]
+            for vals, ids in zip(top.values, top.indices, strict=True):
+                seq.append(
+                    [
+                        {"token": label(int(t)), "id": int(t), "p": round(float(q), 4)}
+                        for q, t in zip(vals, ids, strict=True)
+                    ]
+                )
+        examples.append(seq)
     report["examples"] = examples
     return report

@@ -1,31 +1,27 @@
 """`farzictl distill` and `farzictl inspect` end to end, through the real entry point.
 
-Every run is ``python -m farzictl ... --home HOME`` in a subprocess. Interpreter
-start-up dominates, so the module fixture runs independent commands at once (a
-thread pool), in three waves: prepare two datasets; then trajectories, one
-successful distillation and the bad invocations; then what needs their
+Every run goes through the shared in-process helper (``tests/cli_runner.py``:
+``farzictl.app.main`` under Typer's ``CliRunner`` isolation), one after the
+other in the module fixture: prepare two datasets, trajectories of one, one
+successful distillation and the bad invocations, then what needs their
 results. Each test then checks one finished run.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import Outcome, farzictl
 from safetensors.torch import save_file
 
 from farzi._safetensors import read_header
 from farzi.errors import BundleError
 
-REPO = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
 SYNTH = ["--synthetic-vocab", "30", "--synthetic-sequences", "120"]
 TINY = [
@@ -68,28 +64,15 @@ BAD_INSPECT = {
 }
 
 
-def farzictl(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "FARZI_HOME"}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # several runs share two cores
-    return subprocess.run(
-        [sys.executable, "-m", "farzictl", *args, "--home", str(home)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @dataclass
 class World:
     home: Path
     work: Path
-    prepared: list[subprocess.CompletedProcess]
-    trajectories: subprocess.CompletedProcess
-    distilled: subprocess.CompletedProcess
-    inspected: subprocess.CompletedProcess | None
-    bad: dict[str, subprocess.CompletedProcess]
+    prepared: list[Outcome]
+    trajectories: Outcome
+    distilled: Outcome
+    inspected: Outcome | None
+    bad: dict[str, Outcome]
 
 
 def _broken_copies(bundle: Path, work: Path) -> dict[str, Path]:
@@ -106,43 +89,37 @@ def _broken_copies(bundle: Path, work: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     home, work = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("work")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        prep = [
-            pool.submit(farzictl, home, "prepare", "synthetic-lm", *SYNTH, "--json"),
-            pool.submit(farzictl, home, "prepare", "synthetic-lm", *SYNTH, "--seed", "7", "--name", "other", "--json"),
-        ]
-        prepared = [f.result() for f in prep]
-        for p in prepared:
-            assert p.returncode == 0, p.stderr
-        traj = pool.submit(
-            farzictl, home, "trajectories", "other", "--runs", "1", "--every", "1", "--max-steps", "2",
-            "--batch-size", "8", "--d-model", "16", "--n-layers", "1", "--max-len", "32", "--json",
-        )  # fmt: skip
-        good = pool.submit(farzictl, home, "distill", "synthetic-lm", *TINY, "--json")
-        bad: dict[str, Future] = {
-            name: pool.submit(farzictl, home, "distill", "synthetic-lm", *TINY, *opts, "--seed", str(100 + i))
-            for i, (name, (opts, _)) in enumerate(BAD_DISTILL.items())
-        }
-        trajectories = traj.result()
-        if trajectories.returncode == 0:
-            where = json.loads(trajectories.stdout)["path"]
-            bad[OTHER_TRAJECTORIES] = pool.submit(
-                farzictl, home, "distill", "synthetic-lm", *TINY, "--trajectories", where, "--seed", "99"
-            )
-        distilled = good.result()
-        inspected = None
-        if distilled.returncode == 0:
-            bundle = Path(json.loads(distilled.stdout)["bundle"])
-            ok = pool.submit(farzictl, home, "inspect", str(bundle), "--json")
-            for name, path in _broken_copies(bundle, work).items():
-                bad[f"inspect-{name}"] = pool.submit(farzictl, home, "inspect", str(path))
-            inspected = ok.result()
-        return World(home, work, prepared, trajectories, distilled, inspected, {k: f.result() for k, f in bad.items()})
+    prepared = [
+        farzictl("prepare", "synthetic-lm", *SYNTH, "--json", home=home),
+        farzictl("prepare", "synthetic-lm", *SYNTH, "--seed", "7", "--name", "other", "--json", home=home),
+    ]
+    for p in prepared:
+        p.ok()
+    trajectories = farzictl(
+        "trajectories", "other", "--runs", "1", "--every", "1", "--max-steps", "2",
+        "--batch-size", "8", "--d-model", "16", "--n-layers", "1", "--max-len", "32", "--json", home=home,
+    )  # fmt: skip
+    distilled = farzictl("distill", "synthetic-lm", *TINY, "--json", home=home)
+    bad: dict[str, Outcome] = {
+        name: farzictl("distill", "synthetic-lm", *TINY, *opts, "--seed", str(100 + i), home=home)
+        for i, (name, (opts, _)) in enumerate(BAD_DISTILL.items())
+    }
+    if trajectories.code == 0:
+        where = json.loads(trajectories.stdout)["path"]
+        bad[OTHER_TRAJECTORIES] = farzictl(
+            "distill", "synthetic-lm", *TINY, "--trajectories", where, "--seed", "99", home=home
+        )
+    inspected = None
+    if distilled.code == 0:
+        bundle = Path(json.loads(distilled.stdout)["bundle"])
+        inspected = farzictl("inspect", bundle, "--json", home=home)
+        for name, path in _broken_copies(bundle, work).items():
+            bad[f"inspect-{name}"] = farzictl("inspect", path, home=home)
+    return World(home, work, prepared, trajectories, distilled, inspected, bad)
 
 
 def test_distill_succeeds_and_prints_the_bundle(world: World) -> None:
-    proc = world.distilled
-    assert proc.returncode == 0, proc.stderr
+    proc = world.distilled.ok()
     assert proc.stderr == ""  # no progress-bar residue off a terminal
     info = json.loads(proc.stdout)
     bundle = Path(info["bundle"])
@@ -156,7 +133,7 @@ def test_distill_succeeds_and_prints_the_bundle(world: World) -> None:
 def test_inspect_reports_the_bundle_valid(world: World) -> None:
     proc = world.inspected
     assert proc is not None, "distill failed"
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.ok().stderr == "", proc.stderr
     report = json.loads(proc.stdout)
     assert report["valid"] is True and report["verdict"] == "valid farzi-data v1 bundle"
     assert report["budget"] == "4x8" and report["format"] == "farzi-data v1" and report["task"] == "lm"
@@ -168,13 +145,9 @@ def test_inspect_reports_the_bundle_valid(world: World) -> None:
     assert len(report["examples"]) == 3 and all(t["token"].startswith(("w", "<")) for t in report["examples"][0][0])
 
 
-def _one_error_line(proc: subprocess.CompletedProcess, expected: tuple[str, ...]) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    line = lines[0]
-    assert line.startswith("error: ") and line[len("error: ") :].strip(), line
+def _one_error_line(outcome: Outcome, expected: tuple[str, ...]) -> str:
+    line = outcome.one_error_line()  # exit 2, one `error:` line, no traceback
+    assert line[len("error: ") :].strip(), line
     for text in expected:
         assert text in line, line
     return line
@@ -183,7 +156,7 @@ def _one_error_line(proc: subprocess.CompletedProcess, expected: tuple[str, ...]
 @pytest.mark.parametrize("name", [*BAD_DISTILL, OTHER_TRAJECTORIES])
 def test_bad_distill_fails_cleanly(world: World, name: str) -> None:
     if name == OTHER_TRAJECTORIES:
-        assert world.trajectories.returncode == 0, world.trajectories.stderr
+        world.trajectories.ok()
         expected: tuple[str, ...] = ("trajectory set was trained on", "'other'", "'synthetic-lm'")
     else:
         expected = BAD_DISTILL[name][1]
@@ -193,7 +166,7 @@ def test_bad_distill_fails_cleanly(world: World, name: str) -> None:
 
 
 def test_failed_runs_leave_no_bundle_behind(world: World) -> None:
-    assert all(p.returncode == 2 for p in world.bad.values())
+    assert all(p.code == 2 for p in world.bad.values())
     bundles = world.home / "bundles"
     # only the successful run's bundle and log: the failures wrote nothing, not even a directory
     assert sorted(str(p.relative_to(bundles)) for p in bundles.rglob("*")) == [
@@ -213,15 +186,31 @@ def test_inspect_of_a_broken_bundle(world: World, name: str) -> None:
 
 
 @pytest.mark.parametrize("flag", ["--top-k", "--sequences", "--positions"])
-def test_inspect_rejects_negative_counts(
-    world: World, flag: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from farzictl.app import main  # in-process: option checks need no interpreter of their own
-
-    monkeypatch.delenv("FARZI_HOME", raising=False)
+def test_inspect_rejects_negative_counts(world: World, flag: str) -> None:
     bundle = world.home / "bundles" / "synthetic-lm" / "farzi-4x8-s0.safetensors"
-    with pytest.raises(SystemExit) as info:
-        main(["inspect", str(bundle), flag, "-1", "--json", "--home", str(world.home)])
-    assert info.value.code == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err == f"error: {flag} -1 must not be negative; pass e.g. {flag} 3\n"
+    out = farzictl("inspect", bundle, flag, "-1", "--json", home=world.home)
+    assert out.one_error_line() == f"error: {flag} -1 must not be negative; pass e.g. {flag} 3"
+    assert out.stdout == "" and out.stderr == f"error: {flag} -1 must not be negative; pass e.g. {flag} 3\n"
+
+
+def test_the_4_tb_bundle_is_one_line_for_inspect_and_train_student(world: World) -> None:
+    """latent [1, 1e6, 1] x decoder [1, 1e6]: 8 MB that passes every per-tensor check but describes
+    4 TB of distributions; both readers refuse it from the header, before anything is allocated."""
+    good = world.home / "bundles" / "synthetic-lm" / "farzi-4x8-s0.safetensors"
+    meta = {k: v for k, v in read_header(good, BundleError, "")[1].items() if k != "vocab"}
+    meta["vocab_size"] = str(10**6)
+    header = {
+        "__metadata__": meta,
+        "decoder": {"dtype": "F32", "shape": [1, 10**6], "data_offsets": [0, 4 * 10**6]},
+        "latent": {"dtype": "F32", "shape": [1, 10**6, 1], "data_offsets": [4 * 10**6, 8 * 10**6]},
+    }
+    text = json.dumps(header).encode()
+    huge = world.work / "huge.safetensors"
+    huge.write_bytes(struct.pack("<Q", len(text)) + text + bytes(8 * 10**6))
+    too_large = "one sequence's distributions are xi x |V| = 1000000 x 1000000 = 1000000000000 values, over the limit"
+    line = farzictl("inspect", huge, home=world.home).one_error_line()
+    assert line.startswith(f"error: invalid: {huge}: ") and too_large in line and "distill a shorter budget" in line
+    out = world.work / "student"
+    line = farzictl("train-student", "synthetic-lm", "--data", huge, "--out", out, home=world.home).one_error_line()
+    assert line.startswith(f"error: {huge}: ") and too_large in line
+    assert not out.exists()

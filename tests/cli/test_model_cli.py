@@ -1,37 +1,29 @@
 """`farzictl trajectories`, `train-student` and `eval` through the real entry point.
 
-The pipeline runs as subprocesses (``python -m farzictl ... --home HOME``) started
-side by side from a thread pool: trajectories, train-student and one bad input
-together, then eval of the student. Interpreter start-up (torch, and
-torch._dynamo on the first optimizer) costs seconds per process, so the rest --
-prepare, eval --stratify and the other bad inputs, which fail before any real
-work -- call ``farzictl.app.main`` (what ``python -m farzictl`` runs) in this
-process on the same workspace, checked the same way: exit status (0, or 2 with
-exactly one ``error:`` line on stderr and no traceback) and output.
+Every run goes through the shared in-process helper (``tests/cli_runner.py``:
+``farzictl.app.main`` under Typer's ``CliRunner`` isolation) on one workspace:
+prepare, trajectories, train-student, eval of the student, and the bad inputs,
+checked as a shell sees them: exit status (0, or 2 with exactly one ``error:``
+line on stderr and no traceback) and output. One bad input runs as a real
+process (``python -m farzictl``), the smoke test of the module entry point.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import Outcome, farzictl, farzictl_process
 
 from farzi.checkpoint import dataset_record, save_checkpoint
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.models import build_model, make_config
-from farzictl.app import main
 
-REPO = Path(__file__).resolve().parents[2]
 DATASET = "synthetic-rec"
 TINY = ["--d-model", "8", "--n-layers", "1", "--max-len", "20"]
 
@@ -53,36 +45,10 @@ BAD_INPUT = {
 AS_SUBPROCESS = "corrupt-checkpoint"
 
 
-def farzictl(home: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m farzictl ARGS --home HOME`` in a subprocess."""
-    env = {k: v for k, v in os.environ.items() if k != "FARZI_HOME"}
-    env["OMP_NUM_THREADS"] = "1"  # tiny tensors: more threads only contend on a busy machine
-    return subprocess.run(
-        [sys.executable, "-m", "farzictl", *args, "--home", str(home)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def in_process(home: Path, *args: str) -> subprocess.CompletedProcess:
-    """farzictl's entry point, here; the result looks like a finished subprocess."""
-    out, err = io.StringIO(), io.StringIO()
-    code: int | str | None = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([*args, "--home", str(home)])
-        except SystemExit as exc:
-            code = exc.code
-    return subprocess.CompletedProcess(args, code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
-
-
-def _ok(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stderr == "", proc.stderr
-    return json.loads(proc.stdout)
+def _ok(outcome: Outcome) -> dict:
+    outcome.ok()
+    assert outcome.stderr == "", outcome.stderr
+    return json.loads(outcome.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +64,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def _run_all(home: Path) -> dict:
     out: dict = {"home": home}
     size = ["--synthetic-vocab", "40", "--synthetic-sequences", "100"]
-    out["prepare"] = in_process(home, "prepare", DATASET, *size, "--json")
+    out["prepare"] = farzictl("prepare", DATASET, *size, "--json", home=home)
     # another dataset (same source, another seed), a model of it, and a truncated copy
     other = prepare("synthetic-rec", PrepareOptions(synthetic_vocab=40, synthetic_sequences=100, seed=7), "other", home)
     torch.manual_seed(0)
@@ -110,16 +76,17 @@ def _run_all(home: Path) -> dict:
     data = (corrupt / "model.safetensors").read_bytes()
     (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
     out["fill"] = {"foreign": str(foreign.parent), "corrupt": str(corrupt)}
-    common = ["--max-steps", "10", *TINY, "--json"]
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        trajectories = pool.submit(farzictl, home, "trajectories", DATASET, "--runs", "1", "--every", "5", *common)
-        student = pool.submit(farzictl, home, "train-student", DATASET, "--data", "random:10", *common)
-        bad = pool.submit(farzictl, home, *[a.format(**out["fill"]) for a in BAD_INPUT[AS_SUBPROCESS][0]])
-        out["student"] = student.result()
-        ok = out["student"].returncode == 0
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the process starts torch while the rest runs here
+        process = pool.submit(
+            farzictl_process, *[a.format(**out["fill"]) for a in BAD_INPUT[AS_SUBPROCESS][0]], home=home
+        )
+        common = ["--max-steps", "10", *TINY, "--json"]
+        out["trajectories"] = farzictl("trajectories", DATASET, "--runs", "1", "--every", "5", *common, home=home)
+        out["student"] = farzictl("train-student", DATASET, "--data", "random:10", *common, home=home)
+        ok = out["student"].code == 0
         out["model"] = json.loads(out["student"].stdout)["path"] if ok else str(home / "missing")
-        evaluated = pool.submit(farzictl, home, "eval", out["model"], "--json")
-        out["trajectories"], out[AS_SUBPROCESS], out["eval"] = trajectories.result(), bad.result(), evaluated.result()
+        out["eval"] = farzictl("eval", out["model"], "--json", home=home)
+        out[AS_SUBPROCESS] = process.result()
     return out
 
 
@@ -166,7 +133,7 @@ def test_eval(runs: dict) -> None:
 
 def test_eval_stratified(runs: dict) -> None:
     plain = _ok(runs["eval"])
-    doc = _ok(in_process(runs["home"], "eval", runs["model"], "--stratify", "popularity", "--json"))
+    doc = _ok(farzictl("eval", runs["model"], "--stratify", "popularity", "--json", home=runs["home"]))
     assert {k: doc[k] for k in plain} == plain  # the same metrics, plus the strata
     assert set(doc["strata"]) == {"item_popularity", "user_activity"}
     for rows in doc["strata"].values():
@@ -177,22 +144,23 @@ def test_eval_stratified(runs: dict) -> None:
 @pytest.mark.parametrize("name", list(BAD_INPUT))
 def test_bad_input_fails_cleanly(runs: dict, name: str) -> None:
     args, expected = BAD_INPUT[name]
-    if name == AS_SUBPROCESS:
+    if name == AS_SUBPROCESS:  # a real process: what a shell sees, byte for byte
         proc = runs[name]
+        assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stdout + proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        line = lines[0]
     else:
-        proc = in_process(runs["home"], *[a.format(**runs["fill"]) for a in args])
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and lines[0][len("error: ") :].strip(), lines[0]
+        line = farzictl(*[a.format(**runs["fill"]) for a in args], home=runs["home"]).one_error_line()
+    assert line[len("error: ") :].strip(), line
     for text in expected:
-        assert text in lines[0], lines[0]
+        assert text in line, line
 
 
 def test_failed_commands_leave_nothing_behind(runs: dict) -> None:
     home: Path = runs["home"]
     for name in ("unknown-model", "sample-too-large"):
-        in_process(home, *BAD_INPUT[name][0])
+        farzictl(*BAD_INPUT[name][0], home=home).one_error_line()
     assert [p for p in home.rglob("*") if ".tmp-" in p.name or ".old-" in p.name] == []
     assert [p.name for p in (home / "models" / DATASET).iterdir()] == ["sasrec-random-10-s0"]

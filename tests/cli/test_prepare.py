@@ -1,23 +1,18 @@
 """`farzictl prepare` on bad input: exit 2, one `error:` line, nothing half-written.
 
-Every case runs the real entry point (`python -m farzictl ... --home HOME`) in a
-subprocess. Interpreter start-up dominates, so the module starts all runs at
-once (a thread pool) and each test then checks one finished run.
+Every case runs the real entry point in this process through the shared helper
+(``tests/cli_runner.py``), each on its own workspace and input directory; the
+module fixture runs them all once and each test checks one finished run.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from cli_runner import Outcome, farzictl
 
 # twelve users with two interactions each: enough for train/validation/test
 GOOD_LOG = "user,item,time\n" + "".join(f"{u},{u % 4},{t}\n" for u in range(12) for t in range(2))
@@ -72,7 +67,7 @@ SUCCESS = Case(["interactions", "--path", "{src}/log.csv", "--name", "tiny"], fi
 class Run:
     home: Path
     src: Path
-    proc: subprocess.CompletedProcess
+    proc: Outcome
 
 
 def _run(case: Case, root: Path) -> Run:
@@ -81,36 +76,20 @@ def _run(case: Case, root: Path) -> Run:
     for name, data in case.files.items():
         (src / name).write_bytes(data.encode() if isinstance(data, str) else data)
     args = [a.format(src=src) for a in case.args]
-    env = {k: v for k, v in os.environ.items() if k != "FARZI_HOME"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "farzictl", "prepare", *args, "--home", str(home)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return Run(home=home, src=src, proc=proc)
+    return Run(home=home, src=src, proc=farzictl("prepare", *args, home=home))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     cases = {**BAD_INPUT, "success": SUCCESS}
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        futures = {name: pool.submit(_run, case, tmp_path_factory.mktemp(name)) for name, case in cases.items()}
-        return {name: fut.result() for name, fut in futures.items()}
+    return {name: _run(case, tmp_path_factory.mktemp(name)) for name, case in cases.items()}
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUT))
 def test_bad_input_fails_cleanly(runs: dict[str, Run], name: str) -> None:
     run = runs[name]
-    proc = run.proc
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    line = lines[0]
-    assert line.startswith("error: ") and line[len("error: ") :].strip(), line
+    line = run.proc.one_error_line()  # exit 2, one `error:` line, no traceback
+    assert line[len("error: ") :].strip(), line
     for text in BAD_INPUT[name].expected:
         assert text in line, line
     # nothing half-written: no dataset directory, no temporary directories or files
@@ -122,7 +101,7 @@ def test_bad_input_fails_cleanly(runs: dict[str, Run], name: str) -> None:
 
 def test_success_exits_zero_with_a_quiet_stderr(runs: dict[str, Run]) -> None:
     run = runs["success"]
-    assert run.proc.returncode == 0, run.proc.stderr
+    run.proc.ok()
     assert run.proc.stderr == ""  # no progress-bar residue when stderr is not a terminal
     assert "tiny (rec)" in run.proc.stdout
     datasets = run.home / "datasets"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_runner import farzictl
 from shared_data import ML100K, PTB, REPO, needs_shared
 
 from farzi.data.prepare import PrepareOptions, prepare
@@ -23,29 +21,23 @@ ML100K_ARGS = ("prepare", "ml-100k", "--source", "../shared/datasets/ml-100k")
 TEXT_ARGS = ("prepare", "text", "--train", "../shared/datasets/ptb/ptb.valid.txt")
 
 
-def farzictl(args: tuple[str, ...], home: Path) -> dict:
-    """Run the real entry point with --json from the repo root; return the parsed stdout."""
-    env = {k: v for k, v in os.environ.items() if k != "FARZI_HOME"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "farzictl", *args, "--home", str(home), "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
-    return json.loads(proc.stdout)
+def run_cli(args: tuple[str, ...], home: Path) -> dict:
+    """The real entry point with --json, in-process from the repo root (the arguments' paths are relative)."""
+    here = Path.cwd()
+    os.chdir(REPO)
+    try:
+        out = farzictl(*args, "--json", home=home).ok()
+    finally:
+        os.chdir(here)
+    assert out.stderr == ""
+    return json.loads(out.stdout)
 
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """The CLI runs of this module, started together (interpreter start-up dominates)."""
+    """The CLI runs of this module."""
     runs = {"ml-100k-a": ML100K_ARGS, "ml-100k-b": ML100K_ARGS, "text": TEXT_ARGS}
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        futures = {k: pool.submit(farzictl, a, tmp_path_factory.mktemp(k)) for k, a in runs.items()}
-        return {k: f.result() for k, f in futures.items()}
+    return {k: run_cli(a, tmp_path_factory.mktemp(k)) for k, a in runs.items()}
 
 
 def test_ml100k_cli_statistics(cli: dict[str, dict]) -> None:

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from farzi._safetensors import read_header
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.data.prepared import PreparedDataset
-from farzi.distill.bundle import save_bundle
-from farzi.distill.inspect import inspect_bundle
+from farzi.distill.bundle import MAX_SEQUENCE_ELEMENTS, load_bundle, save_bundle
+from farzi.distill.inspect import MATERIALIZE_CHUNK_BYTES, _chunks, inspect_bundle
 from farzi.errors import BundleError
 
 
@@ -153,3 +153,61 @@ def test_broken_files_give_an_invalid_verdict(tiny_lm: PreparedDataset, tmp_path
     assert "upgrade farzi" in inspect_bundle(tmp_path / "newer.safetensors")["verdict"]
     assert "not a Farzi Data bundle" in inspect_bundle(tmp_path / "other-format.safetensors")["verdict"]
     assert "does not exist" in inspect_bundle(tmp_path / "missing.safetensors")["verdict"]
+
+
+# ------------------------------------------------------------------ memory: chunk by chunk
+
+
+def test_uniform_distributions_have_the_maximal_entropy(tiny_lm: PreparedDataset, tmp_path: Path) -> None:
+    path = write(tmp_path / "b.safetensors", tiny_lm, mu=3, xi=5)
+    data = load_bundle(path)
+    save_bundle(  # the same bundle with a zero latent: every logit 0, every distribution uniform
+        path, torch.zeros(3, 5, 4), data.decoder, 1.0, "lm", list(tiny_lm.vocab.tokens), tiny_lm.vocab.sha256(),
+        dict(tiny_lm.vocab.specials), [0], data.meta["dataset"], data.meta["teacher"], data.meta["distill"],
+    )  # fmt: skip
+    ent = inspect_bundle(path)["entropy"]
+    expected = round(math.log(tiny_lm.vocab_size - 1), 4)  # <pad> is masked
+    assert ent["per_position"] == [expected] * 5 and ent["per_sequence"] == [expected] * 3
+    assert ent["mean"] == ent["max_possible"] == expected
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 33, 4 * 33 * 7, 10**9])
+def test_the_report_does_not_depend_on_the_chunk_size(
+    tiny_lm: PreparedDataset, tmp_path: Path, chunk_bytes: int
+) -> None:
+    path = write(tmp_path / "b.safetensors", tiny_lm, mu=4, xi=6)
+    assert tiny_lm.vocab_size == 33
+    reference = inspect_bundle(path, tiny_lm, top_k=3, sequences=4, positions=6)
+    assert inspect_bundle(path, tiny_lm, top_k=3, sequences=4, positions=6, chunk_bytes=chunk_bytes) == reference
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 33, 4 * 33 * 7 + 3, MATERIALIZE_CHUNK_BYTES])
+def test_chunks_never_exceed_their_bytes(tiny_lm: PreparedDataset, tmp_path: Path, chunk_bytes: int) -> None:
+    data = load_bundle(write(tmp_path / "b.safetensors", tiny_lm, mu=4, xi=6))
+    rows = data.latent.reshape(-1, data.latent_dim)  # [24, d]
+    chunks = list(_chunks(data, rows, chunk_bytes))
+    per_row = 4 * data.vocab_size
+    assert all(c.dtype == torch.float32 and c.shape[1] == data.vocab_size for c in chunks)
+    assert all(c.nelement() * 4 <= max(chunk_bytes, per_row) for c in chunks)  # at least one position a chunk
+    assert [len(c) for c in chunks][:-1] == [max(1, chunk_bytes // per_row)] * (len(chunks) - 1)
+    torch.testing.assert_close(torch.cat(chunks), data.materialize().reshape(24, -1))
+    assert MATERIALIZE_CHUNK_BYTES == 4 * MAX_SEQUENCE_ELEMENTS  # any accepted position fits in one chunk
+
+
+def test_the_4_tb_bundle_gets_a_verdict_not_an_allocation(tiny_lm: PreparedDataset, tmp_path: Path) -> None:
+    """latent [1, 1e6, 1] x decoder [1, 1e6]: 8 MB on disk, 4 TB of distributions."""
+    good = write(tmp_path / "good.safetensors", tiny_lm)
+    meta = {k: v for k, v in read_header(good, BundleError, "")[1].items() if k != "vocab"}
+    meta["vocab_size"] = str(10**6)
+    header = {
+        "__metadata__": meta,
+        "decoder": {"dtype": "F32", "shape": [1, 10**6], "data_offsets": [0, 4 * 10**6]},
+        "latent": {"dtype": "F32", "shape": [1, 10**6, 1], "data_offsets": [4 * 10**6, 8 * 10**6]},
+    }
+    text = json.dumps(header).encode()
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(8 * 10**6))
+    report = inspect_bundle(path)
+    assert report["valid"] is False
+    assert "xi x |V| = 1000000 x 1000000 = 1000000000000 values, over the limit of 16777216" in report["verdict"]
+    assert "distill a shorter budget" in report["verdict"]
