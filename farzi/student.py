@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from farzi._io import atomic_dir, write_json
-from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet
+from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet, batching_record
 from farzi.checkpoint import dataset_record, save_checkpoint
 from farzi.data.prepared import PreparedDataset
 from farzi.distill.bundle import FarziData, load_bundle
@@ -152,7 +152,7 @@ def train_student(
     )
     info = {
         "data": data_info,
-        "train": config.to_dict(),
+        "train": {**config.to_dict(), "batching": batching_record(train_set)},
         "result": result.summary(),
         "curve": result.curve,
         "wall_seconds_total": round(time.perf_counter() - start, 3),
