@@ -21,7 +21,7 @@ from farzi.data.sequences import Sequences
 from farzi.data.vocab import Vocabulary
 from farzi.errors import ConfigError
 from farzi.evaluate import evaluate, evaluate_lm, evaluate_rec, sentence_scores
-from farzi.models import ModelConfig, SequenceModel, build_model, make_config
+from farzi.models import NEG_INF, ModelConfig, SequenceModel, build_model, make_config
 
 # ------------------------------------------------------------------ test doubles
 
@@ -37,8 +37,11 @@ class IdScores(SequenceModel):
         self.config = ModelConfig(vocab_size=vocab_size, max_len=max_len)
         self.register_buffer("scores", torch.arange(vocab_size, dtype=torch.float32))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.scores.expand(x.shape[0], x.shape[1], -1).clone()
+    def features(self, x: Tensor) -> Tensor:
+        return torch.ones(x.shape[0], x.shape[1], 1)  # [B, L, 1]: score = table entry
+
+    def output_table(self) -> Tensor:
+        return self.scores.unsqueeze(1)  # [V, 1]
 
 
 class NextId(SequenceModel):
@@ -51,12 +54,15 @@ class NextId(SequenceModel):
         super().__init__()
         self.config = ModelConfig(vocab_size=vocab_size, max_len=max_len)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.one_hot((x + 1) % self.config.vocab_size, self.config.vocab_size).float()
+    def features(self, x: Tensor) -> Tensor:
+        return F.one_hot((x + 1) % self.config.vocab_size, self.config.vocab_size).float()  # [B, L, V]
+
+    def output_table(self) -> Tensor:
+        return torch.eye(self.config.vocab_size)  # [V, V]
 
 
 class Bigram(SequenceModel):
-    """Logits depend on the current token only: no position, no history."""
+    """Logits depend on the current token only: no position, no history (``table[x]``, <pad> at NEG_INF)."""
 
     name = "bigram"
     task = "lm"
@@ -65,9 +71,14 @@ class Bigram(SequenceModel):
         super().__init__()
         self.config = ModelConfig(vocab_size=table.shape[0], max_len=max_len)
         self.table = nn.Parameter(table.clone())
+        with torch.no_grad():
+            self.table[:, 0] = NEG_INF  # as every model: <pad> is never predicted
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.table[x]
+    def features(self, x: Tensor) -> Tensor:
+        return F.one_hot(x, self.config.vocab_size).to(self.table.dtype)  # [B, L, V]
+
+    def output_table(self) -> Tensor:
+        return self.table.t()  # one_hot(x) @ table.t().t() = table[x]
 
 
 def toy_rec() -> PreparedDataset:
@@ -208,8 +219,9 @@ def test_long_sentences_score_every_token_once(tiny_lm: PreparedDataset, max_len
     assert max(len(s) for s in seqs) > 4 * max_len  # windowing is exercised
     g = torch.Generator().manual_seed(0)
     table = torch.randn(tiny_lm.vocab_size, tiny_lm.vocab_size, generator=g)
-    nll, hits = sentence_scores(Bigram(table, max_len), seqs, batch_size=7)
-    logp = F.log_softmax(table, dim=-1)
+    model = Bigram(table, max_len)
+    nll, hits = sentence_scores(model, seqs, batch_size=7)
+    logp = F.log_softmax(model.table.detach(), dim=-1)
     assert len(nll) == len(seqs)
     for s, n, h in zip(seqs, nll, hits, strict=True):
         assert len(n) == len(h) == len(s) - 1  # every target exactly once
