@@ -258,3 +258,48 @@ def test_rnn_windows_count_each_token_once(tiny_lm: PreparedDataset) -> None:
     out = evaluate_lm(short, tiny_lm, "test")
     assert out["tokens"] == sum(len(s) - 1 for s in seqs)
     assert math.isfinite(out["ppl_corpus"]) and out["ppl_corpus"] > 1
+
+
+# ------------------------------------------------------------------ the features path, on real models
+
+
+def _no_forward(model: SequenceModel) -> SequenceModel:
+    def refuse(x: Tensor) -> Tensor:
+        raise AssertionError("evaluation must not build [B, L, V] logits through forward")
+
+    model.forward = refuse  # type: ignore[method-assign]
+    return model
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_rec_scores_are_the_logits_at_the_last_position(tiny_rec: PreparedDataset, name: str) -> None:
+    from farzi.evaluate import rec_scores
+
+    torch.manual_seed(0)
+    model = build_model(name, make_config(name, tiny_rec.vocab_size, d_model=8, dropout=0.0, max_len=6)).eval()
+    contexts = [s[:-1] for s in tiny_rec.test if len(s) >= 2]
+    want = []
+    with torch.no_grad():
+        for c in contexts:
+            want.append(model(torch.from_numpy(c[-6:].astype(np.int64))[None])[0, -1])
+    got = rec_scores(_no_forward(model), contexts, batch_size=5)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-5)
+    assert evaluate_rec(model, tiny_rec, "test")["users"] == len(contexts)
+
+
+@pytest.mark.parametrize("name", ["transformer", "rnn"])
+def test_sentence_scores_are_the_log_softmax_of_the_logits(tiny_lm: PreparedDataset, name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, make_config(name, tiny_lm.vocab_size, d_model=8, dropout=0.0, max_len=64)).eval()
+    seqs = [s for s in tiny_lm.test if len(s) >= 2]
+    assert max(len(s) for s in seqs) <= 64  # one window per sentence: the plain computation below applies
+    with torch.no_grad():
+        want = []
+        for s in seqs:
+            x = torch.from_numpy(s.astype(np.int64))[None]
+            logp = F.log_softmax(model(x)[0, :-1], -1)
+            want.append((-logp.gather(1, x[0, 1:, None]).squeeze(1)).numpy())
+    nll, hits = sentence_scores(_no_forward(model), seqs, batch_size=4)
+    for a, b in zip(nll, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert sum(len(h) for h in hits) == sum(len(s) - 1 for s in seqs)
