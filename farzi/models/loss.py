@@ -78,17 +78,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hi = min(lo + chunk, N)
             logits = h[lo:hi] @ table.t()  # [n, V]
             logits[:, 0] = NEG_INF
-            lse = torch.logsumexp(logits, dim=-1)  # [n]
             if ids:
                 t = target[lo:hi]
-                nll[lo:hi] = lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)
+                picked = logits.gather(1, t.unsqueeze(1)).squeeze(1)  # [n]: the target's logit
             else:
                 t = target[lo:hi].to(logits.dtype)  # [n, V]
                 mass = t.sum(-1)  # [n]
-                nll[lo:hi] = lse * mass - (t * logits).sum(-1)
+                picked = (t * logits).sum(-1)  # [n]: sum_v t_v logit_v
+            # log-sum-exp and (when fused) the softmax in place, in as few passes over [n, V] as possible
+            top = logits.amax(dim=-1, keepdim=True)  # [n, 1]
+            probs = logits.sub_(top).exp_()  # [n, V], unnormalized
+            total = probs.sum(-1, keepdim=True)  # [n, 1]
+            lse = (top + total.log()).squeeze(1)  # [n]
+            nll[lo:hi] = lse - picked if ids else lse * mass - picked
             if not fuse:
                 continue
-            grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax [n, V], in place of the logits
+            grad = probs.div_(total)  # softmax [n, V]
             if ids:
                 grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((hi - lo, 1), -1.0))
             else:
