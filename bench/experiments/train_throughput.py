@@ -187,7 +187,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         "",
         md_table(
             [
-                "|V|",
+                "\\|V\\|",
                 "before: seq/s",
                 "after: seq/s",
                 "speed",
