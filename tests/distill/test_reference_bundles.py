@@ -55,21 +55,26 @@ CASES: dict[str, tuple[str, str, bool, dict]] = {
 @pytest.fixture(scope="module")
 def omegas(tiny_lm, tiny_rec, tmp_path_factory) -> dict[str, Path]:
     out = {}
-    for key, ds, model, overrides in (
-        ("tiny_lm", tiny_lm, "transformer", TINY_LM),
-        ("tiny_rec", tiny_rec, "sasrec", TINY_REC),
-    ):
-        path = tmp_path_factory.mktemp("omega") / key
-        train_trajectories(
-            ds,
-            model,
-            runs=2,
-            every=2,
-            config=TrainConfig(max_steps=6, batch_size=16, patience=0, seed=5),
-            out=path,
-            model_overrides=overrides,
-        )
-        out[key] = path
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope runs before conftest's per-test limit: pin it, or the suite order decides
+    try:
+        for key, ds, model, overrides in (
+            ("tiny_lm", tiny_lm, "transformer", TINY_LM),
+            ("tiny_rec", tiny_rec, "sasrec", TINY_REC),
+        ):
+            path = tmp_path_factory.mktemp("omega") / key
+            train_trajectories(
+                ds,
+                model,
+                runs=2,
+                every=2,
+                config=TrainConfig(max_steps=6, batch_size=16, patience=0, seed=5),
+                out=path,
+                model_overrides=overrides,
+            )
+            out[key] = path
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
