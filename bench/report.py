@@ -25,6 +25,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "cold-start": ("cold_start", "Popularity-stratified metrics, Farzi vs full (paper Figure 6a)"),
     "speedup": ("speedup", "Training speed-up on Farzi Data (thesis Table 4.7)"),
     "metagrad-cost": ("metagrad_cost", "Inner-loop cost vs T per meta-gradient strategy (paper Figure 5)"),
+    "train-throughput": ("train_throughput", "Training throughput at large item vocabularies (issue 11.1)"),
 }
 ORDER = list(EXPERIMENTS)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,35 +31,97 @@ class TrainSet(Protocol):
     def batches(self, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[Tensor]: ...
 
 
+def batching_record(train_set: object) -> dict[str, Any]:
+    """What a run's metadata says about how its batches were formed."""
+    describe = getattr(train_set, "describe", None)
+    if callable(describe):
+        return {"kind": getattr(train_set, "kind", None), **describe()}
+    return {"kind": getattr(train_set, "kind", None), "bucketing": None}
+
+
+@dataclass(frozen=True)
+class Bucketing:
+    """Length bucketing of a SequenceTrainSet's batches (recorded in a run's metadata).
+
+    Each epoch, the shuffled sequences are cut into buckets of ``batches``
+    batches; within a bucket they are sorted by window length times a random
+    factor in [1 - noise, 1 + noise] (so equal lengths mix differently every
+    epoch), cut into batches, and the batches of all buckets are shuffled. Each
+    batch is padded to its own longest window, so little padding is computed.
+    ``batches=0`` turns it off (batches in shuffled order, as drawn).
+    """
+
+    batches: int = 50
+    noise: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.batches < 0 or not 0.0 <= self.noise < 1.0:
+            raise ValueError(f"bucketing needs batches >= 0 and 0 <= noise < 1, not {self}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.batches > 0
+
+
+NO_BUCKETING = Bucketing(batches=0, noise=0.0)
+
+
 class SequenceTrainSet:
     """Real sequences; each is cut to a window of ``max_len`` tokens.
 
     ``crop="random"`` draws a new window per sequence per epoch (more of a long
     history gets seen), ``"last"`` always keeps the most recent tokens.
+    Batches are bucketed by length (``bucketing``, on by default). Everything is
+    drawn from the generator passed to ``batches``: same seed, same batches.
     """
 
     kind = "ids"
 
-    def __init__(self, seqs: Sequences, max_len: int, crop: str = "random") -> None:
+    def __init__(self, seqs: Sequences, max_len: int, crop: str = "random", bucketing: Bucketing | None = None) -> None:
         self.seqs = seqs
         self.max_len = max_len
         self.crop = crop
+        self.bucketing = Bucketing() if bucketing is None else bucketing
         self.num_sequences = len(seqs)
 
+    def describe(self) -> dict[str, Any]:
+        """How batches are formed, for a run's metadata."""
+        return {
+            "max_len": self.max_len,
+            "crop": self.crop,
+            "bucketing": asdict(self.bucketing) if self.bucketing.enabled else None,
+        }
+
     def batches(self, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[Tensor]:
-        order = torch.randperm(self.num_sequences, generator=gen).numpy()
+        n = self.num_sequences
+        order = torch.randperm(n, generator=gen).numpy()
         lengths = self.seqs.lengths
-        starts = np.zeros(self.num_sequences, dtype=np.int64)
         room = np.maximum(lengths - self.max_len, 0)
         if self.crop == "random":
-            draws = torch.rand(self.num_sequences, generator=gen, dtype=torch.float64).numpy()
+            draws = torch.rand(n, generator=gen, dtype=torch.float64).numpy()
             starts = np.floor(draws * (room + 1)).astype(np.int64)
         else:
             starts = room
-        for i in range(0, self.num_sequences, batch_size):
-            idx = order[i : i + batch_size]
+        for idx in self._batch_order(order, np.minimum(lengths, self.max_len), batch_size, gen):
             chunk = [self.seqs[j][starts[j] : starts[j] + self.max_len] for j in idx]
-            yield pad_right(chunk).to(device)
+            yield pad_right(chunk).to(device)  # [b, longest window of the batch]
+
+    def _batch_order(
+        self, order: np.ndarray, windows: np.ndarray, batch_size: int, gen: torch.Generator
+    ) -> list[np.ndarray]:
+        """The epoch's batches as index arrays: ``order`` cut in turn, or bucketed by window length."""
+        n = len(order)
+        if not self.bucketing.enabled:
+            return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        jitter = torch.rand(n, generator=gen, dtype=torch.float64).numpy()
+        key = windows[order] * (1.0 + self.bucketing.noise * (2.0 * jitter - 1.0))  # [n], in shuffled order
+        span = self.bucketing.batches * batch_size
+        out: list[np.ndarray] = []
+        for lo in range(0, n, span):
+            bucket = order[lo : lo + span][np.argsort(key[lo : lo + span], kind="stable")]
+            out += [bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size)]
+        shuffle = torch.randperm(len(out), generator=gen).numpy()
+        return [out[i] for i in shuffle]
 
 
 # float32 distributions a student materializes at once (Netflix at xi 200, --batch-size 128: 1.82 GB)

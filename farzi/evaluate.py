@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from farzi.batching import pad_right
 from farzi.data.prepared import PreparedDataset
 from farzi.errors import ConfigError
 from farzi.metrics import decile_of, lm_metrics, rank_metrics, target_nll, target_ranks
-from farzi.models import SequenceModel
+from farzi.models import SequenceModel, score_targets
+from farzi.models.base import tied_logits
+from farzi.models.loss import scored_positions
 from farzi.progress import ProgressFn, report
 
 HIGHER_IS_BETTER = {"hr", "ndcg", "auc", "accuracy"}
@@ -27,6 +29,27 @@ def default_metric(task: str) -> str:
 
 
 @torch.no_grad()
+def rec_score_batches(
+    model: SequenceModel,
+    contexts: list[np.ndarray],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> Iterator[torch.Tensor]:
+    """Scores over all items for the next item after each context, a batch of users at a time: [b, V] (cpu).
+
+    Only each context's last position reaches the output layer (``model.features``,
+    then one [b, d] @ [d, V]); no [B, L, V] logits.
+    """
+    max_len = model.config.max_len
+    table = model.output_table()  # [V, d]
+    for i in range(0, len(contexts), batch_size):
+        chunk = [c[-max_len:] for c in contexts[i : i + batch_size]]
+        x = pad_right(chunk).to(device)  # [b, L]
+        last = torch.tensor([len(c) - 1 for c in chunk], device=device)
+        h = model.features(x)[torch.arange(len(chunk), device=device), last]  # [b, d]
+        yield tied_logits(h, table).float().cpu()  # [b, V]
+
+
 def rec_scores(
     model: SequenceModel,
     contexts: list[np.ndarray],
@@ -34,14 +57,7 @@ def rec_scores(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Scores over all items for the next item after each context: [N, V] (cpu)."""
-    max_len = model.config.max_len
-    out = []
-    for i in range(0, len(contexts), batch_size):
-        chunk = [c[-max_len:] for c in contexts[i : i + batch_size]]
-        x = pad_right(chunk).to(device)  # [B, L]
-        last = torch.tensor([len(c) - 1 for c in chunk], device=device)
-        logits = model(x)  # [B, L, V]
-        out.append(logits[torch.arange(len(chunk), device=device), last].float().cpu())
+    out = list(rec_score_batches(model, contexts, batch_size, device))
     return torch.cat(out) if out else torch.zeros(0, model.config.vocab_size)
 
 
@@ -55,24 +71,32 @@ def evaluate_rec(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
 ) -> dict[str, Any]:
+    """Full-ranking metrics; users are scored ``batch_size`` at a time, so memory holds [batch, V], not [N, V]."""
     seqs = ds.splits[split]
     keep = [i for i in range(len(seqs)) if len(seqs[i]) >= 2]
     contexts = [seqs[i][:-1] for i in keep]
     targets = torch.tensor([int(seqs[i][-1]) for i in keep], dtype=torch.long)
     was_training = model.training
     model.eval()
-    scores = rec_scores(model, contexts, batch_size, device)
+    ranks_parts, auc_parts, nll_parts = [], [], []
+    for b, scores in enumerate(rec_score_batches(model, contexts, batch_size, device)):
+        lo = b * batch_size
+        rows = range(lo, lo + scores.shape[0])
+        cand = torch.ones(scores.shape, dtype=torch.bool)  # [b, V]
+        cand[:, : ds.vocab.num_specials] = False
+        if mask_context:
+            for row, r in enumerate(rows):
+                cand[row, torch.from_numpy(contexts[r].astype(np.int64))] = False
+        tgt = targets[lo : lo + scores.shape[0]]
+        ranks_b, auc_b = target_ranks(scores, tgt, cand)
+        ranks_parts.append(ranks_b)
+        auc_parts.append(auc_b)
+        nll_parts.append(target_nll(scores, tgt, cand))
     model.train(was_training)
-    V = ds.vocab_size
-    cand = torch.ones(len(keep), V, dtype=torch.bool)
-    cand[:, : ds.vocab.num_specials] = False
-    if mask_context:
-        for row, ctx in enumerate(contexts):
-            cand[row, torch.from_numpy(ctx.astype(np.int64))] = False
-    ranks_t, auc_t = target_ranks(scores, targets, cand)
-    ranks, auc = ranks_t.numpy(), auc_t.numpy()
+    ranks = torch.cat(ranks_parts).numpy() if ranks_parts else np.zeros(0, dtype=np.int64)
+    auc = torch.cat(auc_parts).numpy() if auc_parts else np.zeros(0)
     result: dict[str, Any] = rank_metrics(ranks, auc, ks)
-    result["nll"] = float(target_nll(scores, targets, cand).mean()) if len(keep) else float("nan")
+    result["nll"] = float(torch.cat(nll_parts).mean()) if nll_parts else float("nan")
     if stratify == "popularity":
         result["strata"] = _popularity_strata(ds, contexts, targets.numpy(), ranks, auc, ks)
     elif stratify is not None:
@@ -117,6 +141,8 @@ def sentence_scores(
 
     A sentence longer than the model's context is scored with overlapping
     windows of ``max_len`` tokens (stride max_len // 2), each token once.
+    Windows are batched by length; within a batch only real targets reach the
+    output layer, ``chunk_positions(V)`` at a time.
     """
     max_len = model.config.max_len
     nlls: list[np.ndarray | None] = [None] * len(seqs)
@@ -138,13 +164,18 @@ def sentence_scores(
             start += stride
     order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][2]))
     parts: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    table = model.output_table()  # [V, d]
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        x = pad_right([pieces[k][2] for k in idx]).to(device)
-        logp = F.log_softmax(model(x).float(), dim=-1)[:, :-1]  # [B, L-1, V]
-        tgt = x[:, 1:]
-        nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu().numpy()
-        hit = (logp.argmax(-1) == tgt).cpu().numpy()
+        x = pad_right([pieces[k][2] for k in idx]).to(device)  # [B, L]
+        # only real targets are scored, a chunk of positions at a time: never [B, L, V]
+        h, tgt, valid = scored_positions(model.features(x), x)  # [N, d], [N], [B, L-1]
+        nll_v, hit_v = score_targets(h, table, tgt)
+        nll = np.zeros(valid.shape, dtype=np.float64)
+        hit = np.zeros(valid.shape, dtype=bool)
+        mask = valid.cpu().numpy()
+        nll[mask] = nll_v.double().cpu().numpy()
+        hit[mask] = hit_v.cpu().numpy()
         for row, k in enumerate(idx):
             sent, first, window, start = pieces[k]
             # position j of the window predicts sentence token start + j + 1

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from farzi._io import atomic_dir, claim_output, write_json
-from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet
+from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet, batching_record
 from farzi.checkpoint import dataset_record, save_checkpoint
 from farzi.data.prepared import PreparedDataset
 from farzi.device import resolve_device
@@ -174,7 +174,7 @@ def _train_and_save(
     )
     info = {
         "data": data_info,
-        "train": config.to_dict(),
+        "train": {**config.to_dict(), "batching": batching_record(train_set)},
         "result": result.summary(),
         "curve": result.curve,
         "wall_seconds_total": round(time.perf_counter() - start, 3),

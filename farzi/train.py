@@ -3,25 +3,32 @@
 Adam with (L2) weight decay, dropout as configured in the model, mini-batches,
 validation every ``eval_every`` steps with early stopping on the validation
 metric (the best state is kept), deterministic on CPU for a given seed.
+
+The loop is three parts: ``batch_stream`` (epochs of batches, without end),
+``train_step`` (one optimizer step on the fast loss, ``model.loss``) and
+``EarlyStopping`` (the validation state: best value, step and weights, patience
+and target); ``train_model`` strings them together.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from farzi._seed import seed_everything
 from farzi.batching import TrainSet
 from farzi.data.prepared import PreparedDataset
 from farzi.errors import ConfigError
 from farzi.evaluate import default_metric, evaluate, metric_is_higher_better
-from farzi.models import SequenceModel, next_token_loss
+from farzi.models import SequenceModel
 from farzi.progress import ProgressFn, report
 
 
@@ -98,6 +105,64 @@ class TrainResult:
 StepHook = Callable[[int, SequenceModel, dict[str, Any] | None], None]
 
 
+def batch_stream(train_set: TrainSet, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+    """Batches epoch after epoch, without end (each epoch draws its order from ``gen``)."""
+    while True:
+        yield from train_set.batches(batch_size, gen, device)
+
+
+def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Tensor, grad_clip: float = 0.0) -> float:
+    """One optimizer step on ``batch`` (ids [B, L] or distributions [B, L, V]); returns the loss.
+
+    The loss is ``model.loss`` (farzi.models.loss): only positions with a target
+    are scored, a chunk at a time, so no [B, L, V] logits are held.
+    """
+    loss = model.loss(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return float(loss.detach())
+
+
+@dataclass
+class EarlyStopping:
+    """Validation bookkeeping: the best value so far, its step and state, and when to stop.
+
+    Patience counts validations without improvement (0 = never stop early); a
+    ``target`` stops the run as soon as a validation reaches it.
+    """
+
+    higher: bool
+    patience: int
+    target: float | None = None
+    best: float = math.nan
+    best_step: int = 0
+    best_state: dict[str, Tensor] = field(default_factory=dict)
+    bad: int = 0
+    evaluations: int = 0
+    stopped_early: bool = False
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.best):
+            self.best = -math.inf if self.higher else math.inf
+
+    def update(self, step: int, value: float, model: SequenceModel) -> bool:
+        """Record one validation; True when training should stop now."""
+        improved = value > self.best if self.higher else value < self.best
+        if improved or self.evaluations == 0:  # the first validation is the best so far, even if nan
+            self.best, self.best_step, self.bad = value, step, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.bad += 1
+        self.evaluations += 1
+        if self.patience and self.bad >= self.patience:
+            self.stopped_early = True
+            return True
+        return self.target is not None and (value >= self.target if self.higher else value <= self.target)
+
+
 def train_model(
     model: SequenceModel,
     train_set: TrainSet,
@@ -116,42 +181,33 @@ def train_model(
     With ``target_metric`` the run stops as soon as validation reaches it.
     """
     config.validate()
-    if train_set.num_sequences < 1:  # no batch would ever come: the loop below would never end
+    if train_set.num_sequences < 1:  # no batch would ever come: the stream below would never yield
         raise ConfigError("there are no training sequences", "train on a non-empty dataset or sample")
     metric = config.metric or default_metric(dataset.task)
-    higher = metric_is_higher_better(metric)
     gen = seed_everything(config.seed)
     device = torch.device(device)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(train_set.num_sequences / config.batch_size))
     eval_every = config.eval_every or max(steps_per_epoch, 10)
-
-    best = -math.inf if higher else math.inf
-    best_state = copy.deepcopy(model.state_dict())
-    best_step, step, seen, bad_evals = 0, 0, 0, 0
+    stopper = EarlyStopping(
+        metric_is_higher_better(metric), config.patience, target_metric, best_state=copy.deepcopy(model.state_dict())
+    )
     curve: list[dict[str, Any]] = []
     losses: list[float] = []
+    seen = step = 0
     start = time.perf_counter()
-    stopped_early = False
-    done = False
-    while not done:
-        for batch in train_set.batches(config.batch_size, gen, device):
-            logits = model(batch)
-            loss = next_token_loss(logits, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            step += 1
-            seen += batch.shape[0]
-            losses.append(float(loss.detach()))
-            validation = None
-            if step % eval_every == 0 or step == config.max_steps:
-                validation = evaluate(model, dataset, "valid", device=device)
-                value = float(validation[metric])
-                point = {
+    batches = itertools.islice(batch_stream(train_set, config.batch_size, gen, device), config.max_steps)
+    for step, batch in enumerate(batches, start=1):
+        loss = train_step(model, opt, batch, config.grad_clip)
+        seen += batch.shape[0]
+        losses.append(loss)
+        validation, stop = None, False
+        if step % eval_every == 0 or step == config.max_steps:
+            validation = evaluate(model, dataset, "valid", device=device)
+            value = float(validation[metric])
+            curve.append(
+                {
                     "step": step,
                     "epoch": round(step / steps_per_epoch, 3),
                     "sequences_seen": seen,
@@ -159,44 +215,28 @@ def train_model(
                     metric: value,
                     "elapsed": round(time.perf_counter() - start, 3),
                 }
-                curve.append(point)
-                losses = []
-                improved = value > best if higher else value < best
-                if improved or not curve[:-1]:
-                    best, best_step, bad_evals = value, step, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    bad_evals += 1
-                if config.patience and bad_evals >= config.patience:
-                    stopped_early = done = True
-                if target_metric is not None and (value >= target_metric if higher else value <= target_metric):
-                    done = True
-            report(
-                progress,
-                task_name,
-                step,
-                config.max_steps,
-                loss=float(loss.detach()),
-                **({f"val {metric}": best} if curve else {}),
             )
-            if on_step is not None:
-                on_step(step, model, validation)
-            if step >= config.max_steps:
-                done = True
-            if done:
-                break
-    model.load_state_dict(best_state)
+            losses = []
+            stop = stopper.update(step, value, model)
+        report(
+            progress, task_name, step, config.max_steps, loss=loss, **({f"val {metric}": stopper.best} if curve else {})
+        )
+        if on_step is not None:
+            on_step(step, model, validation)
+        if stop:
+            break
+    model.load_state_dict(stopper.best_state)
     model.eval()
     wall = time.perf_counter() - start
     report(progress, task_name, step, config.max_steps, done=True)
     return TrainResult(
         model=model,
-        best_metric=best,
-        best_step=best_step,
+        best_metric=stopper.best,
+        best_step=stopper.best_step,
         metric=metric,
         steps=step,
         sequences_seen=seen,
         wall_seconds=wall,
         curve=curve,
-        stopped_early=stopped_early,
+        stopped_early=stopper.stopped_early,
     )

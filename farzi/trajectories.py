@@ -20,7 +20,7 @@ import torch
 
 from farzi._io import atomic_dir, claim_output, read_json, write_json
 from farzi._version import __version__
-from farzi.batching import SequenceTrainSet
+from farzi.batching import SequenceTrainSet, batching_record
 from farzi.checkpoint import (
     check_dataset,
     dataset_record,
@@ -102,7 +102,7 @@ def train_trajectories(
             "dataset": record,
             "runs": runs,
             "every": every,
-            "train": config.to_dict(),
+            "train": {**config.to_dict(), "batching": batching_record(train_set)},
             "checkpoints": points,
             "summaries": summaries,
             "package": {"name": "farzi", "version": __version__},

@@ -21,7 +21,7 @@ from farzi.data.sequences import Sequences
 from farzi.data.vocab import Vocabulary
 from farzi.errors import ConfigError
 from farzi.evaluate import evaluate, evaluate_lm, evaluate_rec, sentence_scores
-from farzi.models import ModelConfig, SequenceModel, build_model, make_config
+from farzi.models import NEG_INF, ModelConfig, SequenceModel, build_model, make_config
 
 # ------------------------------------------------------------------ test doubles
 
@@ -37,8 +37,11 @@ class IdScores(SequenceModel):
         self.config = ModelConfig(vocab_size=vocab_size, max_len=max_len)
         self.register_buffer("scores", torch.arange(vocab_size, dtype=torch.float32))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.scores.expand(x.shape[0], x.shape[1], -1).clone()
+    def features(self, x: Tensor) -> Tensor:
+        return torch.ones(x.shape[0], x.shape[1], 1)  # [B, L, 1]: score = table entry
+
+    def output_table(self) -> Tensor:
+        return self.scores.unsqueeze(1)  # [V, 1]
 
 
 class NextId(SequenceModel):
@@ -51,12 +54,15 @@ class NextId(SequenceModel):
         super().__init__()
         self.config = ModelConfig(vocab_size=vocab_size, max_len=max_len)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.one_hot((x + 1) % self.config.vocab_size, self.config.vocab_size).float()
+    def features(self, x: Tensor) -> Tensor:
+        return F.one_hot((x + 1) % self.config.vocab_size, self.config.vocab_size).float()  # [B, L, V]
+
+    def output_table(self) -> Tensor:
+        return torch.eye(self.config.vocab_size)  # [V, V]
 
 
 class Bigram(SequenceModel):
-    """Logits depend on the current token only: no position, no history."""
+    """Logits depend on the current token only: no position, no history (``table[x]``, <pad> at NEG_INF)."""
 
     name = "bigram"
     task = "lm"
@@ -65,9 +71,14 @@ class Bigram(SequenceModel):
         super().__init__()
         self.config = ModelConfig(vocab_size=table.shape[0], max_len=max_len)
         self.table = nn.Parameter(table.clone())
+        with torch.no_grad():
+            self.table[:, 0] = NEG_INF  # as every model: <pad> is never predicted
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.table[x]
+    def features(self, x: Tensor) -> Tensor:
+        return F.one_hot(x, self.config.vocab_size).to(self.table.dtype)  # [B, L, V]
+
+    def output_table(self) -> Tensor:
+        return self.table.t()  # one_hot(x) @ table.t().t() = table[x]
 
 
 def toy_rec() -> PreparedDataset:
@@ -208,8 +219,9 @@ def test_long_sentences_score_every_token_once(tiny_lm: PreparedDataset, max_len
     assert max(len(s) for s in seqs) > 4 * max_len  # windowing is exercised
     g = torch.Generator().manual_seed(0)
     table = torch.randn(tiny_lm.vocab_size, tiny_lm.vocab_size, generator=g)
-    nll, hits = sentence_scores(Bigram(table, max_len), seqs, batch_size=7)
-    logp = F.log_softmax(table, dim=-1)
+    model = Bigram(table, max_len)
+    nll, hits = sentence_scores(model, seqs, batch_size=7)
+    logp = F.log_softmax(model.table.detach(), dim=-1)
     assert len(nll) == len(seqs)
     for s, n, h in zip(seqs, nll, hits, strict=True):
         assert len(n) == len(h) == len(s) - 1  # every target exactly once
@@ -246,3 +258,48 @@ def test_rnn_windows_count_each_token_once(tiny_lm: PreparedDataset) -> None:
     out = evaluate_lm(short, tiny_lm, "test")
     assert out["tokens"] == sum(len(s) - 1 for s in seqs)
     assert math.isfinite(out["ppl_corpus"]) and out["ppl_corpus"] > 1
+
+
+# ------------------------------------------------------------------ the features path, on real models
+
+
+def _no_forward(model: SequenceModel) -> SequenceModel:
+    def refuse(x: Tensor) -> Tensor:
+        raise AssertionError("evaluation must not build [B, L, V] logits through forward")
+
+    model.forward = refuse  # type: ignore[method-assign]
+    return model
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_rec_scores_are_the_logits_at_the_last_position(tiny_rec: PreparedDataset, name: str) -> None:
+    from farzi.evaluate import rec_scores
+
+    torch.manual_seed(0)
+    model = build_model(name, make_config(name, tiny_rec.vocab_size, d_model=8, dropout=0.0, max_len=6)).eval()
+    contexts = [s[:-1] for s in tiny_rec.test if len(s) >= 2]
+    want = []
+    with torch.no_grad():
+        for c in contexts:
+            want.append(model(torch.from_numpy(c[-6:].astype(np.int64))[None])[0, -1])
+    got = rec_scores(_no_forward(model), contexts, batch_size=5)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-5)
+    assert evaluate_rec(model, tiny_rec, "test")["users"] == len(contexts)
+
+
+@pytest.mark.parametrize("name", ["transformer", "rnn"])
+def test_sentence_scores_are_the_log_softmax_of_the_logits(tiny_lm: PreparedDataset, name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, make_config(name, tiny_lm.vocab_size, d_model=8, dropout=0.0, max_len=64)).eval()
+    seqs = [s for s in tiny_lm.test if len(s) >= 2]
+    assert max(len(s) for s in seqs) <= 64  # one window per sentence: the plain computation below applies
+    with torch.no_grad():
+        want = []
+        for s in seqs:
+            x = torch.from_numpy(s.astype(np.int64))[None]
+            logp = F.log_softmax(model(x)[0, :-1], -1)
+            want.append((-logp.gather(1, x[0, 1:, None]).squeeze(1)).numpy())
+    nll, hits = sentence_scores(_no_forward(model), seqs, batch_size=4)
+    for a, b in zip(nll, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert sum(len(h) for h in hits) == sum(len(s) - 1 for s in seqs)

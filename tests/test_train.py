@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import farzi.train
-from farzi.batching import DistributionTrainSet, SequenceTrainSet, pad_right
+from farzi.batching import NO_BUCKETING, DistributionTrainSet, SequenceTrainSet, pad_right
 from farzi.data.prepared import PreparedDataset
 from farzi.data.sequences import Sequences
 from farzi.errors import ConfigError
-from farzi.models import SequenceModel, build_model, make_config
+from farzi.models import SequenceModel, build_model, make_config, next_token_loss
 from farzi.train import TrainConfig, TrainResult, train_model
 
 TINY = {
@@ -179,7 +179,8 @@ def _trace(model: SequenceModel, train_set: Any, ds: PreparedDataset) -> tuple[l
 def test_one_hot_distributions_train_like_ids(tiny_lm: PreparedDataset) -> None:
     seqs = tiny_lm.train.subset(range(24))  # three batches of 8: the order differs per epoch
     base = tiny_model(tiny_lm, "transformer", dropout=0.0, max_len=64).double()  # no sentence is cropped
-    ids_states, ids_result = _trace(copy.deepcopy(base), SequenceTrainSet(seqs, 64, crop="last"), tiny_lm)
+    ids = SequenceTrainSet(seqs, 64, crop="last", bucketing=NO_BUCKETING)  # batches in the order soft ones come
+    ids_states, ids_result = _trace(copy.deepcopy(base), ids, tiny_lm)
     soft = DistributionTrainSet(OneHotSummary(seqs, tiny_lm.vocab_size))
     assert soft.kind == "soft"
     soft_states, soft_result = _trace(copy.deepcopy(base), soft, tiny_lm)
@@ -201,3 +202,54 @@ def test_discrete_draws_from_one_hot_rows_are_the_ids(tiny_lm: PreparedDataset) 
     rows: Iterator[Tensor] = sampled.batches(4, torch.Generator().manual_seed(0), torch.device("cpu"))
     seen = [tuple(int(t) for t in row if t != 0) for batch in rows for row in batch]
     assert sorted(seen) == sorted(tuple(int(t) for t in s) for s in seqs)
+
+
+# ------------------------------------------------------------------ the loop's parts
+
+
+def test_early_stopping_by_hand() -> None:
+    model = torch.nn.Linear(1, 1)
+    stop = farzi.train.EarlyStopping(higher=True, patience=2, target=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    assert stop.best == -float("inf")
+    assert not stop.update(1, 0.5, model) and (stop.best, stop.best_step, stop.bad) == (0.5, 1, 0)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    assert not stop.update(2, 0.4, model) and (stop.best, stop.best_step, stop.bad) == (0.5, 1, 1)
+    assert float(stop.best_state["weight"]) == 1.0  # the state at the best step, not the current one
+    assert stop.update(3, 0.45, model) and stop.stopped_early  # two validations without improvement
+    lower = farzi.train.EarlyStopping(higher=False, patience=0, target=10.0)
+    assert lower.best == float("inf")
+    assert not lower.update(1, 12.0, model) and not lower.update(2, 13.0, model)
+    assert lower.update(3, 10.0, model) and not lower.stopped_early  # the target, not patience
+    assert (lower.best, lower.best_step) == (10.0, 3)
+    first_nan = farzi.train.EarlyStopping(higher=True, patience=0)
+    first_nan.update(1, float("nan"), model)
+    assert first_nan.best_step == 1  # the first validation is the best so far, whatever its value
+
+
+def test_batch_stream_runs_epoch_after_epoch(tiny_rec: PreparedDataset) -> None:
+    train = SequenceTrainSet(tiny_rec.train, 20)
+    per_epoch = -(-len(tiny_rec.train) // 32)
+    stream = farzi.train.batch_stream(train, 32, torch.Generator().manual_seed(0), torch.device("cpu"))
+    got = [next(stream) for _ in range(2 * per_epoch + 1)]
+    gen = torch.Generator().manual_seed(0)
+    want = [b for _ in range(3) for b in train.batches(32, gen, torch.device("cpu"))][: len(got)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert sum(len(b) for b in got[:per_epoch]) == len(tiny_rec.train)
+
+
+def test_train_step_is_one_adam_step_on_the_plain_loss(tiny_rec: PreparedDataset) -> None:
+    fast = tiny_model(tiny_rec, "sasrec", dropout=0.0).double()
+    plain = copy.deepcopy(fast)
+    batch = next(SequenceTrainSet(tiny_rec.train, 20).batches(16, torch.Generator().manual_seed(1), "cpu"))
+    opt_fast = torch.optim.Adam(fast.parameters(), lr=1e-2)
+    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    loss = farzi.train.train_step(fast, opt_fast, batch)
+    reference = next_token_loss(plain(batch), batch)
+    reference.backward()
+    opt_plain.step()
+    assert loss == pytest.approx(float(reference.detach()), rel=1e-12)
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)

@@ -16,6 +16,14 @@ from farzi.models.base import (
 )
 from farzi.models.fmlp import FMLPRec, FMLPRecConfig
 from farzi.models.gru4rec import GRU4Rec, GRU4RecConfig
+from farzi.models.loss import (
+    CHUNK_ELEMENTS,
+    chunk_positions,
+    features_next_token_loss,
+    functional_loss,
+    linear_cross_entropy,
+    score_targets,
+)
 from farzi.models.rnn_lm import RNNLM, RNNLMConfig
 from farzi.models.sasrec import SASRec, SASRecConfig
 from farzi.models.transformer_lm import TransformerLM, TransformerLMConfig
@@ -70,6 +78,7 @@ def build_model(name: str, config: ModelConfig | dict[str, Any]) -> SequenceMode
 
 
 __all__ = [
+    "CHUNK_ELEMENTS",
     "MODELS",
     "DEFAULT_MODEL",
     "NEG_INF",
@@ -80,6 +89,11 @@ __all__ = [
     "model_class",
     "model_task",
     "next_token_loss",
+    "features_next_token_loss",
+    "functional_loss",
+    "linear_cross_entropy",
+    "chunk_positions",
+    "score_targets",
     "padding_mask",
     "count_parameters",
 ]

@@ -6,6 +6,12 @@ A model maps a batch of sequences to next-token logits over the whole vocabulary
     x: distributions [B, L, V] (float) -> input embedding x @ E   (soft inputs)
     returns logits [B, L, V]; logits[:, t] scores the token at position t + 1
 
+in two parts: ``features(x) -> h [B, L, d]`` (everything up to the output layer)
+and the tied output layer ``h @ output_table().T`` (``output_table()`` is the
+token embedding table [V, d]). ``forward`` composes the two. Training and
+evaluation use the parts directly (``model.loss(x)``, farzi.models.loss), so the
+|V|-wide matmul runs only at positions that have a target, a chunk at a time.
+
 Padding is token 0 (``<pad>``): a position is padding when its id is 0 or its
 distribution has no mass; padded positions are zeroed after the embedding, so
 id inputs and their one-hot distributions give bitwise the same embeddings.
@@ -25,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-NEG_INF = -1.0e4  # finite: 0 * NEG_INF stays 0 in soft cross-entropy
+from farzi.models.loss import NEG_INF, features_next_token_loss
+
+# NEG_INF = -1e4: finite, so 0 * NEG_INF stays 0 in soft cross-entropy
 
 
 @dataclass
@@ -50,14 +58,36 @@ class ModelConfig:
 
 
 class SequenceModel(nn.Module):
-    """Base class: ``forward(x) -> logits`` with the conventions above."""
+    """Base class: ``forward(x) -> logits`` with the conventions above.
+
+    A model implements ``features``; ``forward``, ``output_table`` and ``loss``
+    come from here.
+    """
 
     name: ClassVar[str] = ""
     task: ClassVar[str] = ""  # "rec" or "lm"
     config: ModelConfig
 
-    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Hidden states [B, L, d] in the space of the output table; ``h[:, t]`` predicts position t + 1."""
         raise NotImplementedError
+
+    def output_table(self) -> Tensor:
+        """The output layer's table [V, d]: logits = h @ table.T (tied with the input embedding)."""
+        return self.token_embeddings()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return tied_logits(self.features(x), self.output_table())  # [B, L, V]
+
+    def loss(self, x: Tensor, targets: Tensor | None = None, reduction: str = "mean") -> Tensor:
+        """``next_token_loss(self(x), targets)`` (targets default to ``x``) without the [B, L, V] logits.
+
+        Only positions with a target are scored, a chunk of positions at a time
+        (farzi.models.loss). Use it for training; the plain ``next_token_loss`` on
+        ``forward``'s logits is the path for higher-order derivatives at full memory.
+        """
+        targets = x if targets is None else targets
+        return features_next_token_loss(self.features(x), self.output_table(), targets, reduction)
 
     def token_embeddings(self) -> Tensor:
         """The input embedding table [V, d] (tied with the output in every model here)."""
@@ -90,7 +120,11 @@ def tied_logits(h: Tensor, table: Tensor) -> Tensor:
 
 
 def next_token_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-    """Next-token cross-entropy; ``targets`` are the inputs (shift happens here).
+    """Next-token cross-entropy on full logits; ``targets`` are the inputs (shift happens here).
+
+    The plain path: ordinary autograd on [B, L, V], so derivatives of any order
+    work (the distillation engine's inner loop). ``SequenceModel.loss`` computes
+    the same value from features without [B, L, V] (training and evaluation).
 
     ``targets`` may be ids [B, L] (pad positions ignored) or distributions
     [B, L, V] (soft targets; positions without mass ignored). ``reduction``:

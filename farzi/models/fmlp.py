@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from farzi.models.base import ModelConfig, SequenceModel, embed, padding_mask, tied_logits
+from farzi.models.base import ModelConfig, SequenceModel, embed, padding_mask
 from farzi.models.layers import FeedForward
 
 
@@ -68,10 +68,10 @@ class FMLPRec(SequenceModel):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(FMLPBlock(config.max_len, d, config.dropout) for _ in range(config.n_layers))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
         L = x.shape[1]
         keep = padding_mask(x).unsqueeze(-1).to(self.item_emb.dtype)  # [B, L, 1]
         h = self.drop(self.ln(embed(x, self.item_emb) + self.pos_emb[:L])) * keep  # [B, L, d]
         for block in self.blocks:
             h = block(h) * keep
-        return tied_logits(h, self.item_emb)  # [B, L, V]
+        return h  # [B, L, d]

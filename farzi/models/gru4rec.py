@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from farzi.models.base import ModelConfig, SequenceModel, embed, padding_mask, tied_logits
+from farzi.models.base import ModelConfig, SequenceModel, embed, padding_mask
 from farzi.models.layers import GRULayer
 
 
@@ -37,9 +37,9 @@ class GRU4Rec(SequenceModel):
         self.layers = nn.ModuleList(GRULayer(dims[i], dims[i + 1]) for i in range(config.n_layers))
         self.out = nn.Linear(config.d_hidden, config.d_model)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
         keep = padding_mask(x).unsqueeze(-1).to(self.item_emb.dtype)  # [B, L, 1]
         h = self.drop(embed(x, self.item_emb)) * keep  # [B, L, d]
         for layer in self.layers:
             h = self.drop(layer(h))  # [B, L, H]
-        return tied_logits(self.out(h), self.item_emb)  # [B, L, V]
+        return self.out(h)  # [B, L, d]

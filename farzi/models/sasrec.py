@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from farzi.models.base import ModelConfig, SequenceModel, embed, padding_mask, tied_logits
+from farzi.models.base import ModelConfig, SequenceModel, embed, padding_mask
 from farzi.models.layers import TransformerBlock
 
 
@@ -42,7 +42,7 @@ class SASRec(SequenceModel):
         )
         self.ln_f = nn.LayerNorm(d)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
         L = x.shape[1]
         mask = padding_mask(x)  # [B, L]
         keep = mask.unsqueeze(-1).to(self.item_emb.dtype)  # [B, L, 1]
@@ -50,4 +50,4 @@ class SASRec(SequenceModel):
         h = self.drop(h + self.pos_emb[:L]) * keep
         for block in self.blocks:
             h = block(h, mask) * keep  # SASRec's timeline mask after every block
-        return tied_logits(self.ln_f(h), self.item_emb)  # [B, L, V]
+        return self.ln_f(h)  # [B, L, d]

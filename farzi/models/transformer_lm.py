@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from farzi.models.base import ModelConfig, SequenceModel, embed, padding_mask, tied_logits
+from farzi.models.base import ModelConfig, SequenceModel, embed, padding_mask
 from farzi.models.layers import TransformerBlock
 
 
@@ -37,11 +37,11 @@ class TransformerLM(SequenceModel):
         )
         self.ln_f = nn.LayerNorm(d)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
         L = x.shape[1]
         mask = padding_mask(x)  # [B, L]
         keep = mask.unsqueeze(-1).to(self.tok_emb.dtype)
         h = self.drop(embed(x, self.tok_emb) * keep + self.pos_emb[:L])  # [B, L, d]
         for block in self.blocks:
             h = block(h, mask)
-        return tied_logits(self.ln_f(h), self.tok_emb)  # [B, L, V]
+        return self.ln_f(h)  # [B, L, d]
