@@ -407,6 +407,7 @@ def distill_cmd(
     out: Annotated[
         Path | None, typer.Option(help="Bundle path (default HOME/bundles/DATASET/farzi-MUxXI-sSEED.safetensors).")
     ] = None,
+    overwrite: Overwrite = False,
     device: Annotated[str, _d("device")] = _DISTILL.device,
     seed: Seed = _DISTILL.seed,
     home: Home = None,
@@ -438,6 +439,7 @@ def distill_cmd(
             checkpoint_every=checkpoint_every,
             resume=resume,
             progress=progress,
+            overwrite=overwrite,
         )
     info = {
         "bundle": str(result.path),

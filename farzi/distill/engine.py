@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import torch
 
-from farzi._io import atomic_file
+from farzi._io import atomic_file, claim_output
 from farzi._version import __version__
 from farzi.data.prepared import PreparedDataset
 from farzi.distill.bundle import FarziData, load_bundle, save_bundle
@@ -160,6 +160,7 @@ def distill(
     resume: bool = False,
     progress: ProgressFn | None = None,
     stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> DistillResult:
     """Distill ``ds`` into a farzi-data bundle at ``out``.
 
@@ -168,6 +169,10 @@ def distill(
     beside it, and ``resume=True`` continues from there (a finished run resumes to
     its bundle). ``stop_after`` ends the call after that many outer steps in total
     (for tests of resumption).
+
+    ``out`` is claimed before any work (:func:`farzi._io.claim_output`): a second
+    writer of the same bundle fails at once, and an existing file that is not a
+    farzi-data bundle is refused unless ``overwrite``.
     """
     cfg.validate(ds)
     if checkpoint_every < 0:
@@ -175,6 +180,21 @@ def distill(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out} must end in .safetensors", "name the bundle e.g. ptb-400x50.safetensors")
+    log_path, state_path = run_paths(out)
+    with claim_output(out, "bundle", overwrite, companions=(log_path, state_path)):
+        return _distill(ds, cfg, out, trajectories, checkpoint_every, resume, progress, stop_after)
+
+
+def _distill(
+    ds: PreparedDataset,
+    cfg: DistillConfig,
+    out: Path,
+    trajectories: Path | None,
+    checkpoint_every: int,
+    resume: bool,
+    progress: ProgressFn | None,
+    stop_after: int | None,
+) -> DistillResult:
     log_path, state_path = run_paths(out)
     if resume and not state_path.is_file():
         done = _finished_bundle(out, cfg, ds)
@@ -187,7 +207,6 @@ def distill(
     summary = Summary.create(latent, decoder, cfg.tau, [ds.vocab.pad_id], teacher.device)
     outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
     objective = make_objective(cfg, ds, teacher)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fingerprints = (cfg.fingerprint(), ds.fingerprint())
     state = RunState(step=0, log_lines=0)
     if resume:

@@ -25,6 +25,7 @@ ARGS = {
     "eval": ["eval", "{model}"],
     "distill": ["distill", "synthetic-rec", "--budget", "2x4", "--outer-steps", "1", "--objective", "mm"],
     "inspect": ["inspect", "{home}/none.safetensors"],
+    "export": ["export", "{home}/none.safetensors"],
     "demo": ["demo"],
 }
 DEVICE_LINE = "error: unknown device 'tpu'; use --device cpu or --device cuda"
@@ -72,7 +73,7 @@ def test_a_seed_out_of_range_is_one_line(home: Path, command: str, seed: str, ex
     assert _files(home) == before
 
 
-@pytest.mark.parametrize("command", ["trajectories", "train-student", "eval"])
+@pytest.mark.parametrize("command", ["trajectories", "train-student", "eval", "distill"])
 def test_an_unknown_device_is_one_line_before_any_work(home: Path, command: str) -> None:
     before = _files(home)
     out_dir = [] if command == "eval" else ["--out", home / "out"]  # eval writes nothing and has no --out
@@ -82,14 +83,9 @@ def test_an_unknown_device_is_one_line_before_any_work(home: Path, command: str)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-@pytest.mark.parametrize("command", ["trajectories", "train-student", "eval"])
+@pytest.mark.parametrize("command", ["trajectories", "train-student", "eval", "distill"])
 def test_cuda_on_a_machine_without_it(home: Path, command: str) -> None:
     before = _files(home)
     line = farzictl(*_args(command, home), "--device", "cuda", home=home).one_error_line()
     assert line == "error: --device cuda was asked for but CUDA is not available on this machine; use --device cpu"
     assert _files(home) == before
-
-
-def test_distill_refuses_an_unknown_device(home: Path) -> None:
-    """distill's own check (farzi/distill/engine.py) words the fix its way; the problem is the same."""
-    assert "unknown device 'tpu'" in farzictl(*_args("distill", home), "--device", "tpu", home=home).one_error_line()

@@ -18,6 +18,8 @@ import pytest
 from cli_runner import farzictl, farzictl_start
 from snapshot import hidden, snapshot
 
+from farzi.distill.bundle import load_bundle
+
 DATASET = "synthetic-rec"
 TINY = ["--d-model", "8", "--n-layers", "1", "--max-len", "20", "--batch-size", "8"]
 PREPARE = ["prepare", DATASET, "--synthetic-vocab", "20", "--synthetic-sequences", "20"]
@@ -218,4 +220,68 @@ def test_a_killed_run_leaves_temporaries_that_the_next_run_removes(home: Path, t
     assert not target.exists()
     farzictl(*TRAJECTORIES, "--out", target, home=home).ok()  # the lock died with its process
     assert sorted(p.name for p in target.iterdir()) == OWN_FILES["trajectories"]
+    assert hidden(tmp_path) == []
+
+
+# ------------------------------------------------------------------ distill: a bundle file and its log and state
+
+DISTILL = [
+    "distill",
+    DATASET,
+    "--budget",
+    "2x4",
+    "--objective",
+    "mm",
+    "--inner-steps",
+    "1",
+    "--real-batch",
+    "4",
+    *TINY[:6],
+]
+
+
+def test_distill_refuses_a_users_file_and_overwrite_replaces_it(home: Path, tmp_path: Path) -> None:
+    target = tmp_path / "notes.safetensors"
+    target.write_text("keep me\n")
+    before = snapshot(tmp_path)
+    line = farzictl(*DISTILL, "--outer-steps", "1", "--out", target, home=home).one_error_line()
+    assert str(target) in line and "--overwrite" in line
+    assert snapshot(tmp_path) == before
+    farzictl(*DISTILL, "--outer-steps", "1", "--out", target, "--overwrite", home=home).ok()
+    first = target.read_bytes()
+    assert load_bundle(target).mu == 2  # a bundle now
+    farzictl(*DISTILL, "--outer-steps", "1", "--out", target, "--seed", "1", home=home).ok()  # its own: replaced
+    assert target.read_bytes() != first
+    assert hidden(tmp_path) == []
+
+
+def test_distill_onto_a_directory_fails_up_front(home: Path, tmp_path: Path) -> None:
+    target = tmp_path / "b.safetensors"
+    target.mkdir()
+    (target / "x").write_text("mine\n")
+    before = snapshot(tmp_path)
+    farzictl(*DISTILL, "--outer-steps", "1", "--out", target, home=home).one_error_line()
+    assert snapshot(tmp_path) == before
+
+
+def test_a_second_distill_of_the_same_bundle_exits_2_at_once(home: Path, tmp_path: Path) -> None:
+    target = tmp_path / "b.safetensors"
+    args = [*DISTILL, "--outer-steps", "400", "--out", target, "--json"]
+    winner = farzictl_start(*args, home=home)
+    log = tmp_path / "b.log.jsonl"
+    try:
+        _wait_for(lambda: log.is_file() and log.read_text().count("\n") >= 1, winner, "the first outer step")
+        os.kill(winner.pid, signal.SIGSTOP)
+        try:
+            line = farzictl(*DISTILL, "--outer-steps", "3", "--out", target, home=home).one_error_line()
+            assert f"{target} is being written by another farzi process (pid {winner.pid})" in line
+        finally:
+            os.kill(winner.pid, signal.SIGCONT)
+        out, err = winner.communicate(timeout=600)
+    finally:
+        if winner.poll() is None:
+            winner.kill()
+    assert winner.returncode == 0, err
+    assert json.loads(out)["steps"] == 400
+    assert len(log.read_text().splitlines()) == 400  # the loser never touched the log
     assert hidden(tmp_path) == []
