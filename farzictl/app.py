@@ -384,6 +384,7 @@ def distill_cmd(
     outer_weight_decay: Annotated[float, _d("outer_weight_decay")] = _DISTILL.outer_weight_decay,
     syn_batch: Annotated[int, _d("syn_batch")] = _DISTILL.syn_batch,
     real_batch: Annotated[int, _d("real_batch")] = _DISTILL.real_batch,
+    meta_batch: Annotated[int, _d("meta_batch")] = _DISTILL.meta_batch,
     meta_grad: Annotated[MetaGrad, _d("meta_grad")] = _DISTILL.meta_grad,
     segment: Annotated[int, _d("segment")] = _DISTILL.segment,
     objective: Annotated[Objective, _d("objective")] = _DISTILL.objective,

@@ -101,6 +101,9 @@ class DistillConfig:
     outer_weight_decay: float = field(default=0.0, metadata=_help("Adam weight decay on latent and decoder."))
     syn_batch: int = field(default=0, metadata=_help("Synthetic sequences per inner step (0 = all)."))
     real_batch: int = field(default=128, metadata=_help("Real sequences in the meta-objective's batch."))
+    meta_batch: int = field(
+        default=1, metadata=_help("Start points (Omega checkpoint + real batch) averaged per outer step, per process.")
+    )
     meta_grad: MetaGrad = field(default=MetaGrad.reverse, metadata=_help("Meta-gradient strategy."))
     segment: int = field(
         default=0, metadata=_help("Anchor / checkpoint interval of the meta-gradient (0 = the strategy's default).")
@@ -168,6 +171,7 @@ class DistillConfig:
         _at_most("--inner-steps", self.inner_steps, MAX_INNER_STEPS)
         _at_least("--outer-steps", self.outer_steps, 0, "0 writes the initial summary")
         _at_least("--real-batch", self.real_batch, 1, "e.g. --real-batch 128")
+        _at_least("--meta-batch", self.meta_batch, 1, "e.g. --meta-batch 4")
         _at_least("--syn-batch", self.syn_batch, 0, "0 uses every sequence each step")
         _at_least("--segment", self.segment, 0, "0 uses the strategy's default")
         _at_least("--mtt-offset", self.mtt_offset, 1, "e.g. --mtt-offset 2")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from torch import Tensor
 
 from farzi._io import atomic_file, claim_output
 from farzi._version import __version__
@@ -30,13 +31,15 @@ from farzi.data.prepared import PreparedDataset
 from farzi.distill.bundle import FarziData, load_bundle, save_bundle
 from farzi.distill.config import DistillConfig, Init, InnerOptimizerName, MetaGrad, Objective, parse_budget
 from farzi.distill.init import initial_summary
-from farzi.distill.objectives import MetaObjective, grad_norm, make_objective, step_draws
+from farzi.distill.objectives import Contribution, MetaObjective, grad_norm, make_objective, step_draws
 from farzi.distill.outer import OuterOptimizer, RunState, load_run_state, save_run_state
+from farzi.distill.parallel import LOCAL, Collective, start_indices
 from farzi.distill.summary import Summary
 from farzi.distill.teacher import Teacher, load_teacher
 from farzi.errors import BundleError, ConfigError, FarziError
 from farzi.progress import ProgressFn, report
 
+Tensors = list[Tensor]
 OBJECTIVES = tuple(o.value for o in Objective)
 INNER_OPTIMIZERS = tuple(o.value for o in InnerOptimizerName)
 
@@ -59,21 +62,74 @@ def run_paths(out: Path) -> tuple[Path, Path]:
 
 
 def outer_step(
-    step: int, summary: Summary, objective: MetaObjective, outer: OuterOptimizer, seed: int
+    step: int,
+    summary: Summary,
+    objective: MetaObjective,
+    outer: OuterOptimizer,
+    cfg: DistillConfig,
+    collective: Collective = LOCAL,
 ) -> dict[str, Any]:
-    """One outer step: the objective at the step's draws, then the outer update. Returns the log record."""
+    """One outer step: the objective at each of the step's start points, their meta-gradients
+    averaged (over the meta-batch and the processes), then the outer update. Returns the log record.
+
+    A start point whose meta-loss or meta-gradient is not finite is left out of the average; the
+    step is skipped when none is left.
+    """
     t0 = time.perf_counter()
-    contribution = objective(summary, step_draws(seed, step))
-    norm = grad_norm(contribution.grads)
-    result = outer.step(contribution.grads, norm, finite_loss=math.isfinite(contribution.meta_loss))
-    return {
-        "step": step,
-        "meta_loss": contribution.meta_loss,
-        "grad_norm": result.grad_norm,
-        "skipped": result.skipped,
-        "step_seconds": round(time.perf_counter() - t0, 4),
-        **contribution.stats,
-    }
+    contributions = [
+        objective(summary, step_draws(cfg.seed, step, i)) for i in start_indices(collective, cfg.meta_batch)
+    ]
+    grads, used = average_meta_gradients(contributions, collective)
+    norm = grad_norm(grads) if used else math.nan
+    result = outer.step(grads, norm, finite_loss=used > 0)
+    record: dict[str, Any] = {"step": step}
+    starts = [s for part in collective.gather([_start_record(c) for c in contributions]) for s in part]
+    if len(starts) == 1:  # one start point per step: its figures are the step's
+        record.update({k: v for k, v in starts[0].items() if k != "finite"})
+    else:
+        finite = [s["meta_loss"] for s in starts if s["finite"]]
+        record["meta_loss"] = sum(finite) / len(finite) if finite else math.nan
+        record["starts"] = starts
+    record.update(grad_norm=result.grad_norm, skipped=result.skipped)
+    record["step_seconds"] = round(time.perf_counter() - t0, 4)
+    return record
+
+
+def _start_record(c: Contribution) -> dict[str, Any]:
+    rec = {"meta_loss": c.meta_loss, **c.stats}
+    if "real_loss_start" in c.stats:
+        rec["real_loss_delta"] = c.meta_loss - c.stats["real_loss_start"]
+    rec["finite"] = _finite(c)
+    return rec
+
+
+def _finite(c: Contribution) -> bool:
+    return math.isfinite(c.meta_loss) and math.isfinite(grad_norm(c.grads))
+
+
+def average_meta_gradients(contributions: list[Contribution], collective: Collective = LOCAL) -> tuple[Tensors, int]:
+    """The mean meta-gradient over every finite contribution of every process, and how many there were.
+
+    One process with one contribution returns its gradients as they are (bitwise); otherwise the
+    local sum and count travel in one flat buffer through ``collective.sum``.
+    """
+    if collective.world == 1 and len(contributions) == 1:
+        c = contributions[0]
+        return c.grads, int(_finite(c))
+    like = contributions[0].grads
+    total = torch.zeros(sum(g.numel() for g in like) + 1, dtype=torch.float64, device=like[0].device)
+    for c in contributions:
+        if _finite(c):
+            total[:-1] += torch.cat([g.reshape(-1).double() for g in c.grads])
+            total[-1] += 1
+    total = collective.sum(total)
+    used = int(total[-1].item())
+    mean = total[:-1] / max(used, 1)
+    grads, offset = [], 0
+    for g in like:
+        grads.append(mean[offset : offset + g.numel()].view_as(g).to(g.dtype))
+        offset += g.numel()
+    return grads, used
 
 
 class RunLog:
@@ -217,7 +273,7 @@ def _distill(
     target = cfg.outer_steps if stop_after is None else min(stop_after, cfg.outer_steps)
     try:
         while state.step < target:
-            record = outer_step(state.step + 1, summary, objective, outer, cfg.seed)
+            record = outer_step(state.step + 1, summary, objective, outer, cfg)
             log.write(record)
             state = RunState(step=state.step + 1, log_lines=len(log))
             info = {"meta_loss": record["meta_loss"], "step_s": record["step_seconds"]}

@@ -89,6 +89,7 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
         "outer_weight_decay": 1e-5,
         "syn_batch": 2,
         "real_batch": 4,
+        "meta_batch": 2,
         "meta_grad": "checkpointed",
         "segment": 1,
         "objective": "mm",

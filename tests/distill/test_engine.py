@@ -246,3 +246,38 @@ def test_inner_loop_refuses_a_model_in_train_mode(tiny_lm) -> None:
     model = build_model("transformer", make_config("transformer", tiny_lm.vocab_size, **TINY_MODEL))
     with pytest.raises(ValueError, match="eval mode"):
         InnerLoop(model, [n for n, _ in model.named_parameters()], Adam(), lambda idx: None, [], [None])
+
+
+def test_a_meta_batch_averages_the_meta_gradients_of_its_start_points(tiny_lm, tiny_omega) -> None:
+    """meta_batch = 2: the outer step's gradient is the float64 mean of start points 0 and 1 of that step."""
+    from farzi.distill.engine import average_meta_gradients
+    from farzi.distill.init import initial_summary
+    from farzi.distill.objectives import make_objective, step_draws
+    from farzi.distill.summary import Summary
+    from farzi.distill.teacher import load_teacher
+
+    cfg = _cfg(meta_batch=2)
+    teacher = load_teacher(tiny_lm, cfg, tiny_omega)
+    summary = Summary.create(*initial_summary(cfg, tiny_lm, teacher), cfg.tau, [0], teacher.device)
+    objective = make_objective(cfg, tiny_lm, teacher)
+    parts = [objective(summary, step_draws(cfg.seed, 1, i)) for i in (0, 1)]
+    assert parts[0].stats["checkpoint"] != parts[1].stats["checkpoint"] or not torch.equal(
+        parts[0].grads[0], parts[1].grads[0]
+    )
+    grads, used = average_meta_gradients(parts)
+    assert used == 2
+    for k in range(2):
+        want = (parts[0].grads[k].double() + parts[1].grads[k].double()) / 2
+        torch.testing.assert_close(grads[k].double(), want, rtol=1e-6, atol=1e-9)
+    broken = [parts[0], objectives.Contribution(float("nan"), parts[1].grads, {})]
+    grads, used = average_meta_gradients(broken)  # a non-finite start point is left out
+    assert used == 1 and torch.equal(grads[0], parts[0].grads[0].double().to(grads[0].dtype))
+
+
+def test_a_meta_batch_run_logs_every_start_point(tiny_lm, tiny_omega, tmp_path) -> None:
+    result = distill(tiny_lm, _cfg(meta_batch=3, outer_steps=2), tmp_path / "b.safetensors", trajectories=tiny_omega)
+    for line in result.log_path.read_text().splitlines():
+        rec = json.loads(line)
+        assert len(rec["starts"]) == 3 and all(s["finite"] for s in rec["starts"])
+        assert math.isclose(rec["meta_loss"], sum(s["meta_loss"] for s in rec["starts"]) / 3)
+        assert all(math.isclose(s["real_loss_delta"], s["meta_loss"] - s["real_loss_start"]) for s in rec["starts"])

@@ -1,0 +1,49 @@
+"""How the start points of one outer step are spread over processes.
+
+An outer step averages the meta-gradients of ``meta_batch`` start points per
+process. A :class:`Collective` says which start points this process computes
+(global indices ``rank * meta_batch ... rank * meta_batch + meta_batch - 1``, so
+that N processes act like one process with a meta-batch N times larger) and
+sums tensors and gathers log records across processes. :class:`Local` is the
+one-process case; the torch.distributed implementation lives beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from torch import Tensor
+
+
+class Collective(Protocol):
+    rank: int
+    world: int
+
+    def sum(self, flat: Tensor) -> Tensor:
+        """The elementwise sum of ``flat`` over all processes (every process gets it)."""
+        ...
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every process, in rank order (every process gets the list)."""
+        ...
+
+
+class Local:
+    """One process: every start point is computed here, nothing is exchanged."""
+
+    rank = 0
+    world = 1
+
+    def sum(self, flat: Tensor) -> Tensor:
+        return flat
+
+    def gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+
+LOCAL = Local()
+
+
+def start_indices(collective: Collective, meta_batch: int) -> range:
+    """The global indices of the start points this process computes in each outer step."""
+    return range(collective.rank * meta_batch, (collective.rank + 1) * meta_batch)
