@@ -105,7 +105,7 @@ def main() -> None:
     few = Sequences.from_lists(["a", "b", "c"], [np.arange(1, 21) % 49 + 1, np.arange(1, 5), np.arange(3, 40) % 49 + 1])
     warm_cfg = TrainConfig(batch_size=2, max_steps=10**9, eval_every=10**9, patience=0, seed=args.seed)
 
-    def stop_after_two(step: int, _model: object, _validation: object) -> None:
+    def stop_after_two(step: int, *_rest: object) -> None:  # older farzi passes 3 arguments, newer 4
         if step >= 2:
             raise _EpochDone
 
@@ -122,7 +122,7 @@ def main() -> None:
     config = TrainConfig(batch_size=args.batch_size, max_steps=10**9, eval_every=10**9, patience=0, seed=args.seed)
     step_times: list[float] = []
 
-    def hook(step: int, _model: object, _validation: object) -> None:
+    def hook(step: int, *_rest: object) -> None:
         step_times.append(time.perf_counter())
         if step >= steps:
             raise _EpochDone

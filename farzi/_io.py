@@ -101,7 +101,7 @@ _KINDS: dict[str, _Kind] = {
         "farzi-trajectories",
         _json_format,
         frozenset({"manifest.json"}),
-        re.compile(r"run\d+-step\d+\.safetensors"),
+        re.compile(r"run\d+-step\d+(\.adam)?\.safetensors"),
     ),
     "model": _Kind(
         "a model directory written by train-student",

@@ -17,7 +17,7 @@ from farzi.models.base import tied_logits
 from farzi.models.loss import scored_positions
 from farzi.progress import ProgressFn, report
 
-HIGHER_IS_BETTER = {"hr", "ndcg", "auc", "accuracy"}
+HIGHER_IS_BETTER = {"hr", "ndcg", "auc", "accuracy"}  # nll, xent, ppl_*: lower is better
 
 
 def metric_is_higher_better(metric: str) -> bool:
@@ -70,8 +70,15 @@ def evaluate_rec(
     stratify: str | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    per_unit: bool = False,
 ) -> dict[str, Any]:
-    """Full-ranking metrics; users are scored ``batch_size`` at a time, so memory holds [batch, V], not [N, V]."""
+    """Full-ranking metrics; users are scored ``batch_size`` at a time, so memory holds [batch, V], not [N, V].
+
+    Besides the target's rank metrics and NLL, ``xent`` is the next-item cross-entropy over every
+    position of each user's most recent ``max_len`` items (context and target): many more
+    predictions than one target per user, so a steadier validation signal. ``per_unit=True`` adds
+    every user's figures (in split order), for paired comparisons.
+    """
     seqs = ds.splits[split]
     keep = [i for i in range(len(seqs)) if len(seqs[i]) >= 2]
     contexts = [seqs[i][:-1] for i in keep]
@@ -92,11 +99,23 @@ def evaluate_rec(
         ranks_parts.append(ranks_b)
         auc_parts.append(auc_b)
         nll_parts.append(target_nll(scores, tgt, cand))
+    xent_sum, xent_count = sequence_xent(model, [seqs[i] for i in keep], device, batch_size)
     model.train(was_training)
     ranks = torch.cat(ranks_parts).numpy() if ranks_parts else np.zeros(0, dtype=np.int64)
     auc = torch.cat(auc_parts).numpy() if auc_parts else np.zeros(0)
+    nll = torch.cat(nll_parts).double().numpy() if nll_parts else np.zeros(0)
     result: dict[str, Any] = rank_metrics(ranks, auc, ks)
-    result["nll"] = float(torch.cat(nll_parts).mean()) if nll_parts else float("nan")
+    result["nll"] = float(nll.mean()) if len(nll) else float("nan")
+    result["xent"] = float(xent_sum.sum() / xent_count.sum()) if xent_count.sum() else float("nan")
+    if per_unit:
+        result["per_unit"] = {
+            "unit": "user",
+            "rank": ranks.tolist(),
+            "auc": auc.tolist(),
+            "nll": nll.tolist(),
+            "xent_sum": xent_sum.tolist(),
+            "xent_count": xent_count.tolist(),
+        }
     if stratify == "popularity":
         result["strata"] = _popularity_strata(ds, contexts, targets.numpy(), ranks, auc, ks)
     elif stratify is not None:
@@ -131,6 +150,26 @@ def _popularity_strata(
                 row["users"] = 0
             out[key].append(row)
     return out
+
+
+@torch.no_grad()
+def sequence_xent(
+    model: SequenceModel, seqs: list[np.ndarray], device: torch.device | str = "cpu", batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence, the summed next-token NLL over its most recent ``max_len`` tokens, and their count."""
+    max_len = model.config.max_len
+    table = model.output_table()  # [V, d]
+    sums = np.zeros(len(seqs), dtype=np.float64)
+    counts = np.zeros(len(seqs), dtype=np.int64)
+    for lo in range(0, len(seqs), batch_size):
+        x = pad_right([s[-max_len:] for s in seqs[lo : lo + batch_size]]).to(device)  # [b, L]
+        h, tgt, valid = scored_positions(model.features(x), x)  # [N, d], [N], [b, L-1]
+        nll_v, _ = score_targets(h, table, tgt)
+        nll = torch.zeros(valid.shape, dtype=torch.float64)
+        nll[valid.cpu()] = nll_v.double().cpu()
+        sums[lo : lo + x.shape[0]] = nll.sum(1).numpy()
+        counts[lo : lo + x.shape[0]] = valid.sum(1).cpu().numpy()
+    return sums, counts
 
 
 @torch.no_grad()
@@ -195,13 +234,23 @@ def evaluate_lm(
     split: str = "test",
     device: torch.device | str = "cpu",
     batch_size: int = 128,
+    per_unit: bool = False,
 ) -> dict[str, Any]:
+    """Perplexities and accuracy; ``per_unit=True`` adds every sentence's NLL sum, tokens and hits."""
     seqs = [s for s in ds.splits[split] if len(s) >= 2]
     was_training = model.training
     model.eval()
     nll, hits = sentence_scores(model, seqs, device, batch_size)
     model.train(was_training)
-    return lm_metrics(nll, hits)
+    out = lm_metrics(nll, hits)
+    if per_unit:
+        out["per_unit"] = {
+            "unit": "sentence",
+            "nll_sum": [float(n.sum()) for n in nll],
+            "tokens": [len(n) for n in nll],
+            "correct": [int(h.sum()) for h in hits],
+        }
+    return out
 
 
 def evaluate(
@@ -213,8 +262,10 @@ def evaluate(
     stratify: str | None = None,
     device: torch.device | str = "cpu",
     progress: ProgressFn | None = None,
+    per_unit: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on ``ds[split]`` (recommendation or language modeling)."""
+    """Metrics of ``model`` on ``ds[split]`` (recommendation or language modeling); ``per_unit``
+    adds each user's / sentence's figures for paired comparisons."""
     if split not in ds.splits:
         raise ConfigError(f"unknown split {split!r}", "use train, valid or test")
     if model.task != ds.task:
@@ -224,11 +275,11 @@ def evaluate(
         )
     report(progress, f"eval {split}", 0, 1)
     if ds.task == "rec":
-        out = evaluate_rec(model, ds, split, ks, mask_context, stratify, device)
+        out = evaluate_rec(model, ds, split, ks, mask_context, stratify, device, per_unit=per_unit)
     else:
         if stratify is not None:
             raise ConfigError("--stratify applies to recommendation datasets only", "drop --stratify")
-        out = evaluate_lm(model, ds, split, device)
+        out = evaluate_lm(model, ds, split, device, per_unit=per_unit)
     report(progress, f"eval {split}", 1, 1, done=True)
     out["split"] = split
     return out

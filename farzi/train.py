@@ -102,7 +102,7 @@ class TrainResult:
         }
 
 
-StepHook = Callable[[int, SequenceModel, dict[str, Any] | None], None]
+StepHook = Callable[[int, SequenceModel, dict[str, Any] | None, torch.optim.Optimizer], None]
 
 
 def batch_stream(train_set: TrainSet, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[Tensor]:
@@ -176,8 +176,9 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` in place on ``train_set``, validating on ``dataset``'s valid split.
 
-    ``on_step(step, model, validation)`` runs after every optimizer step
-    (``validation`` is the metrics dict at validation steps, else None).
+    ``on_step(step, model, validation, optimizer)`` runs after every optimizer step
+    (``validation`` is the metrics dict at validation steps, else None; ``optimizer``
+    the Adam whose state a trajectory checkpoint keeps).
     With ``target_metric`` the run stops as soon as validation reaches it.
     """
     config.validate()
@@ -222,7 +223,7 @@ def train_model(
             progress, task_name, step, config.max_steps, loss=loss, **({f"val {metric}": stopper.best} if curve else {})
         )
         if on_step is not None:
-            on_step(step, model, validation)
+            on_step(step, model, validation, opt)
         if stop:
             break
     model.load_state_dict(stopper.best_state)

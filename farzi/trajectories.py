@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from farzi.data.prepared import PreparedDataset
 from farzi.device import resolve_device
 from farzi.errors import CheckpointError, ConfigError
 from farzi.models import build_model, make_config, model_task
+from farzi.moments import AdamMoments, adam_moments, load_moments, save_moments
 from farzi.progress import ProgressFn
 from farzi.train import TrainConfig, check_model_sizes, train_model
 
@@ -119,27 +120,34 @@ class _Recorder:
         self.directory, self.run, self.every, self.record, self.points = directory, run, every, record, points
         self.validation: dict[str, Any] = {}
         self.unsaved: dict[str, torch.Tensor] | None = None
+        self.unsaved_moments: AdamMoments | None = None
 
-    def __call__(self, step: int, model: Any, validation: dict[str, Any] | None) -> None:
+    def __call__(
+        self, step: int, model: Any, validation: dict[str, Any] | None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
         if validation is not None:
             self.validation = dict(validation)
         if step % self.every:
             self.unsaved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.unsaved_moments = adam_moments(model, optimizer)
         else:
             self.unsaved = None
-            self._save(model, step)
+            self._save(model, step, adam_moments(model, optimizer))
 
     def finish(self, model: Any, step: int) -> None:
         """Save the trajectory's end point as trained (train_model restores the best state)."""
         if self.unsaved is not None:
             model.load_state_dict(self.unsaved)
-            self._save(model, step)
+            self._save(model, step, self.unsaved_moments)
 
-    def _save(self, model: Any, step: int) -> None:
+    def _save(self, model: Any, step: int, moments: AdamMoments | None = None) -> None:
         name = f"run{self.run}-step{step}.safetensors"
         save_checkpoint(self.directory / name, model, self.record, run=self.run, step=step, validation=self.validation)
         numbers = {k: v for k, v in self.validation.items() if isinstance(v, int | float)}
-        self.points.append({"run": self.run, "step": step, "file": name, "validation": numbers})
+        point = {"run": self.run, "step": step, "file": name, "validation": numbers}
+        if moments is not None:
+            point["optimizer"] = save_moments(self.directory / f"run{self.run}-step{step}.adam.safetensors", moments)
+        self.points.append(point)
 
 
 @dataclass
@@ -149,6 +157,7 @@ class Omega:
     path: Path
     manifest: dict[str, Any]
     _cache: dict[int, dict[str, torch.Tensor]]
+    _moments: dict[int, AdamMoments | None] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -163,6 +172,14 @@ class Omega:
 
     def entry(self, i: int) -> dict[str, Any]:
         return self.manifest["checkpoints"][i]
+
+    def moments(self, i: int) -> AdamMoments | None:
+        """The training run's Adam state at checkpoint ``i`` (None where the set has none, e.g. step 0)."""
+        if i not in self._moments:
+            name = self.entry(i).get("optimizer")
+            ok = isinstance(name, str) and Path(name).name == name
+            self._moments[i] = load_moments(self.path / name, list(self.params(i))) if ok else None
+        return self._moments[i]
 
     def params(self, i: int) -> dict[str, torch.Tensor]:
         if i not in self._cache:

@@ -23,7 +23,15 @@ from farzi.data.prepare import SOURCES, PrepareOptions, prepare
 from farzi.data.prepared import load_prepared
 from farzi.demo import TASKS, run_demo
 from farzi.device import resolve_device
-from farzi.distill.config import DistillConfig, Init, InnerOptimizerName, MetaGrad, Objective, parse_budget
+from farzi.distill.config import (
+    DistillConfig,
+    Init,
+    InnerOptimizerName,
+    InnerState,
+    MetaGrad,
+    Objective,
+    parse_budget,
+)
 from farzi.distill.engine import distill
 from farzi.distill.inspect import inspect_bundle
 from farzi.errors import DataError
@@ -377,6 +385,7 @@ def distill_cmd(
     inner_steps: Annotated[int, _d("inner_steps")] = _DISTILL.inner_steps,
     inner_lr: Annotated[float, _d("inner_lr")] = _DISTILL.inner_lr,
     inner_optimizer: Annotated[InnerOptimizerName, _d("inner_optimizer")] = _DISTILL.inner_optimizer,
+    inner_state: Annotated[InnerState, _d("inner_state")] = _DISTILL.inner_state,
     inner_momentum: Annotated[float, _d("inner_momentum")] = _DISTILL.inner_momentum,
     inner_weight_decay: Annotated[float, _d("inner_weight_decay")] = _DISTILL.inner_weight_decay,
     outer_steps: Annotated[int, _d("outer_steps")] = _DISTILL.outer_steps,

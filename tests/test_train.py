@@ -99,7 +99,7 @@ def scripted_run(
     monkeypatch.setattr(farzi.train, "evaluate", Scripted(metric, values))
     states: dict[int, dict[str, Tensor]] = {}
 
-    def keep(step: int, model: SequenceModel, validation: dict[str, Any] | None) -> None:
+    def keep(step: int, model: SequenceModel, validation: dict[str, Any] | None, _opt: object) -> None:
         if validation is not None:
             states[step] = copy.deepcopy(model.state_dict())
 
@@ -170,7 +170,7 @@ def _trace(model: SequenceModel, train_set: Any, ds: PreparedDataset) -> tuple[l
     states: list[dict[str, Tensor]] = []
     cfg = TrainConfig(max_steps=8, batch_size=8, eval_every=4, patience=0, seed=5)
 
-    def keep(step: int, m: SequenceModel, validation: dict[str, Any] | None) -> None:
+    def keep(step: int, m: SequenceModel, validation: dict[str, Any] | None, _opt: object) -> None:
         states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
 
     return states, train_model(model, train_set, ds, cfg, on_step=keep)

@@ -42,7 +42,8 @@ def test_checkpoints_at_init_every_k_steps_and_at_the_end(omega: tuple[Path, dic
     points = [(p["run"], p["step"], p["file"]) for p in manifest["checkpoints"]]
     assert points == [(run, step, f"run{run}-step{step}.safetensors") for run in (0, 1) for step in (0, 5, 10, 12)]
     files = sorted(p.name for p in path.iterdir())
-    assert files == sorted(["manifest.json", *[f for _, _, f in points]])
+    moments = [f"run{run}-step{step}.adam.safetensors" for run, step, _ in points if step]  # after step 0 only
+    assert files == sorted(["manifest.json", *[f for _, _, f in points], *moments])
     assert [p.name for p in path.parent.iterdir()] == ["transformer"]  # no temporary directory left
 
 
@@ -183,3 +184,22 @@ def test_corrupt_first_checkpoint(copy_of: Path) -> None:
     f.write_bytes(f.read_bytes()[:50])
     with pytest.raises(CheckpointError):
         load_trajectories(copy_of)
+
+
+def test_checkpoints_carry_the_runs_adam_moments(tiny_rec, tmp_path) -> None:
+    """Each saved point after step 0 has its Adam state beside it; Omega reads it back."""
+    from farzi.trajectories import load_trajectories
+
+    out = tmp_path / "omega"
+    cfg = TrainConfig(max_steps=5, batch_size=16, patience=0, eval_every=2)
+    manifest = train_trajectories(tiny_rec, "sasrec", 1, 2, cfg, out, {"d_model": 8, "n_layers": 1, "max_len": 16})
+    points = manifest["checkpoints"]
+    assert [p["step"] for p in points] == [0, 2, 4, 5]
+    assert "optimizer" not in points[0]  # the initialization has taken no step
+    assert [p["optimizer"] for p in points[1:]] == [f"run0-step{s}.adam.safetensors" for s in (2, 4, 5)]
+    omega = load_trajectories(out, tiny_rec)
+    assert omega.moments(0) is None
+    m = omega.moments(3)
+    assert m.step == 5 and m.hyper["lr"] == cfg.lr and m.hyper["betas"] == [0.9, 0.999]
+    assert set(m.exp_avg) == set(omega.params(3)) and all((v >= 0).all() for v in m.exp_avg_sq.values())
+    assert any(float(v.abs().sum()) > 0 for v in m.exp_avg.values())

@@ -47,6 +47,13 @@ class InnerOptimizerName(str, Enum):
     sgd = "sgd"
 
 
+class InnerState(str, Enum):
+    """Where the inner optimizer starts."""
+
+    fresh = "fresh"  # zero moments, step 0 (the paper)
+    omega = "omega"  # the Adam moments and step count the trajectory run had at the checkpoint
+
+
 class MetaGrad(str, Enum):
     """How the meta-gradient through the inner loop is computed (farzi/distill/metagrad.py)."""
 
@@ -61,12 +68,14 @@ _ENUMS: dict[str, type[Enum]] = {
     "init": Init,
     "inner_optimizer": InnerOptimizerName,
     "meta_grad": MetaGrad,
+    "inner_state": InnerState,
 }
 _ENUM_WORDS = {
     "objective": "objective",
     "init": "init",
     "inner_optimizer": "inner optimizer",
     "meta_grad": "meta-gradient strategy",
+    "inner_state": "inner optimizer start",
 }
 
 # Limits checked before anything is allocated (the bundle reader has its own, for files).
@@ -92,6 +101,10 @@ class DistillConfig:
     inner_lr: float = field(default=0.01, metadata=_help("Inner optimizer learning rate."))
     inner_optimizer: InnerOptimizerName = field(
         default=InnerOptimizerName.adam, metadata=_help("Inner optimizer (sgd uses --inner-momentum).")
+    )
+    inner_state: InnerState = field(
+        default=InnerState.fresh,
+        metadata=_help("Inner Adam starts fresh, or continues the trajectory run's moments (omega)."),
     )
     inner_momentum: float = field(default=0.9, metadata=_help("SGD momentum in the inner loop."))
     inner_weight_decay: float = field(default=0.0, metadata=_help("Inner optimizer (L2) weight decay."))

@@ -59,6 +59,10 @@ class InnerLoop:
     batches: list[Tensor | None]  # syn batch indices per step (None = all)
     compute_dtype: torch.dtype = torch.float32
     state_dtype: torch.dtype = torch.float64
+    # where the optimizer starts: None = fresh (zero moments, step 0); else the state a training
+    # run had reached after ``step0`` steps (e.g. Omega's Adam moments), which the loop continues
+    state0: Any = None
+    step0: int = 0
 
     def __post_init__(self) -> None:
         # dropout (or any train-mode layer) would draw new masks in every forward pass, so the
@@ -70,6 +74,12 @@ class InnerLoop:
     @property
     def steps(self) -> int:
         return len(self.batches)
+
+    def initial_state(self, w: Tensors) -> Any:
+        """The optimizer state before step 1, on ``w``'s dtype and device."""
+        if self.state0 is None:
+            return self.optimizer.init(w)
+        return type(self.state0)(*[[x.to(p) for x, p in zip(f, w, strict=True)] for f in self.state0])
 
     def loss(self, w: Tensors, x: Tensor) -> Tensor:
         logits = functional_call(self.model, dict(zip(self.names, w, strict=True)), (x,))
@@ -110,12 +120,12 @@ def meta_gradient(
 def _unroll(loop: InnerLoop, w0: Tensors, terminal: Terminal) -> MetaGradient:
     dt = loop.compute_dtype
     w = [p.detach().to(dt).requires_grad_() for p in w0]
-    state = loop.optimizer.init(w)
+    state = loop.initial_state(w)
     first = last = math.nan
     for t, idx in enumerate(loop.batches, start=1):
         loss = loop.loss(w, loop.syn(idx))
         grad = torch.autograd.grad(loss, w, create_graph=True)
-        w, state = loop.optimizer.step(w, list(grad), state, t)
+        w, state = loop.optimizer.step(w, list(grad), state, loop.step0 + t)
         first = float(loss.detach()) if t == 1 else first
         last = float(loss.detach())
     f = terminal(w)
@@ -154,13 +164,13 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
         K = segment or REVERSE_ANCHOR
     # ---- forward: keep only the state every K steps
     w = [p.detach().to(sd) for p in w0]
-    state = opt.init(w)
+    state = loop.initial_state(w)
     saved: dict[int, tuple[Tensors, Any]] = {0: (_clone(w), _clone_state(state))}
     first = last = math.nan
     with torch.no_grad():
         for t in range(1, T + 1):
             g, loss = _grad_at(loop, w, loop.batches[t - 1])
-            w, state = opt.step(w, g, state, t)
+            w, state = opt.step(w, g, state, loop.step0 + t)
             if t % K == 0 and t < T:
                 saved[t] = (_clone(w), _clone_state(state))
             first = loss if t == 1 else first
@@ -186,11 +196,11 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
             w_prev, state_prev = saved[t - 1]
             if t < T:  # how far did the reversal drift in this segment? (logged, not corrected)
                 with torch.no_grad():
-                    rebuilt = opt.undo_params(w, state, t)
+                    rebuilt = opt.undo_params(w, state, loop.step0 + t)
                     drift = max(drift, _rel_diff(rebuilt, w_prev))
         else:
             with torch.no_grad():
-                w_prev = opt.undo_params(w, state, t)
+                w_prev = opt.undo_params(w, state, loop.step0 + t)
             state_prev = None
         wp = [p.to(loop.compute_dtype).requires_grad_() for p in w_prev]
         with torch.enable_grad():
@@ -198,7 +208,7 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
             g = torch.autograd.grad(loss, wp, create_graph=True)
             g_sd = [x.detach().to(sd) for x in g]
             with torch.no_grad():
-                adj = opt.adjoint(dw, dstate, g_sd, w_prev, state, t, carry_dv=carry_dv)
+                adj = opt.adjoint(dw, dstate, g_sd, w_prev, state, loop.step0 + t, carry_dv=carry_dv)
             hv = torch.autograd.grad(
                 g, wp + loop.data_params, grad_outputs=[x.to(loop.compute_dtype) for x in adj.dgrad], allow_unused=True
             )
@@ -210,7 +220,7 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
                 if h is not None:
                     ddata[i] += h
             if state_prev is None:
-                state_prev = opt.undo_state(state, g_sd, w_prev, t)
+                state_prev = opt.undo_state(state, g_sd, w_prev, loop.step0 + t)
         w, state = w_prev, state_prev
     grads = [d.to(p.dtype) for d, p in zip(ddata, loop.data_params, strict=True)]
     stats = {"strategy": strategy, "segment": K, "saved_states": len(saved)}
@@ -234,6 +244,6 @@ def _recompute_segment(loop: InnerLoop, saved: dict[int, tuple[Tensors, Any]], s
     with torch.no_grad():
         for t in range(a + 1, s + 1):
             g, _ = _grad_at(loop, w, loop.batches[t - 1])
-            w, state = loop.optimizer.step(w, g, state, t)
+            w, state = loop.optimizer.step(w, g, state, loop.step0 + t)
             out[t] = (w, state)
     return out

@@ -30,13 +30,14 @@ from torch.func import functional_call
 
 from farzi.batching import pad_right
 from farzi.data.prepared import PreparedDataset
-from farzi.distill.config import DistillConfig, InnerOptimizerName, Objective
-from farzi.distill.inner import SGD, Adam, InnerOptimizer
+from farzi.distill.config import DistillConfig, InnerOptimizerName, InnerState, Objective
+from farzi.distill.inner import SGD, Adam, AdamState, InnerOptimizer
 from farzi.distill.metagrad import InnerLoop, meta_gradient
 from farzi.distill.summary import Summary
 from farzi.distill.teacher import Teacher
 from farzi.errors import ConfigError
 from farzi.models import next_token_loss
+from farzi.moments import AdamMoments
 
 Tensors = list[Tensor]
 
@@ -62,6 +63,20 @@ def step_draws(seed: int, step: int, index: int = 0) -> Draws:
 
 
 @dataclass
+class Start:
+    """Where an inner loop starts: weights, the Omega checkpoint they are, and the optimizer state."""
+
+    w: Tensors
+    checkpoint: int | None = None  # index in Omega; None for a random initialization
+    state: Any = None  # inner optimizer state to continue (None = fresh)
+    step: int = 0  # optimizer steps the state has taken
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint}
+
+
+@dataclass
 class Contribution:
     meta_loss: float
     grads: Tensors  # d meta_loss / d summary.params
@@ -80,10 +95,17 @@ class MetaObjective:
         raise NotImplementedError
 
     # -- the draws, in their fixed order
-    def start(self, draws: Draws) -> tuple[Tensors, int | None]:
-        """Inner start weights and the Omega checkpoint they are (None for a random init)."""
-        i = self.teacher.sample_checkpoint(draws.rng)
-        return self.teacher.checkpoint(i), i
+    def start(self, draws: Draws) -> Start:
+        """Inner start: a random checkpoint of Omega (with its Adam state for ``--inner-state omega``)."""
+        return self.at_checkpoint(self.teacher.sample_checkpoint(draws.rng))
+
+    def at_checkpoint(self, i: int) -> Start:
+        start = Start(self.teacher.checkpoint(i), i)
+        if self.cfg.inner_state is InnerState.omega:
+            moments = self.teacher.moments(i)
+            if moments is not None:
+                start.state, start.step = moments_state(self.inner, moments, self.names), moments.step
+        return start
 
     def real_batch(self, draws: Draws) -> Tensor:
         """``real_batch`` random windows of the teacher's context from the training split: [b, L]."""
@@ -114,11 +136,20 @@ class MetaObjective:
         return next_token_loss(logits, x)
 
     def unrolled(
-        self, summary: Summary, w0: Tensors, batches: list[Tensor | None], terminal: Callable[[Tensors], Tensor]
+        self, summary: Summary, start: Start, batches: list[Tensor | None], terminal: Callable[[Tensors], Tensor]
     ) -> Contribution:
-        """T inner steps on the summary from ``w0``, scored by ``terminal``; its meta-gradient."""
-        loop = InnerLoop(self.teacher.model, self.names, self.inner, summary.syn, summary.params, batches)
-        mg = meta_gradient(loop, w0, terminal, self.cfg.meta_grad.value, segment=self.cfg.segment or None)
+        """T inner steps on the summary from ``start``, scored by ``terminal``; its meta-gradient."""
+        loop = InnerLoop(
+            self.teacher.model,
+            self.names,
+            self.inner,
+            summary.syn,
+            summary.params,
+            batches,
+            state0=start.state,
+            step0=start.step,
+        )
+        mg = meta_gradient(loop, start.w, terminal, self.cfg.meta_grad.value, segment=self.cfg.segment or None)
         stats = {"inner_loss_first": mg.inner_loss_first, "inner_loss_last": mg.inner_loss_last, **mg.stats}
         return Contribution(mg.meta_loss, mg.grads, stats)
 
@@ -127,13 +158,13 @@ class MetaMatching(MetaObjective):
     """``farzi`` (paper Eq. 2): T inner steps from a checkpoint of Omega, then the real-data loss.
     ``mm``: the same from random initializations."""
 
-    def start(self, draws: Draws) -> tuple[Tensors, int | None]:
+    def start(self, draws: Draws) -> Start:
         if self.cfg.objective is Objective.mm or self.teacher.omega is None:
-            return self.teacher.random_init(draws.rng), None
+            return Start(self.teacher.random_init(draws.rng))
         return super().start(draws)
 
     def __call__(self, summary: Summary, draws: Draws) -> Contribution:
-        w0, ckpt = self.start(draws)
+        start = self.start(draws)
         x_real = self.real_batch(draws)
         batches = self.syn_batches(draws)
 
@@ -141,10 +172,16 @@ class MetaMatching(MetaObjective):
             return self.loss(w, x_real)
 
         with torch.no_grad():  # the real loss before the inner loop: the meta-loss should end below it
-            before = float(terminal(w0))
-        out = self.unrolled(summary, w0, batches, terminal)
-        out.stats = {"checkpoint": ckpt, "real_loss_start": before, **out.stats}
+            before = float(terminal(start.w))
+        out = self.unrolled(summary, start, batches, terminal)
+        out.stats = {**self.stage(start), "real_loss_start": before, **out.stats}
         return out
+
+    def stage(self, start: Start) -> dict[str, Any]:
+        """The start's checkpoint and how far its run had trained (the stage the log groups by)."""
+        if start.checkpoint is None or self.teacher.omega is None:
+            return start.stats
+        return {**start.stats, "checkpoint_step": int(self.teacher.omega.entry(start.checkpoint)["step"])}
 
 
 class GradientMatching(MetaObjective):
@@ -152,9 +189,9 @@ class GradientMatching(MetaObjective):
     the gradient on the whole summary and on a real batch."""
 
     def __call__(self, summary: Summary, draws: Draws) -> Contribution:
-        w0, ckpt = self.start(draws)
+        start = self.start(draws)
         x_real = self.real_batch(draws)
-        w = [p.detach().clone().requires_grad_() for p in w0]
+        w = [p.detach().clone().requires_grad_() for p in start.w]
         g_real = torch.autograd.grad(self.loss(w, x_real), w)
         g_syn = torch.autograd.grad(self.loss(w, summary.syn(None)), w, create_graph=True)
         loss = sum(
@@ -163,7 +200,7 @@ class GradientMatching(MetaObjective):
         )
         grads = torch.autograd.grad(loss, summary.params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, summary.params, strict=True)]
-        return Contribution(float(loss.detach()), grads, {"checkpoint": ckpt})
+        return Contribution(float(loss.detach()), grads, start.stats)
 
 
 class TrajectoryMatching(MetaObjective):
@@ -182,18 +219,19 @@ class TrajectoryMatching(MetaObjective):
                 "lower --mtt-offset, or save checkpoints more often (farzictl trajectories --every)",
             )
 
-    def start(self, draws: Draws) -> tuple[Tensors, int | None]:
+    def start(self, draws: Draws) -> Start:
         """A checkpoint with a target ``mtt_offset`` saves later in its run (redrawn until one has)."""
         omega = self.teacher.omega
         assert omega is not None
         for _ in range(self.MAX_DRAWS):
             i = omega.sample(draws.rng)
             if omega.later(i, self.cfg.mtt_offset) is not None:
-                return self.teacher.checkpoint(i), i
+                return self.at_checkpoint(i)
         raise RuntimeError("no checkpoint with a later target was drawn")  # the constructor checked one exists
 
     def __call__(self, summary: Summary, draws: Draws) -> Contribution:
-        w0, i = self.start(draws)
+        start = self.start(draws)
+        i, w0 = start.checkpoint, start.w
         assert i is not None and self.teacher.omega is not None
         j = self.teacher.omega.later(i, self.cfg.mtt_offset)
         assert j is not None
@@ -205,7 +243,7 @@ class TrajectoryMatching(MetaObjective):
         def terminal(w: Tensors) -> Tensor:
             return sum((a - b).pow(2).sum() for a, b in zip(w, target, strict=True)) / denom
 
-        out = self.unrolled(summary, w0, batches, terminal)
+        out = self.unrolled(summary, start, batches, terminal)
         out.stats = {"checkpoint": i, "target": j, **out.stats}
         return out
 
@@ -220,6 +258,13 @@ OBJECTIVES: dict[Objective, type[MetaObjective]] = {
 
 def make_objective(cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> MetaObjective:
     return OBJECTIVES[cfg.objective](cfg, ds, teacher)
+
+
+def moments_state(inner: InnerOptimizer, moments: AdamMoments, names: list[str]) -> AdamState | None:
+    """Omega's Adam moments as the inner optimizer's starting state (None for SGD: it has no moments)."""
+    if not isinstance(inner, Adam):
+        return None
+    return AdamState([moments.exp_avg[n] for n in names], [moments.exp_avg_sq[n] for n in names])
 
 
 def inner_optimizer(cfg: DistillConfig) -> InnerOptimizer:

@@ -19,6 +19,7 @@ from farzi.data.prepared import PreparedDataset
 from farzi.distill.config import DistillConfig, Objective
 from farzi.errors import ConfigError
 from farzi.models import DEFAULT_MODEL, SequenceModel, build_model, make_config, model_task
+from farzi.moments import AdamMoments
 from farzi.trajectories import Omega, load_trajectories
 
 
@@ -37,6 +38,16 @@ class Teacher:
         assert self.omega is not None
         params = self.omega.params(i)
         return [params[n].to(self.device) for n in self.names]
+
+    def moments(self, i: int) -> AdamMoments | None:
+        """The trajectory run's Adam state at checkpoint ``i``, on the run's device (None if not saved)."""
+        assert self.omega is not None
+        m = self.omega.moments(i)
+        if m is None:
+            return None
+        to = {k: v.to(self.device) for k, v in m.exp_avg.items()}
+        sq = {k: v.to(self.device) for k, v in m.exp_avg_sq.items()}
+        return AdamMoments(to, sq, m.step, m.hyper)
 
     def sample_checkpoint(self, rng: random.Random) -> int:
         assert self.omega is not None

@@ -281,3 +281,13 @@ def test_a_meta_batch_run_logs_every_start_point(tiny_lm, tiny_omega, tmp_path) 
         assert len(rec["starts"]) == 3 and all(s["finite"] for s in rec["starts"])
         assert math.isclose(rec["meta_loss"], sum(s["meta_loss"] for s in rec["starts"]) / 3)
         assert all(math.isclose(s["real_loss_delta"], s["meta_loss"] - s["real_loss_start"]) for s in rec["starts"])
+
+
+def test_inner_state_omega_continues_the_runs_adam(tiny_lm, tiny_omega, tmp_path) -> None:
+    fresh = distill(tiny_lm, _cfg(outer_steps=2), tmp_path / "a.safetensors", trajectories=tiny_omega)
+    cont = distill(
+        tiny_lm, _cfg(outer_steps=2, inner_state="omega"), tmp_path / "b.safetensors", trajectories=tiny_omega
+    )
+    assert not torch.equal(fresh.bundle.latent, cont.bundle.latent)
+    logs = [json.loads(x) for x in cont.log_path.read_text().splitlines()]
+    assert all("checkpoint_step" in r for r in logs)

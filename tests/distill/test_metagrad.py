@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from farzi.distill.inner import SGD, Adam
+from farzi.distill.inner import SGD, Adam, AdamState
 from farzi.distill.metagrad import DEFAULT_STRATEGY, InnerLoop, meta_gradient
 from farzi.distill.summary import banned_mask, materialize
 from farzi.models import build_model, make_config, next_token_loss
@@ -128,3 +128,46 @@ def test_meta_gradient_matches_finite_differences(optimizer, h: float, rel: floa
             latent -= sign * h * direction
     fd = (values[0] - values[1]) / (2 * h)
     assert float((grad * direction).sum()) == pytest.approx(fd, rel=rel)
+
+
+def _adam_state_after(w0, loop, steps: int):
+    """The Adam state after ``steps`` steps of torch.optim.Adam on the problem's own loss (a 'training run')."""
+    params = [p.detach().clone().requires_grad_() for p in w0]
+    opt = torch.optim.Adam(params, lr=loop.optimizer.lr)
+    x = loop.syn(None).detach()
+    for _ in range(steps):
+        opt.zero_grad()
+        loop.loss(params, x).backward()
+        opt.step()
+    m = [opt.state[p]["exp_avg"].clone() for p in params]
+    v = [opt.state[p]["exp_avg_sq"].clone() for p in params]
+    return [p.detach().clone() for p in params], AdamState(m, v), opt, params
+
+
+@pytest.mark.parametrize("strategy", ["reverse", "checkpointed"])
+def test_continuing_a_runs_adam_state_matches_unroll(strategy: str) -> None:
+    """--inner-state omega: the inner loop starts from a run's moments at step s; exact in float64."""
+    loop, w0, terminal = _problem(torch.float64, 30, Adam(lr=0.01), syn_batch=None)
+    w_s, state, *_ = _adam_state_after(w0, loop, 7)
+    loop.state0, loop.step0 = state, 7
+    ref = meta_gradient(loop, w_s, terminal, "unroll")
+    rel, _ = _compare(meta_gradient(loop, w_s, terminal, strategy), ref)
+    assert rel <= 1e-6
+    fresh = InnerLoop(loop.model, loop.names, loop.optimizer, loop.syn, loop.data_params, loop.batches)
+    assert _compare(meta_gradient(fresh, w_s, terminal, "unroll"), ref)[0] > 1e-3  # the state matters
+
+
+def test_continued_inner_steps_are_torch_adams_next_steps() -> None:
+    loop, w0, terminal = _problem(torch.float64, 5, Adam(lr=0.01), syn_batch=None)
+    w_s, state, opt, params = _adam_state_after(w0, loop, 7)
+    x = loop.syn(None).detach()
+    w, st = [p.clone() for p in w_s], state
+    for t in range(8, 13):
+        wg = [p.clone().requires_grad_() for p in w]
+        grad = list(torch.autograd.grad(loop.loss(wg, x), wg))
+        w, st = loop.optimizer.step(w, grad, st, t)
+        opt.zero_grad()
+        loop.loss(params, x).backward()
+        opt.step()
+    for a, b in zip(w, params, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
