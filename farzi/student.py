@@ -13,7 +13,9 @@ Data specs:
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,20 @@ def training_set(
     return SequenceTrainSet(seqs, max_len), info
 
 
+RECIPE_FIELDS = ("lr", "batch_size", "max_steps", "eval_every", "patience", "metric")
+
+
+def apply_recipe(
+    config: TrainConfig, recipe: dict[str, Any] | None, fills: Collection[str]
+) -> tuple[TrainConfig, list[str]]:
+    """``config`` with the fields in ``fills`` taken from a bundle's ``recipe`` (where it has them)."""
+    if not recipe:
+        return config, []
+    taken = [k for k in RECIPE_FIELDS if k in fills and k in recipe]
+    values = {k: type(getattr(config, k))(recipe[k]) for k in taken}
+    return dataclasses.replace(config, **values), taken
+
+
 def train_student(
     ds: PreparedDataset,
     model_name: str,
@@ -126,8 +142,13 @@ def train_student(
     progress: ProgressFn | None = None,
     target_metric: float | None = None,
     overwrite: bool = False,
+    recipe_fills: Collection[str] = (),
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train ``model_name`` from scratch on ``spec_text`` data; save to ``out`` (a directory).
+
+    On a bundle that records the recipe it was distilled for, the fields of ``config`` named in
+    ``recipe_fills`` (the CLI passes those the user did not set) are taken from the recipe; the
+    model's info records which.
 
     ``out`` is claimed before training (:func:`farzi._io.claim_output`): it may be absent,
     an empty directory or a model directory written here before; anything else is a
@@ -143,7 +164,9 @@ def train_student(
     cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
     check_model_sizes(cfg)
     with claim_output(out, "model", overwrite):
-        return _train_and_save(ds, model_name, spec, cfg, config, Path(out), discrete, device, progress, target_metric)
+        return _train_and_save(
+            ds, model_name, spec, cfg, config, Path(out), discrete, device, progress, target_metric, recipe_fills
+        )
 
 
 def _train_and_save(
@@ -157,8 +180,12 @@ def _train_and_save(
     device: str,
     progress: ProgressFn | None,
     target_metric: float | None,
+    recipe_fills: Collection[str] = (),
 ) -> tuple[TrainResult, dict[str, Any]]:
     train_set, data_info = training_set(ds, spec, cfg.max_len, config.seed, discrete, device)
+    taken: list[str] = []
+    if isinstance(train_set, DistributionTrainSet):
+        config, taken = apply_recipe(config, train_set.summary.meta.get("recipe"), recipe_fills)
     torch.manual_seed(config.seed)
     model = build_model(model_name, cfg)
     start = time.perf_counter()
@@ -174,7 +201,7 @@ def _train_and_save(
     )
     info = {
         "data": data_info,
-        "train": {**config.to_dict(), "batching": batching_record(train_set)},
+        "train": {**config.to_dict(), "batching": batching_record(train_set), "from_recipe": taken},
         "result": result.summary(),
         "curve": result.curve,
         "wall_seconds_total": round(time.perf_counter() - start, 3),

@@ -30,6 +30,7 @@ from farzi.distill.config import (
     InnerState,
     MetaGrad,
     Objective,
+    StartWeighting,
     parse_budget,
 )
 from farzi.distill.engine import distill
@@ -274,13 +275,21 @@ def train_student_cmd(
     n_layers: NLayers = None,
     n_heads: NHeads = None,
     dropout: Dropout = None,
-    lr: Lr = 1e-3,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 1e-3, or the bundle's recipe).")] = None,
     weight_decay: WeightDecay = 0.0,
-    batch_size: BatchSize = 128,
-    max_steps: MaxSteps = 2000,
-    patience: Patience = 10,
-    eval_every: EvalEvery = 0,
-    metric: Metric = "",
+    batch_size: Annotated[
+        int | None, typer.Option(help="Sequences per batch (default 128, or the bundle's recipe).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Most optimizer steps (default 2000, or the recipe).")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Validations without improvement before stopping (0 = never; default 10).")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Steps between validations (0 = once per epoch, at least 10; default 0).")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Validation metric for early stopping (default hr@10 / ppl_corpus).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Directory (default HOME/models/DATASET/MODEL-DATA-sSEED).")] = None,
     overwrite: Overwrite = False,
     device: Device = "cpu",
@@ -293,7 +302,12 @@ def train_student_cmd(
     name = _model_name(model, ds.task)
     label = parse_spec(data).label().replace(":", "-")
     target = out or models_dir(ds.name, home) / f"{name}-{label}-s{seed}"
-    cfg = _train_config(lr, weight_decay, batch_size, max_steps, patience, eval_every, metric, seed)
+    # flags the user set win; on a bundle the rest come from its recipe, elsewhere from the defaults
+    given = {"lr": lr, "batch_size": batch_size, "max_steps": max_steps, "patience": patience}
+    given.update(eval_every=eval_every, metric=metric)
+    defaults = TrainConfig(lr=1e-3, batch_size=128, max_steps=2000, patience=10, eval_every=0, metric="")
+    values = {k: (getattr(defaults, k) if v is None else v) for k, v in given.items()}
+    cfg = _train_config(weight_decay=weight_decay, seed=seed, **values)
     with ui.progress_bars(not json) as progress:
         result, info = train_student(
             ds,
@@ -306,6 +320,7 @@ def train_student_cmd(
             device=device,
             progress=progress,
             overwrite=overwrite,
+            recipe_fills={k for k, v in given.items() if v is None},
         )
     if json:
         ui.print_json(
@@ -398,12 +413,18 @@ def distill_cmd(
     segment: Annotated[int, _d("segment")] = _DISTILL.segment,
     objective: Annotated[Objective, _d("objective")] = _DISTILL.objective,
     mtt_offset: Annotated[int, _d("mtt_offset")] = _DISTILL.mtt_offset,
+    start_weighting: Annotated[StartWeighting, _d("start_weighting")] = _DISTILL.start_weighting,
     omega_runs: Annotated[int, _d("omega_runs")] = _DISTILL.omega_runs,
+    omega_min_step: Annotated[int, _d("omega_min_step")] = _DISTILL.omega_min_step,
     grad_clip: Annotated[float, _d("grad_clip")] = _DISTILL.grad_clip,
     init: Annotated[Init, _d("init")] = _DISTILL.init,
     init_mix: Annotated[float, _d("init_mix")] = _DISTILL.init_mix,
     init_scale: Annotated[float, _d("init_scale")] = _DISTILL.init_scale,
     init_sharpness: Annotated[float, _d("init_sharpness")] = _DISTILL.init_sharpness,
+    recipe_lr: Annotated[float, _d("recipe_lr")] = _DISTILL.recipe_lr,
+    recipe_steps: Annotated[int, _d("recipe_steps")] = _DISTILL.recipe_steps,
+    recipe_batch: Annotated[int, _d("recipe_batch")] = _DISTILL.recipe_batch,
+    select_every: Annotated[int, _d("select_every")] = _DISTILL.select_every,
     trajectories: Annotated[
         Path | None, typer.Option(help="Omega directory (default: HOME/trajectories/DATASET/MODEL if it exists).")
     ] = None,
@@ -512,7 +533,27 @@ def render_inspect(report: dict) -> None:
         rows["share of tokens"] = f"{100 * report['share']['tokens']:.2f} %"
     ent = report["entropy"]
     rows["entropy mean / max (nats)"] = f"{ent['mean']} / {ent['max_possible']}"
+    recipe = report.get("recipe")
+    if recipe:
+        rows["recipe"] = ", ".join(f"{k} {v}" for k, v in sorted(recipe.items()))
+    selection = (report.get("history") or {}).get("selection")
+    if selection:
+        rows["selected outer step"] = f"{selection['selected_step']} (by validation {selection['metric']})"
     ui.stdout.print(ui.kv_table(f"Farzi Data: {report['path']}", rows))
+    stages = ((report.get("history") or {}).get("log") or {}).get("stages")
+    if stages:
+        table = [
+            [
+                f"{s['checkpoint_steps'][0]}-{s['checkpoint_steps'][1]}",
+                s["starts"],
+                s["real_loss_delta_mean"],
+                f"{100 * s['worse_share']:.0f} %",
+                s["grad_norm_median"],
+            ]
+            for s in stages
+        ]
+        cols = ["start checkpoint steps", "starts", "real loss after - before", "worse", "median meta-grad norm"]
+        ui.stdout.print(ui.grid("distillation log by checkpoint stage", cols, table))
     pos = ent["per_position"]
     ui.stdout.print("entropy per position: " + " ".join(f"{x:.2f}" for x in pos))
     for i, seq in enumerate(report["examples"]):

@@ -74,6 +74,8 @@ JSON_KEYS = {
     "distill": dict,
     "package": dict,
     "vocab": list,
+    "recipe": dict,
+    "history": dict,
 }
 _FIX = "re-create it with farzictl distill"
 _DIGITS = re.compile(r"[0-9]{1,12}")
@@ -125,6 +127,11 @@ class FarziData:
         return str(self.meta["task"])
 
     @property
+    def recipe(self) -> dict[str, Any] | None:
+        """How a student should train on this data (what it was distilled and selected for), if recorded."""
+        return self.meta.get("recipe")
+
+    @property
     def vocab(self) -> list[str] | None:
         return self.meta.get("vocab")
 
@@ -168,8 +175,14 @@ def save_bundle(
     dataset: dict[str, Any],
     teacher: dict[str, Any],
     distill: dict[str, Any],
+    recipe: dict[str, Any] | None = None,
+    history: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a farzi-data v1 bundle atomically (temporary file + rename)."""
+    """Write a farzi-data v1 bundle atomically (temporary file + rename).
+
+    ``recipe`` (how a student should train on it) and ``history`` (what the distillation log
+    says, and which summary was selected) are optional metadata (formats/farzi-data-v1.md).
+    """
     meta = {
         "format": FORMAT_NAME,
         "version": str(FORMAT_VERSION),
@@ -186,6 +199,10 @@ def save_bundle(
         "package": json.dumps({"name": "farzi", "version": __version__}),
         "created": created_now(),
     }
+    if recipe is not None:
+        meta["recipe"] = json.dumps(recipe, sort_keys=True)
+    if history is not None:
+        meta["history"] = json.dumps(history, sort_keys=True)
     with atomic_file(Path(path)) as tmp:
         save_tensors(tmp, {"latent": latent.float(), "decoder": decoder.float()}, meta)
     return Path(path)

@@ -54,6 +54,13 @@ class InnerState(str, Enum):
     omega = "omega"  # the Adam moments and step count the trajectory run had at the checkpoint
 
 
+class StartWeighting(str, Enum):
+    """How the start points of one outer step are weighted when their meta-gradients are averaged."""
+
+    none = "none"  # plain mean: a start with a large meta-gradient (an early checkpoint) dominates
+    normalize = "normalize"  # each start's meta-gradient scaled to unit norm first: every start counts alike
+
+
 class MetaGrad(str, Enum):
     """How the meta-gradient through the inner loop is computed (farzi/distill/metagrad.py)."""
 
@@ -69,6 +76,7 @@ _ENUMS: dict[str, type[Enum]] = {
     "inner_optimizer": InnerOptimizerName,
     "meta_grad": MetaGrad,
     "inner_state": InnerState,
+    "start_weighting": StartWeighting,
 }
 _ENUM_WORDS = {
     "objective": "objective",
@@ -76,6 +84,7 @@ _ENUM_WORDS = {
     "inner_optimizer": "inner optimizer",
     "meta_grad": "meta-gradient strategy",
     "inner_state": "inner optimizer start",
+    "start_weighting": "start weighting",
 }
 
 # Limits checked before anything is allocated (the bundle reader has its own, for files).
@@ -123,7 +132,13 @@ class DistillConfig:
     )
     objective: Objective = field(default=Objective.farzi, metadata=_help("Meta-objective."))
     mtt_offset: int = field(default=2, metadata=_help("mtt: target checkpoint = this many saved checkpoints later."))
+    start_weighting: StartWeighting = field(
+        default=StartWeighting.none, metadata=_help("How a step's start points are weighted in the average.")
+    )
     omega_runs: int = field(default=0, metadata=_help("Use the checkpoints of the first N trajectory runs (0 = all)."))
+    omega_min_step: int = field(
+        default=0, metadata=_help("Start inner loops only from checkpoints at or after this training step.")
+    )
     grad_clip: float = field(default=1.0, metadata=_help("Clip the meta-gradient's norm (0 = off)."))
     init: Init = field(default=Init.teacher, metadata=_help("How the summary starts."))
     init_mix: float = field(
@@ -132,6 +147,16 @@ class DistillConfig:
     init_scale: float = field(default=1.0, metadata=_help("random init: logits start at about this scale."))
     init_sharpness: float = field(
         default=10.0, metadata=_help("real init: logit of the real token over its unit-norm neighbours.")
+    )
+    recipe_lr: float = field(default=2e-3, metadata=_help("Recipe the data is for: the student's Adam learning rate."))
+    recipe_steps: int = field(default=300, metadata=_help("Recipe the data is for: the student's most steps."))
+    recipe_batch: int = field(default=0, metadata=_help("Recipe the data is for: sequences per step (0 = all mu)."))
+    select_every: int = field(
+        default=0,
+        metadata=_help(
+            "Every N outer steps (and at 0 and the end) train a student with the recipe on the summary and "
+            "keep the best on validation (0 = off)."
+        ),
     )
     model: str = field(default="", metadata=_help("Teacher model (default: the trajectories', else the task's)."))
     model_overrides: dict[str, Any] = field(
@@ -189,8 +214,17 @@ class DistillConfig:
         _at_least("--segment", self.segment, 0, "0 uses the strategy's default")
         _at_least("--mtt-offset", self.mtt_offset, 1, "e.g. --mtt-offset 2")
         _at_least("--omega-runs", self.omega_runs, 0, "0 uses every run")
+        _at_least("--omega-min-step", self.omega_min_step, 0, "0 uses every checkpoint")
+        _at_least("--recipe-steps", self.recipe_steps, 1, "e.g. --recipe-steps 300")
+        _at_least("--recipe-batch", self.recipe_batch, 0, "0 trains on every sequence each step")
+        _at_least("--select-every", self.select_every, 0, "0 turns selection off")
         check_seed(self.seed)
-        for flag, value in (("--tau", self.tau), ("--inner-lr", self.inner_lr), ("--outer-lr", self.outer_lr)):
+        for flag, value in (
+            ("--tau", self.tau),
+            ("--inner-lr", self.inner_lr),
+            ("--outer-lr", self.outer_lr),
+            ("--recipe-lr", self.recipe_lr),
+        ):
             _positive(flag, value)
         for flag, value in (
             ("--init-scale", self.init_scale),

@@ -29,11 +29,20 @@ from farzi._io import atomic_file, claim_output
 from farzi._version import __version__
 from farzi.data.prepared import PreparedDataset
 from farzi.distill.bundle import FarziData, load_bundle, save_bundle
-from farzi.distill.config import DistillConfig, Init, InnerOptimizerName, MetaGrad, Objective, parse_budget
+from farzi.distill.config import (
+    DistillConfig,
+    Init,
+    InnerOptimizerName,
+    MetaGrad,
+    Objective,
+    StartWeighting,
+    parse_budget,
+)
 from farzi.distill.init import initial_summary
 from farzi.distill.objectives import Contribution, MetaObjective, grad_norm, make_objective, step_draws
 from farzi.distill.outer import OuterOptimizer, RunState, load_run_state, save_run_state
 from farzi.distill.parallel import LOCAL, Collective, start_indices
+from farzi.distill.select import Selection, as_bundle, recipe, student_score
 from farzi.distill.summary import Summary
 from farzi.distill.teacher import Teacher, load_teacher
 from farzi.errors import BundleError, ConfigError, FarziError
@@ -79,7 +88,8 @@ def outer_step(
     contributions = [
         objective(summary, step_draws(cfg.seed, step, i)) for i in start_indices(collective, cfg.meta_batch)
     ]
-    grads, used = average_meta_gradients(contributions, collective)
+    normalize = cfg.start_weighting is StartWeighting.normalize
+    grads, used = average_meta_gradients(contributions, collective, normalize=normalize)
     norm = grad_norm(grads) if used else math.nan
     result = outer.step(grads, norm, finite_loss=used > 0)
     record: dict[str, Any] = {"step": step}
@@ -107,20 +117,24 @@ def _finite(c: Contribution) -> bool:
     return math.isfinite(c.meta_loss) and math.isfinite(grad_norm(c.grads))
 
 
-def average_meta_gradients(contributions: list[Contribution], collective: Collective = LOCAL) -> tuple[Tensors, int]:
+def average_meta_gradients(
+    contributions: list[Contribution], collective: Collective = LOCAL, normalize: bool = False
+) -> tuple[Tensors, int]:
     """The mean meta-gradient over every finite contribution of every process, and how many there were.
 
-    One process with one contribution returns its gradients as they are (bitwise); otherwise the
-    local sum and count travel in one flat buffer through ``collective.sum``.
+    With ``normalize`` each contribution is scaled to unit norm first (``--start-weighting normalize``).
+    One process with one contribution and no normalization returns its gradients as they are
+    (bitwise); otherwise the local sum and count travel in one flat buffer through ``collective.sum``.
     """
-    if collective.world == 1 and len(contributions) == 1:
+    if collective.world == 1 and len(contributions) == 1 and not normalize:
         c = contributions[0]
         return c.grads, int(_finite(c))
     like = contributions[0].grads
     total = torch.zeros(sum(g.numel() for g in like) + 1, dtype=torch.float64, device=like[0].device)
     for c in contributions:
         if _finite(c):
-            total[:-1] += torch.cat([g.reshape(-1).double() for g in c.grads])
+            flat = torch.cat([g.reshape(-1).double() for g in c.grads])
+            total[:-1] += flat / flat.norm().clamp_min(1e-30) if normalize else flat
             total[-1] += 1
     total = collective.sum(total)
     used = int(total[-1].item())
@@ -267,15 +281,27 @@ def _distill(
     state = RunState(step=0, log_lines=0)
     if resume:
         state = load_run_state(state_path, summary, outer, *fingerprints)
+    selection = Selection.create(ds.task) if cfg.select_every else None
+    if selection is not None:
+        selection.restore(state.extra_tensors, state.extra.get("selection", {}))
+        if not selection.candidates:  # the initial summary is the first candidate
+            selection.consider(0, summary, _score(summary, ds, teacher, cfg))
     log = RunLog(log_path, state.log_lines if resume else None)
     first_step = state.step
     start = time.perf_counter()
     target = cfg.outer_steps if stop_after is None else min(stop_after, cfg.outer_steps)
     try:
         while state.step < target:
-            record = outer_step(state.step + 1, summary, objective, outer, cfg)
+            step = state.step + 1
+            record = outer_step(step, summary, objective, outer, cfg)
+            extra_tensors: dict[str, Tensor] = {}
+            extra: dict[str, Any] = {}
+            if selection is not None:
+                if selection.due(cfg, step):
+                    record["selection"] = selection.consider(step, summary, _score(summary, ds, teacher, cfg))
+                extra_tensors, extra["selection"] = selection.state()
             log.write(record)
-            state = RunState(step=state.step + 1, log_lines=len(log))
+            state = RunState(step, len(log), extra_tensors, extra)
             info = {"meta_loss": record["meta_loss"], "step_s": record["step_seconds"]}
             if log.skipped:
                 info["skipped"] = log.skipped
@@ -303,10 +329,16 @@ def _distill(
             "the distillation diverged: the summary holds NaN or infinite values (no bundle written)",
             "lower --outer-lr or --inner-lr, or keep --grad-clip on",
         )
+    latent, decoder = summary.latent.detach().cpu(), summary.decoder.detach().cpu()
+    if selection is not None and selection.best is not None:
+        latent, decoder = selection.best
+    history: dict[str, Any] = {"log": summarize_log(log.records)}
+    if selection is not None:
+        history["selection"] = selection.history()
     save_bundle(
         out,
-        summary.latent.detach().cpu(),
-        summary.decoder.detach().cpu(),
+        latent,
+        decoder,
         cfg.tau,
         ds.task,
         vocab=list(ds.vocab.tokens),
@@ -314,9 +346,49 @@ def _distill(
         specials=dict(ds.vocab.specials),
         masked_tokens=[ds.vocab.pad_id],
         **_bundle_records(ds, cfg, teacher, trajectories),
+        recipe=recipe(cfg, ds.task),
+        history=history,
     )
     state_path.unlink(missing_ok=True)
     return _result(load_bundle(out), out, log_path, log.records, wall, ran=state.step - first_step)
+
+
+def _score(summary: Summary, ds: PreparedDataset, teacher: Teacher, cfg: DistillConfig) -> float:
+    return student_score(as_bundle(summary, ds.task, ds.vocab.pad_id), ds, teacher, cfg)
+
+
+def summarize_log(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the bundle keeps of its log: per stage of the start checkpoint (its training step, in
+    quarters of the latest), how often T inner steps on the summary made the real loss worse, by
+    how much on average, and the step's meta-gradient norm."""
+    out: dict[str, Any] = {"outer_steps": len(records), "skipped": sum(1 for r in records if r.get("skipped"))}
+    staged = []
+    for r in records:
+        for s in r.get("starts") or [r]:
+            if isinstance(s.get("checkpoint_step"), int) and "real_loss_delta" in s:
+                staged.append((s["checkpoint_step"], float(s["real_loss_delta"]), float(r.get("grad_norm", math.nan))))
+    if not staged:
+        return out
+    top = max(step for step, _, _ in staged) or 1
+    stages = []
+    for q in range(4):
+        lo, hi = q * top / 4, (q + 1) * top / 4
+        group = [(d, n) for step, d, n in staged if lo <= step < hi or (q == 3 and step == top)]
+        if not group:
+            continue
+        deltas = [d for d, _ in group]
+        norms = sorted(n for _, n in group)
+        stages.append(
+            {
+                "checkpoint_steps": [round(lo), round(hi)],
+                "starts": len(group),
+                "real_loss_delta_mean": round(sum(deltas) / len(deltas), 5),
+                "worse_share": round(sum(d > 0 for d in deltas) / len(deltas), 4),
+                "grad_norm_median": round(norms[len(norms) // 2], 5),
+            }
+        )
+    out["stages"] = stages
+    return out
 
 
 def _result(

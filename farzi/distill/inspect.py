@@ -68,6 +68,8 @@ def inspect_bundle(
         "distill": meta["distill"],
         "package": meta["package"],
         "created": meta["created"],
+        "recipe": meta.get("recipe"),
+        "history": meta.get("history"),
     }
     src = meta["dataset"]
     n_seq, n_tok = src.get("train_sequences"), src.get("train_tokens")

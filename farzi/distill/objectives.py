@@ -90,6 +90,15 @@ class MetaObjective:
         self.cfg, self.ds, self.teacher = cfg, ds, teacher
         self.names = teacher.names
         self.inner = inner_optimizer(cfg)
+        self.eligible: list[int] | None = None  # the checkpoints starts are drawn from (None: all)
+        if cfg.omega_min_step and teacher.omega is not None:
+            omega = teacher.omega
+            self.eligible = [i for i in range(len(omega)) if int(omega.entry(i)["step"]) >= cfg.omega_min_step]
+            if not self.eligible:
+                raise ConfigError(
+                    f"no trajectory checkpoint is at or after training step {cfg.omega_min_step}",
+                    "lower --omega-min-step",
+                )
 
     def __call__(self, summary: Summary, draws: Draws) -> Contribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -97,7 +106,12 @@ class MetaObjective:
     # -- the draws, in their fixed order
     def start(self, draws: Draws) -> Start:
         """Inner start: a random checkpoint of Omega (with its Adam state for ``--inner-state omega``)."""
-        return self.at_checkpoint(self.teacher.sample_checkpoint(draws.rng))
+        return self.at_checkpoint(self.draw_checkpoint(draws))
+
+    def draw_checkpoint(self, draws: Draws) -> int:
+        if self.eligible is None:
+            return self.teacher.sample_checkpoint(draws.rng)
+        return self.eligible[draws.rng.randrange(len(self.eligible))]
 
     def at_checkpoint(self, i: int) -> Start:
         start = Start(self.teacher.checkpoint(i), i)
@@ -224,7 +238,7 @@ class TrajectoryMatching(MetaObjective):
         omega = self.teacher.omega
         assert omega is not None
         for _ in range(self.MAX_DRAWS):
-            i = omega.sample(draws.rng)
+            i = self.draw_checkpoint(draws)
             if omega.later(i, self.cfg.mtt_offset) is not None:
                 return self.at_checkpoint(i)
         raise RuntimeError("no checkpoint with a later target was drawn")  # the constructor checked one exists

@@ -10,9 +10,11 @@ bitwise where an uninterrupted run ends (on CPU).
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,12 +82,20 @@ class OuterOptimizer:
 class RunState:
     step: int  # outer steps done
     log_lines: int  # lines of the log that belong to those steps
+    # what else the run keeps (summary selection): tensors named "best.*", and a JSON document
+    extra_tensors: dict[str, Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def save_run_state(
     path: Path, summary: Summary, outer: OuterOptimizer, state: RunState, config_fp: str, dataset_fp: str
 ) -> None:
-    tensors = {"latent": summary.latent.detach(), "decoder": summary.decoder.detach(), **outer.state_tensors()}
+    tensors = {
+        "latent": summary.latent.detach(),
+        "decoder": summary.decoder.detach(),
+        **outer.state_tensors(),
+        **state.extra_tensors,
+    }
     meta = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
@@ -93,6 +103,7 @@ def save_run_state(
         "config": config_fp,
         "dataset": dataset_fp,
         "log_lines": str(state.log_lines),
+        "extra": json.dumps(state.extra, sort_keys=True),
     }
     with atomic_file(path) as tmp:
         save_tensors(tmp, tensors, meta)
@@ -118,4 +129,11 @@ def load_run_state(path: Path, summary: Summary, outer: OuterOptimizer, config_f
         summary.latent.copy_(t["latent"])
         summary.decoder.copy_(t["decoder"])
     outer.load_state_tensors(t)
-    return RunState(step=int(counts[0]), log_lines=int(counts[1]))
+    try:
+        extra = json.loads(meta.get("extra", "{}"))
+    except ValueError:
+        raise ConfigError(f"{path} has a corrupt run record", fix) from None
+    if not isinstance(extra, dict):
+        raise ConfigError(f"{path} has a corrupt run record", fix)
+    extra_tensors = {k: v for k, v in t.items() if k.startswith("best.")}
+    return RunState(int(counts[0]), int(counts[1]), extra_tensors, extra)

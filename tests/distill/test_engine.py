@@ -291,3 +291,109 @@ def test_inner_state_omega_continues_the_runs_adam(tiny_lm, tiny_omega, tmp_path
     assert not torch.equal(fresh.bundle.latent, cont.bundle.latent)
     logs = [json.loads(x) for x in cont.log_path.read_text().splitlines()]
     assert all("checkpoint_step" in r for r in logs)
+
+
+def test_selection_keeps_the_best_candidate_and_says_which(tiny_lm, tiny_omega, tmp_path, monkeypatch) -> None:
+    """select_every: candidates at 0, every N and the end; the bundle is the best one's summary."""
+    scores = iter([5.0, 3.0, 4.0])  # step 0, 2, 4: step 2 is best (perplexity: lower is better)
+    seen = []
+
+    def fake_score(summary, ds, teacher, cfg):
+        seen.append(summary.latent.detach().clone())
+        return next(scores)
+
+    monkeypatch.setattr(engine, "_score", fake_score)
+    result = distill(tiny_lm, _cfg(select_every=2), tmp_path / "b.safetensors", trajectories=tiny_omega)
+    history = result.bundle.meta["history"]["selection"]
+    assert history == {
+        "metric": "ppl_corpus",
+        "candidates": [{"step": 0, "value": 5.0}, {"step": 2, "value": 3.0}, {"step": 4, "value": 4.0}],
+        "selected_step": 2,
+    }
+    assert torch.equal(result.bundle.latent, seen[1])
+    logs = [json.loads(x) for x in result.log_path.read_text().splitlines()]
+    assert [r.get("selection", {}).get("step") for r in logs] == [None, 2, None, 4]
+
+
+def test_selection_with_a_real_student_and_resume(tiny_lm, tiny_omega, tmp_path, monkeypatch) -> None:
+    """The real scorer (a recipe student), and a run killed after a selection resumes bitwise."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    cfg = _cfg(select_every=2, recipe_steps=3)
+    whole = distill(tiny_lm, cfg, tmp_path / "whole.safetensors", trajectories=tiny_omega)
+    assert len(whole.bundle.meta["history"]["selection"]["candidates"]) == 3
+    killed = tmp_path / "killed.safetensors"
+    distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, stop_after=3)
+    distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, resume=True)
+    assert killed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+
+
+def test_the_bundle_records_its_recipe_and_log_summary(tiny_lm, tiny_omega, tmp_path) -> None:
+    cfg = _cfg(recipe_lr=0.004, recipe_steps=30, recipe_batch=2)
+    result = distill(tiny_lm, cfg, tmp_path / "b.safetensors", trajectories=tiny_omega)
+    assert result.bundle.recipe == {
+        "optimizer": "adam",
+        "lr": 0.004,
+        "batch_size": 2,
+        "max_steps": 30,
+        "eval_every": 2,
+        "patience": 0,
+        "metric": "ppl_corpus",
+    }
+    log = result.bundle.meta["history"]["log"]
+    assert log["outer_steps"] == 4 and sum(s["starts"] for s in log["stages"]) == 4
+
+
+def test_summarize_log_groups_starts_by_stage() -> None:
+    records = [
+        {"checkpoint_step": 0, "real_loss_delta": -0.5, "grad_norm": 9.0},
+        {"checkpoint_step": 10, "real_loss_delta": 0.25, "grad_norm": 1.0},
+        {"checkpoint_step": 40, "real_loss_delta": 0.5, "grad_norm": 2.0, "skipped": True},
+        {"grad_norm": 3.0, "starts": [{"checkpoint_step": 40, "real_loss_delta": -0.25}]},
+    ]
+    out = engine.summarize_log(records)
+    assert out["outer_steps"] == 4 and out["skipped"] == 1
+    assert out["stages"] == [
+        {
+            "checkpoint_steps": [0, 10],
+            "starts": 1,
+            "real_loss_delta_mean": -0.5,
+            "worse_share": 0.0,
+            "grad_norm_median": 9.0,
+        },
+        {
+            "checkpoint_steps": [10, 20],
+            "starts": 1,
+            "real_loss_delta_mean": 0.25,
+            "worse_share": 1.0,
+            "grad_norm_median": 1.0,
+        },
+        {
+            "checkpoint_steps": [30, 40],
+            "starts": 2,
+            "real_loss_delta_mean": 0.125,
+            "worse_share": 0.5,
+            "grad_norm_median": 3.0,
+        },
+    ]
+
+
+def test_normalized_start_weighting_counts_every_start_alike() -> None:
+    from farzi.distill.engine import average_meta_gradients
+
+    a = objectives.Contribution(1.0, [torch.tensor([3.0, 4.0])], {})  # norm 5
+    b = objectives.Contribution(1.0, [torch.tensor([0.0, 0.1])], {})  # norm 0.1
+    grads, used = average_meta_gradients([a, b], normalize=True)
+    assert used == 2
+    torch.testing.assert_close(grads[0], torch.tensor([0.3, 0.9]))  # ((0.6, 0.8) + (0, 1)) / 2
+    grads, _ = average_meta_gradients([a, b])
+    torch.testing.assert_close(grads[0], torch.tensor([1.5, 2.05]))
+
+
+def test_omega_min_step_skips_untrained_checkpoints(tiny_lm, tiny_omega, tmp_path) -> None:
+    result = distill(
+        tiny_lm, _cfg(omega_min_step=4, outer_steps=6), tmp_path / "b.safetensors", trajectories=tiny_omega
+    )
+    steps = [json.loads(x)["checkpoint_step"] for x in result.log_path.read_text().splitlines()]
+    assert steps and all(s >= 4 for s in steps)
+    with pytest.raises(ConfigError, match="--omega-min-step"):
+        distill(tiny_lm, _cfg(omega_min_step=7), tmp_path / "c.safetensors", trajectories=tiny_omega)

@@ -1,0 +1,124 @@
+"""Summary selection and the recipe: what the distilled data is for, and which summary serves it best.
+
+The *recipe* is how a student will train on the bundle (Adam at ``recipe_lr``, batches of
+``recipe_batch`` sequences, ``recipe_steps`` steps, validation along the way); the bundle records it
+and ``train-student`` follows it unless flags say otherwise.
+
+With ``select_every`` = N, the initial summary and the summary after every N outer steps (and the
+last) are *candidates*: each trains one student with the recipe (same seed, so the candidates are
+compared on the same student initialization and batches), scored by its best validation value
+(next-item cross-entropy over every validation user's items, or corpus perplexity). The bundle is
+the best candidate, and its history says which step that was. The outer loop can then never make
+the data worse than its start on validation — it can only fail to improve it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from farzi.batching import DistributionTrainSet
+from farzi.data.prepared import PreparedDataset
+from farzi.distill.bundle import FarziData
+from farzi.distill.config import DistillConfig
+from farzi.distill.summary import Summary
+from farzi.distill.teacher import Teacher
+from farzi.evaluate import metric_is_higher_better
+from farzi.models import build_model
+from farzi.train import TrainConfig, train_model
+
+SELECT_METRIC = {"rec": "xent", "lm": "ppl_corpus"}  # chosen by measurement: bench/REPORT.md, selection metric
+
+
+def recipe(cfg: DistillConfig, task: str) -> dict[str, Any]:
+    """The training recipe the bundle is for (what train-student follows on it)."""
+    steps = cfg.recipe_steps
+    return {
+        "optimizer": "adam",
+        "lr": cfg.recipe_lr,
+        "batch_size": cfg.recipe_batch or cfg.mu,
+        "max_steps": steps,
+        "eval_every": max(1, steps // 15),
+        "patience": 0,
+        "metric": SELECT_METRIC[task],
+    }
+
+
+def recipe_config(rec: dict[str, Any], seed: int) -> TrainConfig:
+    return TrainConfig(
+        lr=float(rec["lr"]),
+        batch_size=int(rec["batch_size"]),
+        max_steps=int(rec["max_steps"]),
+        eval_every=int(rec["eval_every"]),
+        patience=int(rec["patience"]),
+        metric=str(rec["metric"]),
+        seed=seed,
+    )
+
+
+def as_bundle(summary: Summary, task: str, pad: int) -> FarziData:
+    """A detached CPU copy of the summary, as the training sets read bundles."""
+    return FarziData(
+        summary.latent.detach().cpu().clone(),
+        summary.decoder.detach().cpu().clone(),
+        summary.tau,
+        {"task": task, "masked_tokens": [pad]},
+    )
+
+
+def student_score(data: FarziData, ds: PreparedDataset, teacher: Teacher, cfg: DistillConfig) -> float:
+    """The best validation value of one student (the teacher's architecture, fresh) trained by the recipe."""
+    rec = recipe(cfg, ds.task)
+    torch.manual_seed(cfg.seed)
+    model = build_model(teacher.model.name, teacher.model.config)
+    result = train_model(model, DistributionTrainSet(data), ds, recipe_config(rec, cfg.seed), device=teacher.device)
+    return float(result.best_metric)
+
+
+@dataclass
+class Selection:
+    """The candidates so far and the best one (kept on the CPU, saved with the run state)."""
+
+    metric: str
+    higher: bool
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int | None = None
+    best_value: float = math.nan
+    best: tuple[Tensor, Tensor] | None = None  # (latent, decoder) of the best candidate
+
+    @classmethod
+    def create(cls, task: str) -> Selection:
+        metric = SELECT_METRIC[task]
+        return cls(metric, metric_is_higher_better(metric))
+
+    def due(self, cfg: DistillConfig, step: int) -> bool:
+        every = cfg.select_every
+        return bool(every) and (step % every == 0 or step == cfg.outer_steps)
+
+    def consider(self, step: int, summary: Summary, value: float) -> dict[str, Any]:
+        better = value > self.best_value if self.higher else value < self.best_value
+        if self.best_step is None or (math.isfinite(value) and (better or not math.isfinite(self.best_value))):
+            self.best_step, self.best_value = step, value
+            self.best = (summary.latent.detach().cpu().clone(), summary.decoder.detach().cpu().clone())
+        record = {"step": step, "value": value}
+        self.candidates.append(record)
+        return {**record, "metric": self.metric, "best_step": self.best_step}
+
+    def history(self) -> dict[str, Any]:
+        return {"metric": self.metric, "candidates": list(self.candidates), "selected_step": self.best_step}
+
+    # -- resumable
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors = {} if self.best is None else {"best.latent": self.best[0], "best.decoder": self.best[1]}
+        return tensors, {"candidates": self.candidates, "best_step": self.best_step, "best_value": self.best_value}
+
+    def restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        self.candidates = list(meta.get("candidates", []))
+        self.best_step = meta.get("best_step")
+        self.best_value = float(meta.get("best_value", math.nan))
+        if "best.latent" in tensors:
+            self.best = (tensors["best.latent"].cpu(), tensors["best.decoder"].cpu())

@@ -1,0 +1,64 @@
+"""A bundle records the recipe it was distilled for, and train-student follows it unless flags say otherwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_runner import farzictl
+
+TINY = ["--d-model", "8", "--n-layers", "1", "--max-len", "16"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    home = tmp_path_factory.mktemp("home")
+    farzictl("prepare", "synthetic-rec", "--synthetic-vocab", "20", "--synthetic-sequences", "30", home=home).ok()
+    out = home / "b.safetensors"
+    args = ["--budget", "4x8", "--objective", "mm", "--outer-steps", "1", "--inner-steps", "1", "--real-batch", "4"]
+    recipe = ["--recipe-lr", "0.004", "--recipe-steps", "7", "--recipe-batch", "2"]
+    farzictl("distill", "synthetic-rec", *args, *recipe, *TINY, "--out", out, home=home).ok()
+    return home, out
+
+
+def _train(home: Path, out: Path, *flags: str) -> dict:
+    farzictl("train-student", "synthetic-rec", *TINY, "--out", out, "--json", *flags, home=home).ok()
+    return json.loads((out / "model.json").read_text())["train"]
+
+
+def test_train_student_follows_the_bundles_recipe(bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    home, b = bundle
+    train = _train(home, tmp_path / "m", "--data", str(b))
+    assert (train["lr"], train["max_steps"], train["batch_size"], train["patience"]) == (0.004, 7, 2, 0)
+    assert train["metric"] == "xent"
+    assert sorted(train["from_recipe"]) == sorted(["lr", "max_steps", "batch_size", "eval_every", "patience", "metric"])
+
+
+def test_flags_win_over_the_recipe(bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    home, b = bundle
+    train = _train(home, tmp_path / "m", "--data", str(b), "--lr", "0.01", "--max-steps", "3")
+    assert (train["lr"], train["max_steps"], train["batch_size"]) == (0.01, 3, 2)
+    assert "lr" not in train["from_recipe"] and "max_steps" not in train["from_recipe"]
+
+
+def test_samples_keep_the_defaults(bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    home, _ = bundle
+    train = _train(home, tmp_path / "m", "--data", "head:5", "--max-steps", "2")
+    assert (train["lr"], train["batch_size"], train["patience"], train["from_recipe"]) == (1e-3, 128, 10, [])
+
+
+def test_inspect_shows_the_recipe_and_the_log_by_stage(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    farzictl("prepare", "synthetic-rec", "--synthetic-vocab", "20", "--synthetic-sequences", "30", home=home).ok()
+    traj = ["trajectories", "synthetic-rec", "--runs", "1", "--every", "2", "--max-steps", "4", "--batch-size", "8"]
+    farzictl(*traj, *TINY, home=home).ok()
+    out = home / "b.safetensors"
+    args = ["--budget", "4x8", "--outer-steps", "3", "--inner-steps", "1", "--real-batch", "4", "--select-every", "2"]
+    farzictl("distill", "synthetic-rec", *args, "--recipe-steps", "2", *TINY, "--out", out, home=home).ok()
+    report = json.loads(farzictl("inspect", out, "--json", home=home).ok().stdout)
+    assert report["recipe"]["max_steps"] == 2
+    assert report["history"]["selection"]["selected_step"] in (0, 2, 3)
+    assert report["history"]["log"]["outer_steps"] == 3
+    text = farzictl("inspect", out, home=home, env={"COLUMNS": "200"}).ok().stdout
+    assert "selected outer step" in text and "distillation log by checkpoint stage" in text
