@@ -421,6 +421,8 @@ def distill_cmd(
     init_mix: Annotated[float, _d("init_mix")] = _DISTILL.init_mix,
     init_scale: Annotated[float, _d("init_scale")] = _DISTILL.init_scale,
     init_sharpness: Annotated[float, _d("init_sharpness")] = _DISTILL.init_sharpness,
+    learn_tau: Annotated[bool, _d("learn_tau")] = _DISTILL.learn_tau,
+    learn_inner_lr: Annotated[bool, _d("learn_inner_lr")] = _DISTILL.learn_inner_lr,
     recipe_lr: Annotated[float, _d("recipe_lr")] = _DISTILL.recipe_lr,
     recipe_steps: Annotated[int, _d("recipe_steps")] = _DISTILL.recipe_steps,
     recipe_batch: Annotated[int, _d("recipe_batch")] = _DISTILL.recipe_batch,

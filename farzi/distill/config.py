@@ -148,6 +148,10 @@ class DistillConfig:
     init_sharpness: float = field(
         default=10.0, metadata=_help("real init: logit of the real token over its unit-norm neighbours.")
     )
+    learn_tau: bool = field(default=False, metadata=_help("Learn the temperature as an outer parameter."))
+    learn_inner_lr: bool = field(
+        default=False, metadata=_help("Learn the inner learning rate as an outer parameter (from --inner-lr).")
+    )
     recipe_lr: float = field(default=2e-3, metadata=_help("Recipe the data is for: the student's Adam learning rate."))
     recipe_steps: int = field(default=300, metadata=_help("Recipe the data is for: the student's most steps."))
     recipe_batch: int = field(default=0, metadata=_help("Recipe the data is for: sequences per step (0 = all mu)."))

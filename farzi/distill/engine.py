@@ -274,7 +274,15 @@ def _distill(
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(ds, cfg, trajectories)
     latent, decoder = initial_summary(cfg, ds, teacher)
-    summary = Summary.create(latent, decoder, cfg.tau, [ds.vocab.pad_id], teacher.device)
+    summary = Summary.create(
+        latent,
+        decoder,
+        cfg.tau,
+        [ds.vocab.pad_id],
+        teacher.device,
+        learn_tau=cfg.learn_tau,
+        inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
+    )
     outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
     objective = make_objective(cfg, ds, teacher)
     fingerprints = (cfg.fingerprint(), ds.fingerprint())
@@ -333,13 +341,16 @@ def _distill(
     if selection is not None and selection.best is not None:
         latent, decoder = selection.best
     history: dict[str, Any] = {"log": summarize_log(log.records)}
+    learned = {"tau": summary.current_tau(), "inner_lr": summary.current_inner_lr()}
+    if cfg.learn_tau or cfg.learn_inner_lr:
+        history["learned"] = {k: v for k, v in learned.items() if v is not None}
     if selection is not None:
         history["selection"] = selection.history()
     save_bundle(
         out,
         latent,
         decoder,
-        cfg.tau,
+        summary.current_tau() if selection is None else selection.best_tau,
         ds.task,
         vocab=list(ds.vocab.tokens),
         vocab_sha256=ds.vocab.sha256(),

@@ -92,6 +92,11 @@ class Adam:
             new_v.append(v)
         return new_w, AdamState(new_m, new_v)
 
+    def direction(self, state: AdamState, t: int) -> Tensors:
+        """u_t with w_t = w_{t-1} - lr * u_t: the bias-corrected m / (sqrt(v) + eps) after step t."""
+        c1, c2 = 1 - self.beta1**t, 1 - self.beta2**t
+        return [(m / c1) / (torch.sqrt(v / c2) + self.eps) for m, v in zip(state.m, state.v, strict=True)]
+
     def undo_params(self, w: Tensors, state: AdamState, t: int) -> Tensors:
         c1, c2 = 1 - self.beta1**t, 1 - self.beta2**t
         return [
@@ -166,6 +171,10 @@ class SGD:
             new_w.append(p - self.lr * b)
             bufs.append(b)
         return new_w, MomentumState(bufs)
+
+    def direction(self, state: MomentumState, t: int) -> Tensors:
+        """u_t with w_t = w_{t-1} - lr * u_t: the momentum buffer after step t."""
+        return list(state.buf)
 
     def undo_params(self, w: Tensors, state: MomentumState, t: int) -> Tensors:
         return [p + self.lr * b for p, b in zip(w, state.buf, strict=True)]

@@ -27,6 +27,7 @@ Strategies:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -63,6 +64,9 @@ class InnerLoop:
     # run had reached after ``step0`` steps (e.g. Omega's Adam moments), which the loop continues
     state0: Any = None
     step0: int = 0
+    # a learned inner learning rate: a scalar leaf log(lr) among ``data_params``; the optimizer's own lr
+    # is then ignored and the meta-gradient covers log(lr) too
+    log_lr: Tensor | None = None
 
     def __post_init__(self) -> None:
         # dropout (or any train-mode layer) would draw new masks in every forward pass, so the
@@ -117,7 +121,16 @@ def meta_gradient(
     return out
 
 
+def _with_lr(loop: InnerLoop, differentiable: bool) -> Any:
+    """The inner optimizer at the learned learning rate (a graph node for unroll, a number for the reverse)."""
+    if loop.log_lr is None:
+        return loop.optimizer
+    lr = loop.log_lr.exp() if differentiable else float(loop.log_lr.detach().exp())
+    return dataclasses.replace(loop.optimizer, lr=lr)
+
+
 def _unroll(loop: InnerLoop, w0: Tensors, terminal: Terminal) -> MetaGradient:
+    opt = _with_lr(loop, differentiable=True)
     dt = loop.compute_dtype
     w = [p.detach().to(dt).requires_grad_() for p in w0]
     state = loop.initial_state(w)
@@ -125,7 +138,7 @@ def _unroll(loop: InnerLoop, w0: Tensors, terminal: Terminal) -> MetaGradient:
     for t, idx in enumerate(loop.batches, start=1):
         loss = loop.loss(w, loop.syn(idx))
         grad = torch.autograd.grad(loss, w, create_graph=True)
-        w, state = loop.optimizer.step(w, list(grad), state, loop.step0 + t)
+        w, state = opt.step(w, list(grad), state, loop.step0 + t)
         first = float(loss.detach()) if t == 1 else first
         last = float(loss.detach())
     f = terminal(w)
@@ -154,7 +167,7 @@ def _clone_state(state: Any) -> Any:
 
 
 def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, segment: int | None) -> MetaGradient:
-    opt = loop.optimizer
+    opt = _with_lr(loop, differentiable=False)
     T = loop.steps
     sd = loop.state_dtype
     checkpointed = strategy == "checkpointed"
@@ -185,12 +198,17 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
     carry_dv = strategy != "paper"
     cache: dict[int, tuple[Tensors, Any]] = {}
     drift = 0.0
+    d_lr = 0.0  # d f / d lr, for a learned learning rate: w_t = w_{t-1} - lr * u_t, so sum_t <dw_t, -u_t>
     # ---- backward: t = T .. 1; (w, state) hold w_t, state_t on entry
     for t in range(T, 0, -1):
         idx = loop.batches[t - 1]
+        if loop.log_lr is not None:
+            with torch.no_grad():
+                u = opt.direction(state, loop.step0 + t)
+                d_lr -= sum(float((a * b).sum()) for a, b in zip(dw, u, strict=True))
         if checkpointed:
             if t - 1 not in cache:
-                cache = _recompute_segment(loop, saved, t - 1, K)
+                cache = _recompute_segment(loop, opt, saved, t - 1, K)
             w_prev, state_prev = cache.pop(t - 1)
         elif t - 1 in saved:
             w_prev, state_prev = saved[t - 1]
@@ -222,6 +240,9 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
             if state_prev is None:
                 state_prev = opt.undo_state(state, g_sd, w_prev, loop.step0 + t)
         w, state = w_prev, state_prev
+    if loop.log_lr is not None:
+        k = next(i for i, p in enumerate(loop.data_params) if p is loop.log_lr)
+        ddata[k] = ddata[k] + d_lr * opt.lr  # d / d log(lr) = lr * d / d lr
     grads = [d.to(p.dtype) for d, p in zip(ddata, loop.data_params, strict=True)]
     stats = {"strategy": strategy, "segment": K, "saved_states": len(saved)}
     if not checkpointed:
@@ -235,7 +256,7 @@ def _rel_diff(a: Tensors, b: Tensors) -> float:
     return math.sqrt(num / max(den, 1e-300))
 
 
-def _recompute_segment(loop: InnerLoop, saved: dict[int, tuple[Tensors, Any]], s: int, K: int) -> dict:
+def _recompute_segment(loop: InnerLoop, opt: Any, saved: dict[int, tuple[Tensors, Any]], s: int, K: int) -> dict:
     """Recompute states a..s (a = the stored state at or below s) for the checkpointed pass."""
     a = (s // K) * K
     w, state = saved[a]
@@ -244,6 +265,6 @@ def _recompute_segment(loop: InnerLoop, saved: dict[int, tuple[Tensors, Any]], s
     with torch.no_grad():
         for t in range(a + 1, s + 1):
             g, _ = _grad_at(loop, w, loop.batches[t - 1])
-            w, state = loop.optimizer.step(w, g, state, loop.step0 + t)
+            w, state = opt.step(w, g, state, loop.step0 + t)
             out[t] = (w, state)
     return out

@@ -162,6 +162,7 @@ class MetaObjective:
             batches,
             state0=start.state,
             step0=start.step,
+            log_lr=summary.log_inner_lr,
         )
         mg = meta_gradient(loop, start.w, terminal, self.cfg.meta_grad.value, segment=self.cfg.segment or None)
         stats = {"inner_loss_first": mg.inner_loss_first, "inner_loss_last": mg.inner_loss_last, **mg.stats}

@@ -39,7 +39,7 @@ class OuterOptimizer:
 
     def __init__(self, summary: Summary, lr: float, weight_decay: float, grad_clip: float) -> None:
         self.params = summary.params
-        self.names = ["latent", "decoder"]
+        self.names = summary.names
         self.grad_clip = grad_clip
         self.adam = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)
 
@@ -91,8 +91,7 @@ def save_run_state(
     path: Path, summary: Summary, outer: OuterOptimizer, state: RunState, config_fp: str, dataset_fp: str
 ) -> None:
     tensors = {
-        "latent": summary.latent.detach(),
-        "decoder": summary.decoder.detach(),
+        **{n: p.detach() for n, p in zip(summary.names, summary.params, strict=True)},
         **outer.state_tensors(),
         **state.extra_tensors,
     }
@@ -124,10 +123,13 @@ def load_run_state(path: Path, summary: Summary, outer: OuterOptimizer, config_f
         entry = header.get(name)
         if entry is None or list(entry["shape"]) != list(p.shape):
             raise ConfigError(f"{path}: tensor {name!r} is missing or has the wrong shape", fix)
+    for name in summary.names[2:]:
+        if name not in header:
+            raise ConfigError(f"{path}: tensor {name!r} is missing", fix)
     t = load_tensors(path, summary.latent.device)
     with torch.no_grad():
-        summary.latent.copy_(t["latent"])
-        summary.decoder.copy_(t["decoder"])
+        for name, p in zip(summary.names, summary.params, strict=True):
+            p.copy_(t[name])
     outer.load_state_tensors(t)
     try:
         extra = json.loads(meta.get("extra", "{}"))

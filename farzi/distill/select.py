@@ -65,7 +65,7 @@ def as_bundle(summary: Summary, task: str, pad: int) -> FarziData:
     return FarziData(
         summary.latent.detach().cpu().clone(),
         summary.decoder.detach().cpu().clone(),
-        summary.tau,
+        summary.current_tau(),
         {"task": task, "masked_tokens": [pad]},
     )
 
@@ -89,6 +89,7 @@ class Selection:
     best_step: int | None = None
     best_value: float = math.nan
     best: tuple[Tensor, Tensor] | None = None  # (latent, decoder) of the best candidate
+    best_tau: float = math.nan  # its temperature (learned or not)
 
     @classmethod
     def create(cls, task: str) -> Selection:
@@ -104,6 +105,7 @@ class Selection:
         if self.best_step is None or (math.isfinite(value) and (better or not math.isfinite(self.best_value))):
             self.best_step, self.best_value = step, value
             self.best = (summary.latent.detach().cpu().clone(), summary.decoder.detach().cpu().clone())
+            self.best_tau = summary.current_tau()
         record = {"step": step, "value": value}
         self.candidates.append(record)
         return {**record, "metric": self.metric, "best_step": self.best_step}
@@ -114,11 +116,13 @@ class Selection:
     # -- resumable
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors = {} if self.best is None else {"best.latent": self.best[0], "best.decoder": self.best[1]}
-        return tensors, {"candidates": self.candidates, "best_step": self.best_step, "best_value": self.best_value}
+        meta = {"candidates": self.candidates, "best_step": self.best_step, "best_value": self.best_value}
+        return tensors, {**meta, "best_tau": self.best_tau}
 
     def restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         self.candidates = list(meta.get("candidates", []))
         self.best_step = meta.get("best_step")
         self.best_value = float(meta.get("best_value", math.nan))
+        self.best_tau = float(meta.get("best_tau", math.nan))
         if "best.latent" in tensors:
             self.best = (tensors["best.latent"].cpu(), tensors["best.decoder"].cpu())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,9 @@ def banned_mask(vocab_size: int, banned: list[int], device: torch.device | str =
     return mask
 
 
-def materialize(latent: Tensor, decoder: Tensor, tau: float, banned: Tensor, idx: Tensor | None = None) -> Tensor:
+def materialize(
+    latent: Tensor, decoder: Tensor, tau: float | Tensor, banned: Tensor, idx: Tensor | None = None
+) -> Tensor:
     """softmax(latent[idx] @ decoder / tau) over the vocabulary, banned tokens at 0.
 
     latent [mu, xi, d], decoder [d, V] -> [b, xi, V] (b = len(idx), or mu).
@@ -136,20 +139,39 @@ def principal_decoder(embeddings: Tensor, d: int, banned: list[int]) -> Tensor:
 
 @dataclass
 class Summary:
-    """The summary being learned: leaves ``latent`` [mu, xi, d] and ``decoder`` [d, V]."""
+    """The summary being learned: leaves ``latent`` [mu, xi, d] and ``decoder`` [d, V], and optionally
+    the log of the temperature (``--learn-tau``) and of the inner learning rate (``--learn-inner-lr``)."""
 
     latent: Tensor  # [mu, xi, d], requires grad
     decoder: Tensor  # [d, V], requires grad
-    tau: float
+    tau: float  # the temperature when it is not learned (else its start)
     banned: Tensor  # [V] bool: tokens that never get mass (padding)
+    log_tau: Tensor | None = None  # [] learned log temperature
+    log_inner_lr: Tensor | None = None  # [] learned log inner learning rate
 
     @classmethod
-    def create(cls, latent: Tensor, decoder: Tensor, tau: float, banned: list[int], device: torch.device) -> Summary:
+    def create(
+        cls,
+        latent: Tensor,
+        decoder: Tensor,
+        tau: float,
+        banned: list[int],
+        device: torch.device,
+        learn_tau: bool = False,
+        inner_lr: float | None = None,
+    ) -> Summary:
+        """``inner_lr`` given: the inner learning rate is learned, starting there."""
+
+        def scalar(x: float) -> Tensor:
+            return torch.tensor(math.log(x), dtype=torch.float32, device=device).requires_grad_()
+
         return cls(
             latent.to(device).requires_grad_(),
             decoder.to(device).requires_grad_(),
             tau,
             banned_mask(decoder.shape[1], banned, device),
+            scalar(tau) if learn_tau else None,
+            scalar(inner_lr) if inner_lr is not None else None,
         )
 
     @property
@@ -157,13 +179,37 @@ class Summary:
         return int(self.latent.shape[0])
 
     @property
+    def names(self) -> list[str]:
+        """Names of :attr:`params` (in the run state and the outer optimizer's)."""
+        return [n for n, p in self._named() if p is not None]
+
+    @property
     def params(self) -> list[Tensor]:
         """The outer loop's parameters, in the order meta-gradients are returned."""
-        return [self.latent, self.decoder]
+        return [p for _, p in self._named() if p is not None]
+
+    def _named(self) -> list[tuple[str, Tensor | None]]:
+        return [
+            ("latent", self.latent),
+            ("decoder", self.decoder),
+            ("log_tau", self.log_tau),
+            ("log_inner_lr", self.log_inner_lr),
+        ]
+
+    @property
+    def temperature(self) -> float | Tensor:
+        """tau, differentiable when learned."""
+        return self.tau if self.log_tau is None else self.log_tau.exp()
+
+    def current_tau(self) -> float:
+        return self.tau if self.log_tau is None else float(self.log_tau.detach().exp())
+
+    def current_inner_lr(self) -> float | None:
+        return None if self.log_inner_lr is None else float(self.log_inner_lr.detach().exp())
 
     def syn(self, idx: Tensor | None = None) -> Tensor:
         """Distributions of the sequences ``idx`` (all when None): [b, xi, V], differentiable."""
-        return materialize(self.latent, self.decoder, self.tau, self.banned, idx)
+        return materialize(self.latent, self.decoder, self.temperature, self.banned, idx)
 
     def is_finite(self) -> bool:
-        return bool(torch.isfinite(self.latent).all() and torch.isfinite(self.decoder).all())
+        return all(bool(torch.isfinite(p).all()) for p in self.params)

@@ -99,6 +99,8 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
         "omega_min_step": 0,
         "start_weighting": "normalize",
         "recipe_lr": 0.003,
+        "learn_tau": True,
+        "learn_inner_lr": True,
         "recipe_steps": 3,
         "recipe_batch": 2,
         "select_every": 1,
@@ -111,7 +113,12 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
         "device": "cpu",
     }
     assert set(values) == set(DISTILL_OPTION_FIELDS)
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
+    args = [
+        (f"--{k.replace('_', '-')}" if v else f"--no-{k.replace('_', '-')}")
+        if isinstance(v, bool)
+        else f"--{k.replace('_', '-')}={v}"
+        for k, v in values.items()
+    ]
     out = tmp_path / "b.safetensors"
     model_args = ["--model", "transformer", "--max-len", "16", "--d-model", "8", "--n-layers", "1", "--n-heads", "2"]
     farzictl("distill", str(tiny_lm.path), "--budget", "3x5", *args, *model_args, "--out", str(out), "--json").ok()

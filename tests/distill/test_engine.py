@@ -397,3 +397,16 @@ def test_omega_min_step_skips_untrained_checkpoints(tiny_lm, tiny_omega, tmp_pat
     assert steps and all(s >= 4 for s in steps)
     with pytest.raises(ConfigError, match="--omega-min-step"):
         distill(tiny_lm, _cfg(omega_min_step=7), tmp_path / "c.safetensors", trajectories=tiny_omega)
+
+
+def test_learned_tau_and_inner_lr_are_outer_parameters(tiny_lm, tiny_omega, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    cfg = _cfg(learn_tau=True, learn_inner_lr=True, outer_lr=0.05, outer_steps=4)
+    whole = distill(tiny_lm, cfg, tmp_path / "whole.safetensors", trajectories=tiny_omega)
+    learned = whole.bundle.meta["history"]["learned"]
+    assert whole.bundle.tau == pytest.approx(learned["tau"]) and learned["tau"] != cfg.tau
+    assert learned["inner_lr"] != cfg.inner_lr
+    killed = tmp_path / "killed.safetensors"
+    distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, stop_after=3)
+    distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, resume=True)
+    assert killed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
