@@ -17,7 +17,7 @@ from farzi.models.base import tied_logits
 from farzi.models.loss import scored_positions
 from farzi.progress import ProgressFn, report
 
-HIGHER_IS_BETTER = {"hr", "ndcg", "auc", "accuracy"}  # nll, xent, ppl_*: lower is better
+HIGHER_IS_BETTER = {"hr", "hr_all", "ndcg", "auc", "accuracy"}  # nll, xent, ppl_*: lower is better
 
 
 def metric_is_higher_better(metric: str) -> bool:
@@ -74,9 +74,10 @@ def evaluate_rec(
 ) -> dict[str, Any]:
     """Full-ranking metrics; users are scored ``batch_size`` at a time, so memory holds [batch, V], not [N, V].
 
-    Besides the target's rank metrics and NLL, ``xent`` is the next-item cross-entropy over every
-    position of each user's most recent ``max_len`` items (context and target): many more
-    predictions than one target per user, so a steadier validation signal. ``per_unit=True`` adds
+    Besides the target's rank metrics and NLL, ``xent`` is the next-item cross-entropy and
+    ``hr_all@10`` the hit rate at 10 over every position of each user's most recent ``max_len``
+    items (context and target, teacher-forced, no context masking): many more predictions than
+    one target per user, so steadier validation signals. ``per_unit=True`` adds
     every user's figures (in split order), for paired comparisons.
     """
     seqs = ds.splits[split]
@@ -99,7 +100,9 @@ def evaluate_rec(
         ranks_parts.append(ranks_b)
         auc_parts.append(auc_b)
         nll_parts.append(target_nll(scores, tgt, cand))
-    xent_sum, xent_count = sequence_xent(model, [seqs[i] for i in keep], device, batch_size)
+    xent_sum, xent_count, top10 = sequence_xent(
+        model, [seqs[i] for i in keep], device, batch_size, specials=ds.vocab.num_specials
+    )
     model.train(was_training)
     ranks = torch.cat(ranks_parts).numpy() if ranks_parts else np.zeros(0, dtype=np.int64)
     auc = torch.cat(auc_parts).numpy() if auc_parts else np.zeros(0)
@@ -107,6 +110,7 @@ def evaluate_rec(
     result: dict[str, Any] = rank_metrics(ranks, auc, ks)
     result["nll"] = float(nll.mean()) if len(nll) else float("nan")
     result["xent"] = float(xent_sum.sum() / xent_count.sum()) if xent_count.sum() else float("nan")
+    result["hr_all@10"] = 100.0 * float(top10.sum() / xent_count.sum()) if xent_count.sum() else float("nan")
     if per_unit:
         result["per_unit"] = {
             "unit": "user",
@@ -115,6 +119,7 @@ def evaluate_rec(
             "nll": nll.tolist(),
             "xent_sum": xent_sum.tolist(),
             "xent_count": xent_count.tolist(),
+            "top10_all": top10.tolist(),
         }
     if stratify == "popularity":
         result["strata"] = _popularity_strata(ds, contexts, targets.numpy(), ranks, auc, ks)
@@ -154,22 +159,48 @@ def _popularity_strata(
 
 @torch.no_grad()
 def sequence_xent(
-    model: SequenceModel, seqs: list[np.ndarray], device: torch.device | str = "cpu", batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per sequence, the summed next-token NLL over its most recent ``max_len`` tokens, and their count."""
+    model: SequenceModel,
+    seqs: list[np.ndarray],
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    k: int = 10,
+    specials: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sequence, over every next-token prediction in its most recent ``max_len`` tokens: the summed
+    NLL, the count, and how many targets ranked in the top ``k`` (among all tokens but the
+    ``specials`` first ids; ties count against the target)."""
     max_len = model.config.max_len
     table = model.output_table()  # [V, d]
     sums = np.zeros(len(seqs), dtype=np.float64)
     counts = np.zeros(len(seqs), dtype=np.int64)
+    hits = np.zeros(len(seqs), dtype=np.int64)
     for lo in range(0, len(seqs), batch_size):
         x = pad_right([s[-max_len:] for s in seqs[lo : lo + batch_size]]).to(device)  # [b, L]
         h, tgt, valid = scored_positions(model.features(x), x)  # [N, d], [N], [b, L-1]
         nll_v, _ = score_targets(h, table, tgt)
+        top_v = _in_top_k(h, table, tgt, k, specials)  # [N] bool
         nll = torch.zeros(valid.shape, dtype=torch.float64)
-        nll[valid.cpu()] = nll_v.double().cpu()
+        top = torch.zeros(valid.shape, dtype=torch.int64)
+        mask = valid.cpu()
+        nll[mask] = nll_v.double().cpu()
+        top[mask] = top_v.long().cpu()
         sums[lo : lo + x.shape[0]] = nll.sum(1).numpy()
         counts[lo : lo + x.shape[0]] = valid.sum(1).cpu().numpy()
-    return sums, counts
+        hits[lo : lo + x.shape[0]] = top.sum(1).numpy()
+    return sums, counts, hits
+
+
+def _in_top_k(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, k: int, specials: int) -> torch.Tensor:
+    """Whether each target is among the k best-scored tokens (rank as in farzi.metrics), chunk by chunk."""
+    out = torch.empty(h.shape[0], dtype=torch.bool, device=h.device)
+    chunk = max(1, (1 << 20) // max(table.shape[0], 1))
+    for lo in range(0, h.shape[0], chunk):
+        logits = tied_logits(h[lo : lo + chunk], table).float()  # [n, V]
+        logits[:, :specials] = float("-inf")
+        t = targets[lo : lo + chunk]
+        tgt = logits.gather(1, t.unsqueeze(1))  # [n, 1]
+        out[lo : lo + chunk] = ((logits >= tgt).sum(1) - 1) < k
+    return out
 
 
 @torch.no_grad()
