@@ -178,3 +178,20 @@ def paired_difference(
         "units": U,
         "n_boot": n_boot,
     }
+
+
+def metric_interval(
+    units: list[dict[str, Any]], metric: str, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``metric`` over runs, and its 95 % bootstrap interval (runs and test units resampled)."""
+    parts = [unit_values(u, metric) for u in units]
+    num, den = np.stack([p[0] for p in parts]), parts[0][1]
+    mean = float(_statistic(num, den, metric).mean())
+    rng = np.random.default_rng(seed)
+    P, U = num.shape
+    stats = np.empty(n_boot)
+    for i in range(n_boot):
+        r, u = rng.integers(P, size=P), rng.integers(U, size=U)
+        stats[i] = _statistic(num[np.ix_(r, u)], None if den is None else den[u], metric).mean()
+    lo, hi = np.quantile(stats, [0.025, 0.975])
+    return mean, float(lo), float(hi)

@@ -7,7 +7,6 @@ every kind of data with several seeds and evaluate them on the test split.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 
 from bench.common import SHARED
 from bench.report import fmt, md_table, mean_std
-from farzi.compare import aggregate, student_run
+from farzi.compare import aggregate, metric_interval, paired_difference, student_run
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.distill.engine import DistillConfig, distill
 from farzi.plots import line_panels
@@ -40,6 +39,8 @@ _SMOKE: dict[str, Any] = {
     "prepare": {"synthetic_vocab": 30, "synthetic_sequences": 60},
     "trajectories": {"runs": 1, "every": 3, "train": {"lr": 2e-3, "batch_size": 16, "max_steps": 6}},
     "budgets": [4],
+    "distill_seeds": 2,
+    "n_boot": 100,
     "xi": 8,
     "claim_budget": 4,
     "distill": {
@@ -164,7 +165,9 @@ def prepare_dataset(s: dict[str, Any], work: Path):
 
 
 def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True) -> dict[str, Any]:
-    """Omega, one bundle per budget, students over seeds; returns rows and stage timings."""
+    """Omega; per budget and distillation seed a Farzi bundle and its 'init only' twin (the same
+    initialization after 0 outer steps); students on every kind of data over the same student seeds.
+    Returns the runs (with per-test-unit figures for paired comparisons) and the stage timings."""
     timings: dict[str, float] = {}
     device = s.get("device", "cpu")
     t0 = time.perf_counter()
@@ -185,31 +188,43 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
         s["model_overrides"],
     )
     timings["trajectories"] = time.perf_counter() - t0
-    bundles: dict[int, dict[str, Any]] = {}
+    bundles: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    distill_seeds = s.get("distill_seeds", 1)
     for mu in s["budgets"]:
-        steps = s.get("outer_steps_by_budget", {}).get(str(mu), s["distill"]["outer_steps"])
-        params = {**s["distill"], "outer_steps": steps}
-        cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, device=device, **params)
-        out = work / "bundles" / f"farzi-{mu}x{s['xi']}.safetensors"
-        res = distill(ds, cfg, out, trajectories=traj)
-        bundles[mu] = {"path": str(out), "summary": res.summary}
+        for dseed in range(distill_seeds):
+            for kind, changes in (("farzi", {}), ("init only", {"outer_steps": 0})):
+                params = {**s["distill"], **changes}
+                cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=dseed, device=device, **params)
+                tag = "farzi" if kind == "farzi" else "init"
+                out = work / "bundles" / f"{tag}-{mu}x{s['xi']}-d{dseed}.safetensors"
+                res = distill(ds, cfg, out, trajectories=traj)
+                label = f"{kind} {mu}x{s['xi']}"
+                bundles.append(
+                    {"label": label, "mu": mu, "distill_seed": dseed, "path": str(out), "summary": res.summary}
+                )
     timings["distill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     rows = []
     for seed in range(seeds):
-        specs = [("full", "full")]
+        specs: list[tuple[str, str, int | None]] = [("full", "full", None)]
         for mu in s["budgets"]:
-            specs.append((bundles[mu]["path"], f"farzi {mu}x{s['xi']}"))
+            specs += [(b["path"], b["label"], b["distill_seed"]) for b in bundles if b["mu"] == mu]
             if extra_specs:
-                specs += [(f"random:{mu}", f"random:{mu}"), (f"head:{mu}", f"head:{mu}")]
-        for spec, label in specs:
-            out = work / "students" / f"{label.replace(' ', '-').replace(':', '-')}-s{seed}"
-            rows.append(
-                student_run(
-                    ds, s["model"], spec, TrainConfig(seed=seed, **s["student"]), out, s["model_overrides"], label=label
-                )
+                specs += [(f"random:{mu}", f"random:{mu}", None), (f"head:{mu}", f"head:{mu}", None)]
+        for spec, label, dseed in specs:
+            name = label.replace(" ", "-").replace(":", "-") + ("" if dseed is None else f"-d{dseed}")
+            row = student_run(
+                ds,
+                s["model"],
+                spec,
+                TrainConfig(seed=seed, **s["student"]),
+                work / "students" / f"{name}-s{seed}",
+                s["model_overrides"],
+                label=label,
             )
+            row["distill_seed"] = dseed
+            rows.append(row)
     timings["students"] = time.perf_counter() - t0
     return {
         "dataset": ds.name,
@@ -223,52 +238,82 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
     }
 
 
-def claims(experiment: str, s: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by = {r["data"]: r for r in table}
+def pairs(runs: list[dict[str, Any]], a: str, b: str) -> tuple[list[dict], list[dict]]:
+    """Per-unit test figures of runs ``a`` and ``b`` paired by student seed (and by distillation seed
+    when both sides have one: a Farzi bundle and its own initialization)."""
+    side_a = [r for r in runs if r["data"] == a]
+    side_b = [r for r in runs if r["data"] == b]
+    out_a, out_b = [], []
+    for ra in side_a:
+        for rb in side_b:
+            same_d = ra.get("distill_seed") is None or rb.get("distill_seed") is None
+            if ra["seed"] == rb["seed"] and (same_d or ra["distill_seed"] == rb["distill_seed"]):
+                out_a.append(ra["units"])
+                out_b.append(rb["units"])
+    return out_a, out_b
+
+
+def comparisons(s: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every paired comparison the report shows, with its bootstrap 95 % interval."""
     mu, xi = s["claim_budget"], s["xi"]
-    farzi, full = by.get(f"farzi {mu}x{xi}"), by.get("full")
-    rnd, head = by.get(f"random:{mu}"), by.get(f"head:{mu}")
-    if not (farzi and full and rnd):
-        return []
+    metric = s["metrics"][0]
+    farzi, init = f"farzi {mu}x{xi}", f"init only {mu}x{xi}"
+    wanted = [(farzi, "full"), (farzi, init), (farzi, f"head:{mu}"), (farzi, f"random:{mu}"), (init, f"head:{mu}")]
+    out = []
+    for a, b in wanted:
+        ua, ub = pairs(runs, a, b)
+        if ua:
+            out.append({"a": a, "b": b, **paired_difference(ua, ub, metric, n_boot=s.get("n_boot", 2000))})
+    return out
+
+
+def claims(experiment: str, s: dict[str, Any], comps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's claims, each decided by its paired 95 % interval (a claim holds only when it says so)."""
+    by = {(c["a"], c["b"]): c for c in comps}
+    mu, xi = s["claim_budget"], s["xi"]
+    farzi, init = f"farzi {mu}x{xi}", f"init only {mu}x{xi}"
+    out = []
+
+    def add(text: str, c: dict[str, Any] | None, value: str, ci: tuple[float, float], holds: bool) -> None:
+        if c is not None:
+            out.append({"claim": text, "value": c[value], "lo": ci[0], "hi": ci[1], "holds": holds})
+
     if s["metrics"][0] == "hr@10":
-        out = [
-            {
-                "claim": f"Farzi {mu}x{xi} HR@10 >= 95 % of full data",
-                "value": farzi["hr@10"] / full["hr@10"],
-                "target": 0.95,
-                "holds": farzi["hr@10"] >= 0.95 * full["hr@10"],
-            },
-            {
-                "claim": f"Farzi {mu}x{xi} HR@10 >= 1.3x random:{mu}",
-                "value": farzi["hr@10"] / rnd["hr@10"] if rnd["hr@10"] else math.inf,
-                "target": 1.3,
-                "holds": farzi["hr@10"] >= 1.3 * rnd["hr@10"],
-            },
-        ]
-    else:
-        out = [
-            {
-                "claim": f"Farzi {mu}x{xi} corpus perplexity <= 1.3x full data",
-                "value": farzi["ppl_corpus"] / full["ppl_corpus"],
-                "target": 1.3,
-                "holds": farzi["ppl_corpus"] <= 1.3 * full["ppl_corpus"],
-            },
-            {
-                "claim": f"Farzi {mu}x{xi} corpus perplexity < random:{mu}",
-                "value": farzi["ppl_corpus"],
-                "target": rnd["ppl_corpus"],
-                "holds": farzi["ppl_corpus"] < rnd["ppl_corpus"],
-            },
-        ]
-        if head:
-            out.append(
-                {
-                    "claim": f"Farzi {mu}x{xi} corpus perplexity < head:{mu}",
-                    "value": farzi["ppl_corpus"],
-                    "target": head["ppl_corpus"],
-                    "holds": farzi["ppl_corpus"] < head["ppl_corpus"],
-                }
+        c = by.get((farzi, "full"))
+        if c:
+            add(
+                f"Farzi {mu}x{xi} HR@10 >= 95 % of full data (ratio)",
+                c,
+                "ratio",
+                (c["ratio_lo"], c["ratio_hi"]),
+                c["ratio_lo"] >= 0.95,
             )
+        for other in (f"head:{mu}", init):
+            c = by.get((farzi, other))
+            if c:
+                add(f"HR@10: Farzi {mu}x{xi} - {other} > 0", c, "diff", (c["lo"], c["hi"]), c["lo"] > 0)
+    else:
+        c = by.get((farzi, "full"))
+        if c:
+            add(
+                f"Farzi {mu}x{xi} corpus perplexity <= 1.4x full data (ratio)",
+                c,
+                "ratio",
+                (c["ratio_lo"], c["ratio_hi"]),
+                c["ratio_hi"] <= 1.4,
+            )
+        for other in (f"head:{mu}", init):
+            c = by.get((farzi, other))
+            if c:  # perplexity: lower is better, so the claim is other - Farzi > 0
+                out.append(
+                    {
+                        "claim": f"corpus perplexity: {other} - Farzi {mu}x{xi} > 0",
+                        "value": -c["diff"],
+                        "lo": -c["hi"],
+                        "hi": -c["lo"],
+                        "holds": -c["hi"] > 0,
+                    }
+                )
     return out
 
 
@@ -280,7 +325,9 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     out = pipeline(s, work, seeds)
     out["settings"] = s
     if "table" in out:
-        out["claims"] = claims(name, s, out["table"])
+        out["comparisons"] = comparisons(s, out["runs"])
+        out["intervals"] = intervals(s, out["runs"])
+        out["claims"] = claims(name, s, out["comparisons"])
     return out
 
 
@@ -306,6 +353,19 @@ def render_paper(name: str, result: dict[str, Any] | None) -> str:
     )
 
 
+def ci(mean: float, lo: float, hi: float, digits: int = 2) -> str:
+    return f"{fmt(mean, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def intervals(s: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per kind of data and metric: mean over runs and its 95 % bootstrap interval."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for label in dict.fromkeys(r["data"] for r in runs):
+        units = [r["units"] for r in runs if r["data"] == label]
+        out[label] = {m: list(metric_interval(units, m, n_boot=s.get("n_boot", 2000))) for m in s["metrics"]}
+    return out
+
+
 def render(name: str, result: dict[str, Any], plots: Path) -> str:
     if "skipped" in result:
         return f"Not run: {result['skipped']}."
@@ -319,24 +379,56 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
             "PTB and its numbers are not the paper's.**"
         )
         lines.append("")
-    cols = ["data", "sequences", "tokens", *metrics, "train s"]
+    iv = result.get("intervals", {})
+    runs_of = {r["data"]: r["seeds"] for r in result["table"]}
+    cols = ["data", "runs", "sequences", "tokens", *metrics, "train s"]
     rows = [
         [
             r["data"],
+            runs_of[r["data"]],
             r["sequences"],
             r["tokens"],
-            *[mean_std(r[m], r[f"{m}_std"]) for m in metrics],
+            *[ci(*iv[r["data"]][m]) if r["data"] in iv else mean_std(r[m], r[f"{m}_std"]) for m in metrics],
             fmt(r["train_seconds"], 1),
         ]
         for r in result["table"]
     ]
+    dseeds = s.get("distill_seeds", 1)
+    sel = sorted({r.get("selection_metric", "?") for r in result["runs"]})
     lines.append(
-        f"Test split, mean ± std over {result['seeds']} student seeds (one distillation per budget, "
-        f"seed 0); {result['train_sequences']} training sequences."
+        f"Test split; mean and 95 % bootstrap interval (student runs and test "
+        f"{'users' if metrics[0].startswith('hr') else 'sentences'} resampled) over {result['seeds']} student "
+        f"seeds, and for Farzi Data and its 'init only' twin (the same initialization, 0 outer steps) over "
+        f"{dseeds} distillation seeds each; students keep their best validation state by {', '.join(sel)}; "
+        f"{result['train_sequences']} training sequences."
     )
     lines.append("")
     lines.append(md_table(cols, rows))
     lines.append("")
+    comps = result.get("comparisons", [])
+    if comps:
+        key = metrics[0]
+        lines.append(
+            f"Paired comparisons ({key}): the same test units and student seeds on both sides (and the same "
+            "distillation seed for Farzi vs its initialization); difference and ratio with 95 % bootstrap intervals."
+        )
+        lines.append("")
+        lines.append(
+            md_table(
+                ["a", "b", "a - b", "a / b", "pairs"],
+                [
+                    [
+                        c["a"],
+                        c["b"],
+                        ci(c["diff"], c["lo"], c["hi"]),
+                        ci(c["ratio"], c["ratio_lo"], c["ratio_hi"], 3),
+                        c["pairs"],
+                    ]
+                    for c in comps
+                ],
+            )
+        )
+        lines.append("")
     paper = PAPER.get(name, {})
     if "note" in paper:
         lines.append(f"Paper, for scale: {paper['note']}.")
@@ -357,9 +449,9 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
     if result.get("claims"):
         lines.append(
             md_table(
-                ["claim", "measured", "target", "holds"],
+                ["claim", "measured [95 % interval]", "holds"],
                 [
-                    [c["claim"], fmt(c["value"], 3), fmt(c["target"], 3), "yes" if c["holds"] else "**no**"]
+                    [c["claim"], ci(c["value"], c["lo"], c["hi"], 3), "yes" if c["holds"] else "**no**"]
                     for c in result["claims"]
                 ],
             )
