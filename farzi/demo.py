@@ -1,7 +1,8 @@
 """``farzictl demo``: the whole pipeline on the embedded synthetic datasets.
 
-prepare -> trajectories -> distill -> students on Farzi Data, random:N, head:N and
-the full data -> test metrics in one table, with the synthetic source's true
+prepare -> trajectories -> distill -> students on Farzi Data, on its initialization
+alone ("init only": the same seed after 0 outer steps), random:N, head:N and the full data
+-> test metrics in one table, with the synthetic source's true
 entropy (language modeling) and oracle hit rate (recommendation) as reference
 lines. Sized to finish in a few minutes on 2 CPU cores; no network, no files
 outside the workspace.
@@ -9,6 +10,7 @@ outside the workspace.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +121,15 @@ def run_demo(
         )
         bundle = root / "bundles" / f"{spec.source}-{mu}x{xi}.safetensors"
         result = distill(ds, cfg, bundle, trajectories=traj, progress=progress)
+        # the same initialization after 0 outer steps: what the outer loop adds is the difference
+        init_only = root / "bundles" / f"{spec.source}-{mu}x{xi}-init.safetensors"
+        distill(ds, dataclasses.replace(cfg, outer_steps=0), init_only, trajectories=traj)
         timings["distill"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         specs = [
             (str(bundle), f"farzi {mu}x{xi}"),
+            (str(init_only), f"init only {mu}x{xi}"),
             (f"random:{mu}", f"random:{mu}"),
             (f"head:{mu}", f"head:{mu}"),
             ("full", "full"),
