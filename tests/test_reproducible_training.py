@@ -39,7 +39,7 @@ def test_same_seed_same_trajectories(tiny_rec: PreparedDataset, tmp_path: Path) 
     second = _trajectories(tiny_rec, tmp_path / "b", seed=2)
     _trajectories(tiny_rec, tmp_path / "c", seed=3)
     a, b, c = _tensors(tmp_path / "a"), _tensors(tmp_path / "b"), _tensors(tmp_path / "c")
-    assert len(a) == 2 * 3  # steps 0, 4, 8 of two runs
+    assert len(a) == 2 * 3 + 2 * 2  # steps 0, 4, 8 of two runs, and Adam's moments at steps 4 and 8
     assert _same(a, b)
     assert not _same(a, c)
     strip = ("wall_seconds", "sequences_per_second")

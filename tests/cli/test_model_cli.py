@@ -105,7 +105,9 @@ def test_trajectories(runs: dict) -> None:
     assert sorted(p.name for p in path.iterdir()) == [
         "manifest.json",
         "run0-step0.safetensors",
+        "run0-step10.adam.safetensors",
         "run0-step10.safetensors",
+        "run0-step5.adam.safetensors",
         "run0-step5.safetensors",
     ]
     manifest = json.loads((path / "manifest.json").read_text())

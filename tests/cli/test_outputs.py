@@ -34,7 +34,13 @@ STUDENT = ["train-student", DATASET, "--data", "head:5", "--max-steps", "1", *TI
 COMMANDS = {"prepare": PREPARE, "trajectories": TRAJECTORIES, "train-student": STUDENT}
 OWN_FILES = {
     "prepare": ["manifest.json", "test.parquet", "train.parquet", "valid.parquet", "vocab.json"],
-    "trajectories": ["manifest.json", "run0-step0.safetensors", "run0-step1.safetensors"],
+    # step 0 is the initialization: no optimizer moments yet
+    "trajectories": [
+        "manifest.json",
+        "run0-step0.safetensors",
+        "run0-step1.adam.safetensors",
+        "run0-step1.safetensors",
+    ],
     "train-student": ["model.json", "model.safetensors"],
 }
 
