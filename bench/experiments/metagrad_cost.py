@@ -253,7 +253,9 @@ def _comparison(result: dict[str, Any]) -> list[str]:
     d_errs = [r for T in steps if (r := _row(rows, DEFAULT, T))]
     if d_errs:
         out.append(
-            f"farzi {DEFAULT}: relative error vs float64 " + ", ".join(f"T={r['steps']}: {_err(r)}" for r in d_errs) + "."
+            f"farzi {DEFAULT}: relative error vs float64 "
+            + ", ".join(f"T={r['steps']}: {_err(r)}" for r in d_errs)
+            + "."
         )
     return out
 
