@@ -28,6 +28,9 @@ from farzi.plots import line_panels
 STRATEGIES = ("reverse", "checkpointed", "unroll", "paper", *PEERS)
 UNROLLED = ("unroll", *PEERS)  # memory grows linearly in T: skipped past the budget
 SHOWN = (*STRATEGIES, "unroll-f64")
+# float32 strategies that compute the exact meta-gradient of the same inner loop (paper drops a term; TorchOpt's
+# eps_root 0 is NaN and 1e-16 changes the inner optimizer)
+FLOAT32_SAME = ("reverse", "checkpointed", "unroll", "higher", "torchopt-eps-root-tiny")
 # the cpu protocol's T: 400 was dropped when the peers and the float64 reference joined the run (issue 11.5),
 # to keep the run under ~25 min on the shared 2-core machine
 CPU_STEPS = [25, 50, 100, 200]
@@ -206,10 +209,10 @@ def _peers_table(result: dict[str, Any]) -> list[str]:
                 continue
             table.append(
                 [
-                    _label(peer, result["settings"].get("peers", {})),
+                    _label(peer, result["settings"].get("peers", {})) + (" (second run)" * bool(p.get("second_run"))),
                     T,
-                    fmt(p["seconds"] / d["seconds"], 2) + "x" if d else "—",
-                    fmt(p["seconds"] / u["seconds"], 2) + "x" if u else "—",
+                    fmt(p["seconds"] / d["seconds"], 2) + "x" if d and not p.get("second_run") else "—",
+                    fmt(p["seconds"] / u["seconds"], 2) + "x" if u and not p.get("second_run") else "—",
                     fmt(p["peak_rss_mib"] / d["peak_rss_mib"], 1) + "x" if d else "—",
                     fmt(p["peak_rss_mib"] / u["peak_rss_mib"], 2) + "x" if u else "—",
                 ]
@@ -228,13 +231,20 @@ def _comparison(result: dict[str, Any]) -> list[str]:
     for peer in PEERS:
         measured = [r for T in steps if (r := _row(rows, peer, T))]
         if not measured:
-            why = "not installed" if not peers.get(LIBRARY[peer]) else "no row completed"
-            out.append(f"{_label(peer, peers)}: {why} (`pip install -e '.[bench]'`).")
+            why = "not installed (`pip install -e '.[bench]'`)" if not peers.get(LIBRARY[peer]) else "no row completed"
+            out.append(f"{_label(peer, peers)}: {why}.")
             continue
         last = measured[-1]
         T = last["steps"]
         d, u = _row(rows, DEFAULT, T), _row(rows, "unroll", T)
-        bits = [f"at T={T} {last['seconds']:.1f} s and {last['peak_rss_mib']:.0f} MiB peak"]
+        if last.get("second_run"):
+            bits = [
+                f"second run (its seconds are not comparable with the first run's); at T={T} "
+                f"{last['peak_rss_mib']:.0f} MiB peak"
+            ]
+            d = u = None
+        else:
+            bits = [f"at T={T} {last['seconds']:.1f} s and {last['peak_rss_mib']:.0f} MiB peak"]
         if d:
             bits.append(
                 f"{last['seconds'] / d['seconds']:.2f}x the time and {last['peak_rss_mib'] / d['peak_rss_mib']:.1f}x "
@@ -250,6 +260,26 @@ def _comparison(result: dict[str, Any]) -> list[str]:
             bits.append(f"not run at T={', '.join(map(str, skipped))} (projected past the memory budget)")
         bits.append("relative error vs float64 " + ", ".join(f"T={r['steps']}: {_err(r)}" for r in measured))
         out.append(f"{_label(peer, peers)}: " + "; ".join(bits) + ".")
+    floor = []  # the finite float32 meta-gradients that solve the same problem: how far apart are their errors?
+    for T in steps:
+        rs = {k: r for k in FLOAT32_SAME if (r := _row(rows, k, T))}
+        errs = {k: r["rel_error"] for k, r in rs.items() if isinstance(r.get("rel_error"), float)}
+        if len(errs) >= 2:
+            floor.append((T, min(errs.values()), max(errs.values()), len(errs)))
+    if floor:
+        spread = max(hi / lo for _, lo, hi, _ in floor)
+        agree = spread < 1.5
+        out.append(
+            f"The finite float32 meta-gradients of the same problem ({', '.join(FLOAT32_SAME)}, where they ran) have "
+            "relative errors "
+            + ", ".join(f"T={T}: {lo:.1e} to {hi:.1e}" for T, lo, hi, _ in floor)
+            + (
+                f" — within {spread:.2f}x of each other at every T: this error is float32 rounding of the problem "
+                "itself (the reference is float64), not a property of any method."
+                if agree
+                else f" — up to {spread:.1f}x apart: the methods do not all carry the same float32 error."
+            )
+        )
     d_errs = [r for T in steps if (r := _row(rows, DEFAULT, T))]
     if d_errs:
         out.append(
@@ -258,6 +288,56 @@ def _comparison(result: dict[str, Any]) -> list[str]:
             + "."
         )
     return out
+
+
+def _summary(result: dict[str, Any]) -> str:
+    """One paragraph: what the same-run figures say about the peers against farzi, and how sure they are."""
+    rows, steps = result["rows"], result["settings"]["steps"]
+    s = result["settings"]
+    first = lambda k: [r for T in steps if (r := _row(rows, k, T)) and not r.get("second_run")]  # noqa: E731
+    parts = []
+    both = [T for T in steps if all(_row(rows, k, T) for k in (DEFAULT, "unroll", "torchopt", "higher"))]
+    if both:
+        T = both[-1]
+        mem = {k: _row(rows, k, T)["peak_rss_mib"] for k in (DEFAULT, "unroll", "torchopt", "higher")}
+        vs_unroll = {
+            k: [r["seconds"] / u["seconds"] for r in first(k) if (u := _row(rows, "unroll", r["steps"]))]
+            for k in ("torchopt", "higher")
+        }
+        parts.append(
+            "In short: both peers are unrolled autograd, so their memory grows linearly in T like farzi's `unroll` "
+            f"(at T={T}: TorchOpt {mem['torchopt']:.0f} MiB, higher {mem['higher']:.0f} MiB, farzi unroll "
+            f"{mem['unroll']:.0f} MiB, farzi {DEFAULT} {mem[DEFAULT]:.0f} MiB); their time per outer step was "
+            + " and ".join(f"{k} {min(v):.2f}-{max(v):.2f}x" for k, v in vs_unroll.items() if v)
+            + f" farzi unroll's. farzi's {DEFAULT} is the only one whose memory stays flat in T."
+        )
+    hi = [r["rel_error"] for r in first("higher") if isinstance(r.get("rel_error"), float)]
+    u = [r["rel_error"] for r in first("unroll") if isinstance(r.get("rel_error"), float)]
+    if hi and u:
+        parts.append(
+            "higher, with eps placed as torch.optim.Adam places it, gives farzi's meta-gradient to float32 rounding "
+            f"(largest relative error {max(hi):.1e}, farzi unroll {max(u):.1e})."
+        )
+    t0 = [r for r in first("torchopt")]
+    t16 = [r["rel_error"] for r in first("torchopt-eps-root") if isinstance(r.get("rel_error"), float)]
+    t24 = [r["rel_error"] for k in ("torchopt-eps-root-tiny",) for T in steps if (r := _row(rows, k, T))]
+    if t0:
+        bad = all(isinstance(r.get("rel_error"), str) for r in t0)
+        parts.append(
+            ("TorchOpt with its defaults returned NaN at every T; " if bad else "TorchOpt with its defaults: ")
+            + (f"eps_root 1e-16 moved the meta-gradient by {min(t16) * 100:.0f}-{max(t16) * 100:.0f} %" if t16 else "")
+            + (f", eps_root 1e-24 matched farzi (largest {max(t24):.1e})" if t24 else "")
+            + ": with TorchOpt the answer depends on a constant the user has to pick."
+        )
+    load0, load1 = s.get("load_average_start"), result.get("machine", {}).get("load_average")
+    if load0 and load1:
+        parts.append(
+            f"Uncertainty: one repeat per cell, while the 1-minute load average went from {load0[0]:.2f} to "
+            f"{load1[0]:.2f} on {s.get('cpu_count', '?')} cores (other people's jobs), so time ratios between rows "
+            "are good to a factor of about 1.5 at best (the same cells moved by that much between this and the "
+            "previous run of this experiment); peak memory and the relative errors do not depend on the load."
+        )
+    return " ".join(parts)
 
 
 def render(name: str, result: dict[str, Any], plots: Path) -> str:
@@ -269,7 +349,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
             r = next((r for r in rows if r["strategy"] == strategy and r["steps"] == T), None)
             if r is None:
                 continue
-            label = _label(strategy, peers)
+            label = _label(strategy, peers) + (" (second run)" if r.get("second_run") else "")
             if "seconds" in r:
                 growth = r["peak_rss_mib"] - r["rss_before_mib"]
                 table.append([label, T, fmt(r["seconds"], 2), fmt(r["peak_rss_mib"], 0), fmt(growth, 0), _err(r)])
@@ -308,6 +388,13 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         md_table(["strategy", "T", "seconds", "peak RSS MiB", "growth MiB", "rel. error vs float64"], table),
         "",
     ]
+    second = result.get("second_run")
+    if second:
+        lines += [
+            f"Rows marked 'second run' were {second['why']}; finished {second['finished']}, load average "
+            f"{'/'.join(f'{x:.2f}' for x in second['load_average_start'])} at its start.",
+            "",
+        ]
     if steps == CPU_STEPS:
         lines += [
             "T=400 is no longer run (it was before the peers joined): the float64 reference and the two peers "
@@ -346,6 +433,8 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         "",
         *_peers_table(result),
         *[f"- {x}" for x in _comparison(result)],
+        "",
+        _summary(result),
         "",
         "Paper (Figure 5): reverse-mode memory is flat in T while unrolled autograd grows linearly; time grows "
         "linearly for both.",

@@ -56,7 +56,7 @@ def test_torchopt_is_nan_by_default_and_close_with_eps_root(reference: list[torc
 def test_a_peer_that_is_not_installed_gives_a_row_that_says_so(tmp_path: Path) -> None:
     # a `torchopt` first on the path that fails to import, as an absent one does
     (tmp_path / "torchopt").mkdir()
-    (tmp_path / "torchopt" / "__init__.py").write_text("raise ImportError('absent', name='torchopt')\n")
+    (tmp_path / "torchopt" / "__init__.py").write_text("raise ModuleNotFoundError('absent', name='torchopt')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "bench.metagrad_worker", "--strategy", "torchopt", "--steps", "2", *TINY_ARGS]
     proc = subprocess.run([*cmd, "--threads", "1"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
