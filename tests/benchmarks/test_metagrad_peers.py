@@ -50,7 +50,9 @@ def test_torchopt_is_nan_by_default_and_matches_with_a_tiny_eps_root(reference: 
     default = _solve("torchopt")
     # what the report says: eps_root=0 differentiates sqrt(v) at v = 0 (zero-gradient rows) -> NaN everywhere
     assert not all(bool(torch.isfinite(g).all()) for g in default)
-    assert rel_error(_solve("torchopt-eps-root-tiny"), reference) < 1e-5
+    # ~1.4e-5 here, above farzi's float32 ~1e-6: TorchOpt forms 1 - beta2^t in float32 (1.3e-5 off at t=1);
+    # eps_root 1e-16 gives ~7e-5
+    assert rel_error(_solve("torchopt-eps-root-tiny"), reference) < 3e-5
 
 
 def test_a_peer_that_is_not_installed_gives_a_row_that_says_so(tmp_path: Path) -> None:
