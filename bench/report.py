@@ -63,6 +63,11 @@ def machine_line(result: dict[str, Any]) -> str:
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('torch_threads', '?')} torch threads), "
         f"{m.get('memory_gib', '?')} GiB, torch {m.get('torch', '?')}, farzi {m.get('farzi', '?')}"
         + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU")
+        + (
+            f", load average {'/'.join(f'{x:.2f}' for x in m['load_average'])} (1/5/15 min) at the end"
+            if m.get("load_average")
+            else ""
+        )
     )
 
 
