@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -25,6 +28,7 @@ from rich.table import Table
 
 from farzi.errors import FarziError
 from farzi.progress import ProgressEvent, ProgressFn
+from farzictl import session
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -61,13 +65,80 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+PROGRESS_ENV = "FARZI_PROGRESS_SECONDS"  # seconds between plain progress lines (default 30)
+PROGRESS_SECONDS = 30.0
+
+
+def progress_interval() -> float:
+    """Seconds between plain progress lines: ``FARZI_PROGRESS_SECONDS``, else 30."""
+    raw = os.environ.get(PROGRESS_ENV, "").strip()
+    if not raw:
+        return PROGRESS_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise fail(f"{PROGRESS_ENV}={raw!r:.20} is not a number of seconds; set e.g. {PROGRESS_ENV}=30 or unset it")
+    return value
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class ProgressLines:
+    """Progress for logs: one plain stderr line about every ``interval`` seconds (stage, step /
+    total, rate, ETA, the latest figures), and a last line for a stage that was shown once done."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.start = self.last = time.monotonic()
+        self.first: dict[str, tuple[float, int]] = {}
+        self.shown: set[str] = set()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        now = time.monotonic()
+        self.first.setdefault(event.task, (now, event.completed))
+        due = event.task in self.shown if event.done else now - self.last >= self.interval
+        if not due:
+            return
+        self.last = now
+        self.shown.add(event.task)
+        print(self.line(event, now), file=sys.stderr, flush=True)
+
+    def line(self, event: ProgressEvent, now: float) -> str:
+        t0, c0 = self.first[event.task]
+        parts = [f"[{now - self.start:.1f}s] {event.task}:"]
+        parts.append(f"{event.completed}/{event.total}" if event.total is not None else f"{event.completed}")
+        rate = (event.completed - c0) / (now - t0) if now > t0 and event.completed > c0 else 0.0
+        if event.done:
+            parts.append("done")
+        elif rate > 0:
+            parts.append(f"{rate:.3g} steps/s" if rate >= 1 else f"{1 / rate:.3g} s/step")
+            if event.total is not None:
+                parts.append(f"ETA {_duration(max(0, event.total - event.completed) / rate)}")
+        parts += [f"{k}={_fmt(v)}" for k, v in event.info.items()]
+        return " ".join(parts)
+
+
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[ProgressFn | None]:
-    """A rich progress display (on stderr) driven by library progress events."""
-    if not enabled or not sys.stderr.isatty():
-        # off a terminal rich would print the bars' last frame on stderr, where
-        # scripts expect nothing but an 'error:' line when something fails
+    """Progress on stderr driven by library progress events: a live rich display on a terminal;
+    plain lines (:class:`ProgressLines`) when stderr is not a terminal or ``enabled`` is False
+    (``--json``); nothing with ``--quiet``."""
+    if session.STATE.quiet:
         yield None
+        return
+    if not enabled or not sys.stderr.isatty():
+        # off a terminal rich would print the bars' last frame on stderr: plain lines instead,
+        # none before the first interval has passed (a short run leaves stderr empty)
+        yield ProgressLines(progress_interval())
         return
     progress = Progress(
         SpinnerColumn(),
