@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any
 
-import click
 import torch
 import typer
-from click.core import ParameterSource
 
 from farzi.presets import preset_values
 
@@ -76,14 +74,14 @@ Preset = Annotated[
 ]
 
 
-def given(ctx: click.Context, name: str) -> bool:
+def given(ctx: typer.Context, name: str) -> bool:
     """Whether option ``name`` was set on the command line or by its environment variable."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    source = ctx.get_parameter_source(name)  # a ParameterSource of the click typer uses (it vendors one)
+    return source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def apply_preset(
-    ctx: click.Context, preset: PresetName | None, task: str, command: str, values: dict[str, Any]
+    ctx: typer.Context, preset: PresetName | None, task: str, command: str, values: dict[str, Any]
 ) -> dict[str, Any]:
     """``values`` (the command's options by name) with the preset's filled in where the user set
     none; ``values["model_overrides"]`` (a mapping, None entries unset) is merged the same way."""

@@ -96,14 +96,18 @@ class ProgressLines:
     """Progress for logs: one plain stderr line about every ``interval`` seconds (stage, step /
     total, rate, ETA, the latest figures), and a last line for a stage that was shown once done."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, preface: str | None = None) -> None:
         self.interval = interval
+        self.preface = preface  # printed at the first event: the work has started
         self.start = self.last = time.monotonic()
         self.first: dict[str, tuple[float, int]] = {}
         self.shown: set[str] = set()
 
     def __call__(self, event: ProgressEvent) -> None:
         now = time.monotonic()
+        if self.preface:
+            print(self.preface, file=sys.stderr, flush=True)
+            self.preface = None
         self.first.setdefault(event.task, (now, event.completed))
         due = event.task in self.shown if event.done else now - self.last >= self.interval
         if not due:
@@ -128,17 +132,18 @@ class ProgressLines:
 
 
 @contextlib.contextmanager
-def progress_bars(enabled: bool = True) -> Iterator[ProgressFn | None]:
+def progress_bars(enabled: bool = True, preface: str | None = None) -> Iterator[ProgressFn | None]:
     """Progress on stderr driven by library progress events: a live rich display on a terminal;
     plain lines (:class:`ProgressLines`) when stderr is not a terminal or ``enabled`` is False
-    (``--json``); nothing with ``--quiet``."""
+    (``--json``); nothing with ``--quiet``. ``preface`` (the cost projection) is printed at the
+    first event, once the work has started: a command refused before that prints its error alone."""
     if session.STATE.quiet:
         yield None
         return
     if not enabled or not sys.stderr.isatty():
         # off a terminal rich would print the bars' last frame on stderr: plain lines instead,
         # none before the first interval has passed (a short run leaves stderr empty)
-        yield ProgressLines(progress_interval())
+        yield ProgressLines(progress_interval(), preface)
         return
     progress = Progress(
         SpinnerColumn(),
@@ -154,7 +159,11 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressFn | None]:
     )
     tasks: dict[str, TaskID] = {}
 
+    pending = [preface] if preface else []
+
     def on_event(event: ProgressEvent) -> None:
+        while pending:
+            progress.console.print(pending.pop(), markup=False, highlight=False)
         info = "  ".join(f"{k}={_fmt(v)}" for k, v in event.info.items())
         if event.task not in tasks:
             tasks[event.task] = progress.add_task(event.task, total=event.total, info=info)
@@ -170,6 +179,50 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressFn | None]:
         except BaseException:
             progress.live.transient = True  # clear the bars: the error line stands alone
             raise
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """A projection (``farzi.plan.Plan.to_dict()``) as a few plain lines."""
+    lines = [
+        f"plan: {plan['command']} will take about {_duration(plan['seconds'])} on {plan['threads']} thread(s) "
+        f"({plan['device']}), peak memory about {_bytes(plan['peak_memory_bytes'])} "
+        f"(from {plan['probe_seconds']:.1f}s of timed steps)"
+    ]
+    for st in plan["stages"]:
+        if st["seconds"] >= 0.05 * max(plan["seconds"], 1e-9) or st["count"] > 1:
+            each = f"{_fmt(st['seconds_each'])}s per {st['unit']}"
+            lines.append(f"  {st['name']}: {st['count']} x {each} = {_duration(st['seconds'])}")
+    lines += [f"  note: {n}" for n in plan["notes"]]
+    if plan["long"]:
+        hints = []
+        for lv in plan["levers"]:
+            if lv["suggested"] is not None:
+                hints.append(f"{lv['flag']} {lv['suggested']} (now {lv['value']})")
+            else:
+                hints.append(f"{lv['flag']} (now {lv['value']}; {lv['effect']})")
+        lines.append(f"  long (over {_duration(plan['long_seconds'])}): bring it down with " + ", ".join(hints))
+    return "\n".join(lines)
+
+
+def announce_plan(plan: Any, only: bool, json_out: bool) -> str | None:
+    """``--plan``: print the projection on stdout (JSON with ``--json``) and exit 0. Otherwise the
+    text to show on stderr when the work starts (None with ``--json``, where it is a field, or ``--quiet``)."""
+    info = plan.to_dict()
+    if only:
+        if json_out:
+            print_json(info)
+        else:
+            print(plan_text(info), flush=True)
+        raise typer.Exit(0)
+    return None if json_out or session.STATE.quiet else plan_text(info)
 
 
 def print_json(obj: Any) -> None:
