@@ -135,6 +135,9 @@ def preset_values(preset: str, task: str, command: str) -> dict[str, Any]:
         out.update(runs=t["runs"], every=t["every"], **t["train"])
     elif command == "distill":
         out.update(budget=f"{p['claim_budget']}x{p['xi']}", **p["distill"])
+        # the teacher settings a distillation takes (its teacher is Omega's model where there is one)
+        keep = ("max_len", "d_model", "n_layers", "n_heads", "dropout")
+        out["model_overrides"] = {k: v for k, v in out["model_overrides"].items() if k in keep}
     else:
         out.update(p["student"])
     return out
