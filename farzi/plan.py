@@ -41,7 +41,8 @@ from farzi.train import TrainConfig, check_model_sizes, train_step
 LONG_SECONDS = 1800.0  # a projection above this names the flags that bring it down
 DRAWN_BATCHES = 64  # batches drawn to learn the stream's mean and largest batch
 DRAW_SECONDS = 3.0  # ... or fewer, when drawing them takes longer than this
-SLOW_STEP_SECONDS = 20.0  # a warm-up step this slow stands for every step (no further timing)
+SLOW_STEP_SECONDS = 10.0  # a warm-up step this slow stands for every step (no further timing)
+PROBE_SECONDS = 10.0  # timed steps after the warm-up stop once they took this long (at least one runs)
 
 
 @dataclass
@@ -190,12 +191,16 @@ def measure_training(
         step_seconds, timed = warm, 1
     else:
         near = sorted(range(len(batches)), key=lambda i: abs(_cells(batches[i]) - mean_cells))[:probe_steps]
+        done: list[int] = []
         t0 = time.perf_counter()
         for i in near:
             train_step(model, opt, batches[i], config.grad_clip)
+            done.append(i)
+            if time.perf_counter() - t0 > PROBE_SECONDS:
+                break
         _sync(device)
-        per_cell = (time.perf_counter() - t0) / sum(_cells(batches[i]) for i in near)
-        step_seconds, timed = per_cell * mean_cells, len(near) + 1
+        per_cell = (time.perf_counter() - t0) / sum(_cells(batches[i]) for i in done)
+        step_seconds, timed = per_cell * mean_cells, len(done) + 1
     t0 = time.perf_counter()
     evaluate(model, ds, "valid", device=device)
     eval_seconds = time.perf_counter() - t0
@@ -386,6 +391,9 @@ def plan_distill(
             t0 = time.perf_counter()
             for step in range(2, 2 + n):
                 outer_step(step, summary, objective, outer, cfg)
+                if time.perf_counter() - t0 > PROBE_SECONDS:
+                    n = step - 1
+                    break
             _sync(teacher.device)
             each = (time.perf_counter() - t0) / n
         stages.append(Stage("outer steps", cfg.outer_steps, "outer step", each))

@@ -197,7 +197,7 @@ def plan_text(plan: dict[str, Any]) -> str:
         f"(from {plan['probe_seconds']:.1f}s of timed steps)"
     ]
     for st in plan["stages"]:
-        if st["seconds"] >= 0.05 * max(plan["seconds"], 1e-9) or st["count"] > 1:
+        if st["count"]:
             each = f"{_fmt(st['seconds_each'])}s per {st['unit']}"
             lines.append(f"  {st['name']}: {st['count']} x {each} = {_duration(st['seconds'])}")
     lines += [f"  note: {n}" for n in plan["notes"]]
