@@ -41,7 +41,7 @@ from farzi.train import TrainConfig, check_model_sizes, train_step
 LONG_SECONDS = 1800.0  # a projection above this names the flags that bring it down
 DRAWN_BATCHES = 64  # batches drawn to learn the stream's mean and largest batch
 DRAW_SECONDS = 3.0  # ... or fewer, when drawing them takes longer than this
-SLOW_STEP_SECONDS = 10.0  # a warm-up step this slow stands for every step (no further timing)
+SLOW_STEP_SECONDS = 60.0  # a warm-up step this slow stands for every step (no further timing)
 PROBE_SECONDS = 10.0  # timed steps after the warm-up stop once they took this long (at least one runs)
 
 
@@ -106,7 +106,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": self.command,
-            "seconds": round(self.seconds, 1),
+            "seconds": round(self.seconds, 3),
             "long": self.long,
             "long_seconds": LONG_SECONDS,
             "peak_memory_bytes": int(self.peak_memory_bytes),
@@ -293,7 +293,7 @@ def plan_trajectories(
     plan = _finish("trajectories", stages, dev, started, 3 * cost.extra_bytes, _early_stop_note(config))
     training = stages[0].seconds + stages[1].seconds
     plan.levers = [
-        _linear_lever(plan, "--max-steps", config.max_steps, stages[0].seconds + stages[1].seconds),
+        _linear_lever(plan, "--max-steps", config.max_steps, plan.seconds),  # steps, validations, saves
         _linear_lever(plan, "--runs", runs, plan.seconds),
         Lever("--max-len", cfg.max_len, effect="per step: attention grows with its square, the rest linearly"),
     ]
@@ -354,7 +354,6 @@ def plan_distill(
     """The cost of ``distill(ds, cfg, ..., trajectories=trajectories)``: the initial summary, the outer
     steps (``probe_steps`` of them timed after one warm-up) and the summary selections."""
     from farzi.distill.engine import outer_step
-    from farzi.distill.init import initial_summary
     from farzi.distill.objectives import make_objective
     from farzi.distill.outer import OuterOptimizer
     from farzi.distill.select import as_bundle, recipe, recipe_config
@@ -365,9 +364,7 @@ def plan_distill(
     cfg.validate(ds)
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(ds, cfg, trajectories)
-    t0 = time.perf_counter()
-    latent, decoder = initial_summary(cfg, ds, teacher)
-    init_seconds = time.perf_counter() - t0
+    latent, decoder, init_seconds = _time_init(cfg, ds, teacher)
     summary = Summary.create(
         latent,
         decoder,
@@ -427,6 +424,26 @@ def plan_distill(
     levers.append(Lever("--real-batch", cfg.real_batch, effect="per outer step: the real-data loss"))
     plan.levers = [lv for lv in levers if lv.value]
     return plan
+
+
+def _time_init(cfg: Any, ds: PreparedDataset, teacher: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The initial summary (of the run's shapes) and the seconds the run's own will take: the teacher
+    init's fit timed at a few steps and scaled to its FIT_STEPS (the rest of the init is timed whole)."""
+    from farzi.distill.config import Init
+    from farzi.distill.init import FIT_STEPS, effective_init, initial_summary
+
+    if effective_init(cfg, teacher) is not Init.teacher:
+        t0 = time.perf_counter()
+        latent, decoder = initial_summary(cfg, ds, teacher)
+        return latent, decoder, time.perf_counter() - t0
+    few, more = 3, 13
+    t0 = time.perf_counter()
+    initial_summary(cfg, ds, teacher, fit_steps=few)
+    t1 = time.perf_counter()
+    latent, decoder = initial_summary(cfg, ds, teacher, fit_steps=more)
+    t2 = time.perf_counter()
+    per_step = max(0.0, ((t2 - t1) - (t1 - t0)) / (more - few))
+    return latent, decoder, (t1 - t0) + per_step * (FIT_STEPS - few)
 
 
 def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: Callable | None = None) -> Plan:
