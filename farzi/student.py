@@ -205,6 +205,7 @@ def _train_and_save(
         "result": result.summary(),
         "curve": result.curve,
         "wall_seconds_total": round(time.perf_counter() - start, 3),
+        "threads": torch.get_num_threads(),  # torch intra-op threads it trained with
     }
     with atomic_dir(out) as tmp:
         save_checkpoint(tmp / "model.safetensors", result.model, dataset_record(ds), **info)

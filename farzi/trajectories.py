@@ -107,6 +107,7 @@ def train_trajectories(
             "checkpoints": points,
             "summaries": summaries,
             "package": {"name": "farzi", "version": __version__},
+            "threads": torch.get_num_threads(),  # torch intra-op threads the runs trained with
             "wall_seconds": round(time.perf_counter() - start, 3),
         }
         write_json(tmp / "manifest.json", manifest)

@@ -39,11 +39,12 @@ from farzi.errors import DataError
 from farzi.evaluate import evaluate
 from farzi.export import DECODINGS, FORMATS, ExportConfig, export_bundle
 from farzi.models import DEFAULT_MODEL
+from farzi.plan import plan_demo, plan_distill, plan_student, plan_trajectories
 from farzi.student import parse_spec, train_student
 from farzi.train import TrainConfig
 from farzi.trajectories import train_trajectories
 from farzi.workspace import bundles_dir, check_name, dataset_dir, models_dir, trajectories_dir
-from farzictl import ui
+from farzictl import session, ui
 
 app = typer.Typer(
     name="farzictl",
@@ -100,6 +101,8 @@ def prepare_cmd(
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
+    threads: session.Threads = None,
+    quiet: session.Quiet = False,
 ) -> None:
     """Download or read a dataset and write it in farzi's prepared format."""
     opts = PrepareOptions(
@@ -197,6 +200,7 @@ def _curve_table(title: str, curve: list[dict], metric: str) -> None:
 @app.command("trajectories")
 @ui.handle_errors
 def trajectories_cmd(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
     model: Model = None,
     runs: Annotated[int, typer.Option(help="Training runs from independent random initializations.")] = 5,
@@ -219,31 +223,38 @@ def trajectories_cmd(
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
+    preset: session.Preset = None,
+    plan: session.Plan = False,
+    threads: session.Threads = None,
+    quiet: session.Quiet = False,
 ) -> None:
     """Train R runs of a model on the real data, keeping checkpoints along the way (Omega)."""
     ds = resolve_dataset(dataset, home)
-    name = _model_name(model, ds.task)
+    opts = session.apply_preset(
+        ctx,
+        preset,
+        ds.task,
+        "trajectories",
+        {**locals(), "model_overrides": _overrides(max_len, d_model, n_layers, n_heads, dropout)},
+    )
+    name = _model_name(opts["model"], ds.task)
     target = out or trajectories_dir(ds.name, name, home)
-    cfg = _train_config(lr, weight_decay, batch_size, max_steps, patience, eval_every, metric, seed)
-    with ui.progress_bars(not json) as progress:
+    cfg = _train_config(
+        opts["lr"], opts["weight_decay"], opts["batch_size"], opts["max_steps"], patience, eval_every, metric, seed
+    )
+    args = (ds, name, opts["runs"], opts["every"], cfg)
+    cost = plan_trajectories(*args, opts["model_overrides"], opts["device"])
+    with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
         manifest = train_trajectories(
-            ds,
-            name,
-            runs,
-            every,
-            cfg,
-            target,
-            _overrides(max_len, d_model, n_layers, n_heads, dropout),
-            device,
-            progress,
-            overwrite=overwrite,
+            *args, target, opts["model_overrides"], opts["device"], progress, overwrite=overwrite
         )
     if json:
         ui.print_json(
             {
                 "path": str(target),
-                **{k: manifest[k] for k in ("model", "runs", "every", "summaries")},
+                **{k: manifest[k] for k in ("model", "runs", "every", "summaries", "threads")},
                 "checkpoints": len(manifest["checkpoints"]),
+                "plan": cost.to_dict(),
             }
         )
         return
@@ -264,6 +275,7 @@ def trajectories_cmd(
 @app.command("train-student")
 @ui.handle_errors
 def train_student_cmd(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
     data: Annotated[str, typer.Option(help="full, random:N, head:N, or a Farzi Data bundle (*.safetensors).")] = "full",
     model: Model = None,
@@ -296,9 +308,24 @@ def train_student_cmd(
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
+    preset: session.Preset = None,
+    plan: session.Plan = False,
+    threads: session.Threads = None,
+    quiet: session.Quiet = False,
 ) -> None:
     """Train a model from scratch on the full data, a sample of it, or Farzi Data."""
     ds = resolve_dataset(dataset, home)
+    opts = session.apply_preset(
+        ctx,
+        preset,
+        ds.task,
+        "train-student",
+        {**locals(), "model_overrides": _overrides(max_len, d_model, n_layers, n_heads, dropout)},
+    )
+    lr, batch_size, max_steps, patience, eval_every = (
+        opts[k] for k in ("lr", "batch_size", "max_steps", "patience", "eval_every")
+    )
+    model, device = opts["model"], opts["device"]
     name = _model_name(model, ds.task)
     label = parse_spec(data).label().replace(":", "-")
     target = out or models_dir(ds.name, home) / f"{name}-{label}-s{seed}"
@@ -308,23 +335,33 @@ def train_student_cmd(
     defaults = TrainConfig(lr=1e-3, batch_size=128, max_steps=2000, patience=10, eval_every=0, metric="")
     values = {k: (getattr(defaults, k) if v is None else v) for k, v in given.items()}
     cfg = _train_config(weight_decay=weight_decay, seed=seed, **values)
-    with ui.progress_bars(not json) as progress:
+    fills = {k for k, x in given.items() if x is None}
+    cost = plan_student(ds, name, data, cfg, opts["model_overrides"], discrete, device, fills)
+    with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
         result, info = train_student(
             ds,
             name,
             data,
             cfg,
             target,
-            _overrides(max_len, d_model, n_layers, n_heads, dropout),
+            opts["model_overrides"],
             discrete=discrete,
             device=device,
             progress=progress,
             overwrite=overwrite,
-            recipe_fills={k for k, v in given.items() if v is None},
+            recipe_fills=fills,
         )
     if json:
         ui.print_json(
-            {"path": str(target), "model": name, "data": info["data"], "result": info["result"], "curve": info["curve"]}
+            {
+                "path": str(target),
+                "model": name,
+                "data": info["data"],
+                "result": info["result"],
+                "curve": info["curve"],
+                "threads": info["threads"],
+                "plan": cost.to_dict(),
+            }
         )
         return
     _curve_table(f"{name} on {data} -> {target}", result.curve, result.metric)
@@ -344,6 +381,7 @@ def eval_cmd(
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
+    threads: session.Threads = None,
 ) -> None:
     """Evaluate a trained model on a split of its dataset."""
     torch.manual_seed(seed)
@@ -393,6 +431,7 @@ def _d(name: str) -> typer.models.OptionInfo:
 @app.command("distill")
 @ui.handle_errors
 def distill_cmd(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
     budget: Annotated[str, typer.Option(help="MUxXI: number of synthetic sequences x their length.")] = "50x50",
     latent_dim: Annotated[int, _d("latent_dim")] = _DISTILL.latent_dim,
@@ -445,16 +484,23 @@ def distill_cmd(
     seed: Seed = _DISTILL.seed,
     home: Home = None,
     json: Json = False,
+    preset: session.Preset = None,
+    plan: session.Plan = False,
+    threads: session.Threads = None,
+    quiet: session.Quiet = False,
 ) -> None:
     """Distill a prepared dataset into Farzi Data (a farzi-data v1 bundle)."""
     given = dict(locals())
     ds = resolve_dataset(dataset, home)
-    mu, xi = parse_budget(budget)
+    given["model_overrides"] = _overrides(max_len, d_model, n_layers, n_heads, None)
+    given = session.apply_preset(ctx, preset, ds.task, "distill", given)
+    mu, xi = parse_budget(given["budget"])
+    model = given["model"]
     name = _model_name(model, ds.task)
     if trajectories is None and objective is not Objective.mm:
         guess = trajectories_dir(ds.name, name, home)
         trajectories = guess if (guess / "manifest.json").is_file() else None
-    overrides = _overrides(max_len, d_model, n_layers, n_heads, None)
+    overrides = given["model_overrides"]
     cfg = DistillConfig(
         mu=mu,
         xi=xi,
@@ -463,7 +509,8 @@ def distill_cmd(
         **{k: given[k] for k in DISTILL_OPTION_FIELDS},
     )
     target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
-    with ui.progress_bars(not json) as progress:
+    cost = plan_distill(ds, cfg, trajectories)
+    with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
         result = distill(
             ds,
             cfg,
@@ -482,7 +529,7 @@ def distill_cmd(
         **result.summary,
     }
     if json:
-        ui.print_json(info)
+        ui.print_json({**info, "plan": cost.to_dict()})
         return
     ui.stdout.print(ui.kv_table("Farzi Data", info))
 
@@ -498,6 +545,7 @@ def inspect_cmd(
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
+    threads: session.Threads = None,
 ) -> None:
     """Show a Farzi Data bundle: metadata, budget, entropy, top tokens, and a validity verdict."""
     for flag, value in (("--top-k", top_k), ("--sequences", sequences), ("--positions", positions)):
@@ -583,6 +631,8 @@ def export_cmd(
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
+    threads: session.Threads = None,
+    quiet: session.Quiet = False,
 ) -> None:
     """Write Farzi Data as discrete sequences (words, or user/item/position rows) for other tools."""
     ds = resolve_dataset(dataset, home) if dataset else None
@@ -618,15 +668,19 @@ def demo_cmd(
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
+    plan: session.Plan = False,
+    threads: session.Threads = None,
+    quiet: session.Quiet = False,
 ) -> None:
     """Run the whole pipeline on the embedded synthetic datasets and compare Farzi Data with samples."""
     tasks = {"lm": ("lm",), "rec": ("rec",), "both": ("lm", "rec")}.get(task)
     if tasks is None:
         raise ui.fail(f"unknown --task {task!r}; use lm, rec or both")
-    with ui.progress_bars(not json) as progress:
+    cost = plan_demo(seed, tasks)
+    with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
         result = run_demo(home, seed, tasks, progress)
     if json:
-        ui.print_json(result)
+        ui.print_json({**result, "plan": cost.to_dict()})
         return
     for name, res in result["tasks"].items():
         metrics = list(TASKS[name].metrics)
@@ -672,6 +726,8 @@ def _command() -> Any:  # a click Command (typer vendors click from 0.29 on)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; usage errors become one line and exit 2."""
+    session.reset()
+    threads = torch.get_num_threads()  # --threads acts on this call only (in-process callers keep theirs)
     try:
         code = _command().main(args=argv, prog_name="farzictl", standalone_mode=False)
     except Exception as exc:  # noqa: BLE001 - usage errors from typer's click
@@ -682,4 +738,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {msg}; {where}", file=sys.stderr)
             sys.exit(2)
         raise
+    finally:
+        torch.set_num_threads(threads)
+        session.reset()
     sys.exit(code if isinstance(code, int) else 0)

@@ -7,6 +7,7 @@ every kind of data with several seeds and evaluate them on the test split.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from farzi.compare import aggregate, metric_interval, paired_difference, student
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.distill.engine import DistillConfig, distill
 from farzi.plots import line_panels
+from farzi.presets import PROTOCOLS
 from farzi.train import TrainConfig
 from farzi.trajectories import train_trajectories
 
@@ -55,87 +57,8 @@ _SMOKE: dict[str, Any] = {
 }
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "ml100k-cpu": {
-        "source": "ml-100k",
-        "source_dir": "ml-100k",
-        "model": "sasrec",
-        "model_overrides": {"max_len": 50, "d_model": 64, "n_layers": 2, "dropout": 0.2},
-        "trajectories": {"runs": 3, "every": 20, "train": {"lr": 2e-3, "batch_size": 128, "max_steps": 240}},
-        "budgets": [50],
-        "distill_seeds": 2,
-        "xi": 50,
-        "claim_budget": 50,
-        "distill": {
-            "latent_dim": 8,
-            "tau": 1.0,
-            "inner_steps": 10,
-            "inner_lr": 0.01,
-            "outer_steps": 100,
-            "outer_lr": 0.01,
-            "syn_batch": 16,
-            "real_batch": 128,
-            "init": "teacher",
-            "init_mix": 0.2,
-            "recipe_lr": 1e-3,
-            "recipe_steps": 600,
-            "recipe_batch": 128,
-        },
-        # students select their best state on validation cross-entropy (farzi.evaluate.default_metric)
-        "student": {"lr": 1e-3, "batch_size": 128, "max_steps": 600, "patience": 15, "eval_every": 10},
-        "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
-    },
-    "ptb-cpu": {
-        "source": "ptb-offline",
-        "source_dir": "ptb",
-        "model": "transformer",
-        "model_overrides": {"max_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256, "dropout": 0.2},
-        "trajectories": {"runs": 3, "every": 40, "train": {"lr": 2e-3, "batch_size": 64, "max_steps": 480}},
-        "budgets": [40],
-        "distill_seeds": 2,
-        "xi": 50,
-        "claim_budget": 40,
-        "distill": {
-            "latent_dim": 8,
-            "tau": 1.0,
-            "inner_steps": 10,
-            "inner_lr": 0.01,
-            "outer_steps": 150,
-            "outer_lr": 0.01,
-            "syn_batch": 16,
-            "real_batch": 128,
-            "init": "teacher",
-            "recipe_lr": 2e-3,
-            "recipe_steps": 1000,
-            "recipe_batch": 64,
-        },
-        "student": {"lr": 2e-3, "batch_size": 64, "max_steps": 1000, "patience": 10, "eval_every": 40},
-        "metrics": ["ppl_corpus", "ppl_sentence", "accuracy"],
-    },
-    # the paper's ML-100k setting (its Table 4 as summarized in ../shared/DESIGN.md): a GPU run
-    "ml100k-paper": {
-        "source": "ml-100k",
-        "source_dir": "ml-100k",
-        "model": "sasrec",
-        "device": "cuda",
-        "model_overrides": {"max_len": 150, "d_model": 64, "n_layers": 2, "dropout": 0.2},
-        "trajectories": {"runs": 5, "every": 50, "train": {"lr": 1e-3, "batch_size": 128, "max_steps": 1000}},
-        "budgets": [50],
-        "xi": 150,
-        "claim_budget": 50,
-        "distill": {
-            "latent_dim": 8,
-            "tau": 1.0,
-            "inner_steps": 100,
-            "inner_lr": 0.01,
-            "outer_steps": 4000,
-            "outer_lr": 0.01,
-            "syn_batch": 0,
-            "real_batch": 256,
-            "init": "teacher",
-        },
-        "student": {"lr": 1e-3, "batch_size": 128, "max_steps": 3000, "patience": 20, "eval_every": 20},
-        "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
-    },
+    # the protocols live in farzi.presets (one source for the bench and farzictl --preset)
+    **{name: copy.deepcopy(PROTOCOLS[name]) for name in ("ml100k-cpu", "ptb-cpu", "ml100k-paper")},
     "smoke-rec": {
         **_SMOKE,
         "source": "synthetic-rec",

@@ -203,7 +203,8 @@ def _bundle_records(
             "trajectories": str(trajectories) if trajectories else None,
             "checkpoints": len(teacher.omega) if teacher.omega else 0,
         },
-        "distill": {**cfg.to_dict(), "package_version": __version__},
+        # threads: torch intra-op threads of the run (how it ran, not a setting of the result)
+        "distill": {**cfg.to_dict(), "package_version": __version__, "threads": torch.get_num_threads()},
     }
 
 
@@ -215,7 +216,7 @@ def _finished_bundle(out: Path, cfg: DistillConfig, ds: PreparedDataset) -> Farz
         data = load_bundle(out)
     except BundleError:
         return None
-    recorded = {k: v for k, v in data.meta["distill"].items() if k not in ("package_version", "device")}
+    recorded = {k: v for k, v in data.meta["distill"].items() if k not in ("package_version", "device", "threads")}
     wanted = {k: v for k, v in cfg.to_dict().items() if k != "device"}
     same_data = data.meta["dataset"].get("fingerprint") == ds.fingerprint()
     return data if recorded == wanted and same_data else None

@@ -31,6 +31,8 @@ from farzi.distill.summary import (
 from farzi.distill.teacher import Teacher
 from farzi.errors import ConfigError
 
+FIT_STEPS = 500  # Adam steps fitting the teacher init's latent and decoder to its targets
+
 
 def effective_init(cfg: DistillConfig, teacher: Teacher) -> Init:
     """The initialization that will actually run (``teacher`` needs Omega)."""
@@ -39,8 +41,13 @@ def effective_init(cfg: DistillConfig, teacher: Teacher) -> Init:
     return cfg.init
 
 
-def initial_summary(cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> tuple[Tensor, Tensor]:
-    """(latent [mu, xi, d], decoder [d, V]) on the CPU, seeded by ``cfg.seed`` alone."""
+def initial_summary(
+    cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher, fit_steps: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """(latent [mu, xi, d], decoder [d, V]) on the CPU, seeded by ``cfg.seed`` alone.
+
+    ``fit_steps``: the teacher init's fitting steps (default: :data:`FIT_STEPS`); farzi.plan times a few.
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
     pad = [ds.vocab.pad_id]
     init = effective_init(cfg, teacher)
@@ -52,7 +59,8 @@ def initial_summary(cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -
         banned = banned_mask(ds.vocab_size, pad)
         targets = teacher_targets(tokens, logits, cfg.init_mix, banned)  # [mu, xi, V]
         decoder0 = principal_decoder(model.token_embeddings(), cfg.latent_dim, pad)  # [d, V]
-        latent, decoder = fit_summary(targets, decoder0, cfg.tau, banned, gen=gen)
+        steps = FIT_STEPS if fit_steps is None else fit_steps
+        latent, decoder = fit_summary(targets, decoder0, cfg.tau, banned, steps=steps, gen=gen)
     elif init is Init.real:
         tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)
         emb = teacher.trained_model().token_embeddings()

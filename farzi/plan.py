@@ -1,0 +1,509 @@
+"""Runs that say what they will cost: time a few real steps, project wall time and peak memory.
+
+Each ``plan_*`` function builds what its command builds (model, training set, teacher, summary),
+times a few real steps of it and one validation, and projects the whole run from them as a
+:class:`Plan`. Nothing is written to the workspace: the probe's model and summary are thrown away.
+
+How a training run is timed (:func:`measure_training`): batches are drawn from the run's own
+stream (bucketed by length, so their shapes vary); one warm-up step runs on the largest of them
+(its activations set the peak memory), then ``probe_steps`` steps on the batches closest to the
+mean batch size (tokens x positions), scaled by the mean over the drawn batches; one validation is
+timed on its own. A distillation times outer steps (one warm-up, then ``probe_steps``).
+
+The projection is an upper bound where a run can stop early (``--patience``), and the peak memory
+is the process's peak resident set size (plus, on a GPU, the peak allocated there) after the probe,
+plus the copies the run keeps that the probe does not (best weights, checkpoints in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet
+from farzi.data.prepared import PreparedDataset
+from farzi.device import resolve_device
+from farzi.errors import ConfigError
+from farzi.evaluate import evaluate
+from farzi.models import SequenceModel, build_model, make_config, model_task
+from farzi.train import TrainConfig, check_model_sizes, train_step
+
+LONG_SECONDS = 1800.0  # a projection above this names the flags that bring it down
+DRAWN_BATCHES = 64  # batches drawn to learn the stream's mean and largest batch
+DRAW_SECONDS = 3.0  # ... or fewer, when drawing them takes longer than this
+SLOW_STEP_SECONDS = 60.0  # a warm-up step this slow stands for every step (no further timing)
+PROBE_SECONDS = 10.0  # timed steps after the warm-up stop once they took this long (at least one runs)
+
+
+@dataclass
+class Stage:
+    """One kind of work in the run: ``count`` units of ``seconds_each``."""
+
+    name: str
+    count: int
+    unit: str
+    seconds_each: float
+
+    @property
+    def seconds(self) -> float:
+        return self.count * self.seconds_each
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "count": self.count,
+            "unit": self.unit,
+            "seconds_each": round(self.seconds_each, 4),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class Lever:
+    """A flag the run's time grows with; ``suggested`` alone brings the projection to
+    :data:`LONG_SECONDS` where a value can (None for flags whose effect is not linear)."""
+
+    flag: str
+    value: Any
+    suggested: Any = None
+    effect: str = "linear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Plan:
+    """The projected cost of a command: wall time by stage and peak memory."""
+
+    command: str
+    stages: list[Stage]
+    peak_memory_bytes: int
+    probe_seconds: float
+    threads: int
+    device: str
+    levers: list[Lever] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    @property
+    def long(self) -> bool:
+        return self.seconds > LONG_SECONDS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "seconds": round(self.seconds, 3),
+            "long": self.long,
+            "long_seconds": LONG_SECONDS,
+            "peak_memory_bytes": int(self.peak_memory_bytes),
+            "probe_seconds": round(self.probe_seconds, 2),
+            "threads": self.threads,
+            "device": self.device,
+            "stages": [s.to_dict() for s in self.stages],
+            "levers": [lv.to_dict() for lv in self.levers] if self.long else [],
+            "notes": list(self.notes),
+        }
+
+
+# ------------------------------------------------------------------ measuring
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_peak(device: torch.device) -> int:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@dataclass
+class TrainingCost:
+    step_seconds: float  # mean optimizer step over the stream
+    eval_seconds: float  # one validation
+    steps_timed: int
+    extra_bytes: int  # copies a run keeps that the probe does not hold (best state)
+
+
+def _draw(train_set: TrainSet, batch_size: int, seed: int, device: torch.device) -> list[torch.Tensor]:
+    """Up to DRAWN_BATCHES batches of the stream (epoch after epoch), fewer if drawing them is slow."""
+    gen = torch.Generator().manual_seed(seed)
+    out: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for _ in range(DRAWN_BATCHES):
+        for batch in train_set.batches(batch_size, gen, device):
+            out.append(batch)
+            if len(out) >= DRAWN_BATCHES or time.perf_counter() - start > DRAW_SECONDS:
+                return out
+        if train_set.kind == "soft" and len(out) >= 4:  # soft batches all have one shape
+            return out
+    return out
+
+
+def _cells(batch: torch.Tensor) -> int:
+    return int(batch.shape[0] * batch.shape[1])
+
+
+def measure_training(
+    model: SequenceModel,
+    train_set: TrainSet,
+    ds: PreparedDataset,
+    config: TrainConfig,
+    device: torch.device,
+    probe_steps: int = 3,
+) -> TrainingCost:
+    """Time ``probe_steps`` optimizer steps of ``model`` on ``train_set`` and one validation."""
+    config.validate()
+    if train_set.num_sequences < 1:
+        raise ConfigError("there are no training sequences", "train on a non-empty dataset or sample")
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batches = _draw(train_set, config.batch_size, config.seed, device)
+    mean_cells = sum(_cells(b) for b in batches) / len(batches)
+    largest = max(range(len(batches)), key=lambda i: _cells(batches[i]))
+    t0 = time.perf_counter()
+    train_step(model, opt, batches[largest], config.grad_clip)
+    _sync(device)
+    warm = time.perf_counter() - t0
+    if warm >= SLOW_STEP_SECONDS:  # one step this slow: its time (on the largest batch) stands for all
+        step_seconds, timed = warm, 1
+    else:
+        near = sorted(range(len(batches)), key=lambda i: abs(_cells(batches[i]) - mean_cells))[:probe_steps]
+        done: list[int] = []
+        t0 = time.perf_counter()
+        for i in near:
+            train_step(model, opt, batches[i], config.grad_clip)
+            done.append(i)
+            if time.perf_counter() - t0 > PROBE_SECONDS:
+                break
+        _sync(device)
+        per_cell = (time.perf_counter() - t0) / sum(_cells(batches[i]) for i in done)
+        step_seconds, timed = per_cell * mean_cells, len(done) + 1
+    t0 = time.perf_counter()
+    evaluate(model, ds, "valid", device=device)
+    eval_seconds = time.perf_counter() - t0
+    model.train()
+    return TrainingCost(step_seconds, eval_seconds, timed, extra_bytes=_param_bytes(model))
+
+
+def _validations(config: TrainConfig, num_sequences: int) -> int:
+    steps_per_epoch = max(1, math.ceil(num_sequences / config.batch_size))
+    every = config.eval_every or max(steps_per_epoch, 10)
+    return config.max_steps // every + (1 if config.max_steps % every else 0)
+
+
+def _training_stages(label: str, cost: TrainingCost, config: TrainConfig, num_sequences: int, runs: int = 1):
+    return [
+        Stage(f"{label}: training", runs * config.max_steps, "step", cost.step_seconds),
+        Stage(f"{label}: validation", runs * _validations(config, num_sequences), "validation", cost.eval_seconds),
+    ]
+
+
+def _finish(
+    command: str, stages: list[Stage], device: torch.device, started: float, extra_bytes: int, notes: list[str]
+) -> Plan:
+    return Plan(
+        command=command,
+        stages=stages,
+        peak_memory_bytes=peak_rss_bytes() + _device_peak(device) + extra_bytes,
+        probe_seconds=time.perf_counter() - started,
+        threads=torch.get_num_threads(),
+        device=str(device),
+        notes=notes,
+    )
+
+
+def _linear_lever(plan: Plan, flag: str, value: int, share: float, least: int = 1) -> Lever:
+    """``flag`` (now ``value``) scales ``share`` seconds of the plan linearly."""
+    suggested = None
+    if share > 0 and plan.long:
+        room = LONG_SECONDS - (plan.seconds - share)
+        if room > 0:
+            suggested = max(least, int(value * room / share))
+            suggested = suggested if suggested < value else None
+    return Lever(flag, value, suggested)
+
+
+def _early_stop_note(config: TrainConfig) -> list[str]:
+    if config.patience:
+        return [f"an upper bound: with --patience {config.patience} the run may stop early"]
+    return []
+
+
+# ------------------------------------------------------------------ commands
+def _check_model(ds: PreparedDataset, model_name: str, overrides: dict[str, Any] | None):
+    if model_task(model_name) != ds.task:
+        raise ConfigError(
+            f"model {model_name!r} is for {model_task(model_name)} but {ds.name!r} is a {ds.task} dataset",
+            "pick a model for this task",
+        )
+    cfg = make_config(model_name, ds.vocab_size, **(overrides or {}))
+    check_model_sizes(cfg)
+    return cfg
+
+
+def plan_trajectories(
+    ds: PreparedDataset,
+    model_name: str,
+    runs: int,
+    every: int,
+    config: TrainConfig,
+    model_overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    probe_steps: int = 3,
+) -> Plan:
+    """The cost of ``train_trajectories`` with these arguments."""
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    if runs < 1:
+        raise ConfigError(f"--runs {runs} must be at least 1", "pass e.g. --runs 5")
+    if every < 1:
+        raise ConfigError(f"--every {every} must be at least 1", "pass e.g. --every 50")
+    cfg = _check_model(ds, model_name, model_overrides)
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, cfg)
+    train_set = SequenceTrainSet(ds.train, cfg.max_len)
+    cost = measure_training(model, train_set, ds, config, dev, probe_steps)
+    stages = _training_stages(f"{runs} runs", cost, config, train_set.num_sequences, runs)
+    saves = runs * (config.max_steps // every + 2)
+    stages.append(Stage("checkpoints", saves, "save", _time_save(model)))
+    # a run keeps the best state, the latest unsaved state and its Adam moments beside the model
+    plan = _finish("trajectories", stages, dev, started, 3 * cost.extra_bytes, _early_stop_note(config))
+    training = stages[0].seconds + stages[1].seconds
+    plan.levers = [
+        _linear_lever(plan, "--max-steps", config.max_steps, plan.seconds),  # steps, validations, saves
+        _linear_lever(plan, "--runs", runs, plan.seconds),
+        Lever("--max-len", cfg.max_len, effect="per step: attention grows with its square, the rest linearly"),
+    ]
+    if stages[1].seconds > 0.25 * training:
+        plan.levers.append(Lever("--eval-every", config.eval_every, effect="fewer validations"))
+    return plan
+
+
+def _time_save(model: SequenceModel) -> float:
+    """One checkpoint and its Adam moments written (to a temporary directory, deleted at once)."""
+    from farzi.checkpoint import save_checkpoint  # here: checkpoint imports much of the package
+
+    with tempfile.TemporaryDirectory(prefix="farzi-plan-") as tmp:
+        t0 = time.perf_counter()
+        save_checkpoint(Path(tmp) / "probe.safetensors", model, {"name": "probe"}, run=0, step=0, validation={})
+        elapsed = time.perf_counter() - t0
+    return 2 * elapsed  # the moments file is twice the weights, written as fast
+
+
+def plan_student(
+    ds: PreparedDataset,
+    model_name: str,
+    spec_text: str,
+    config: TrainConfig,
+    model_overrides: dict[str, Any] | None = None,
+    discrete: bool = False,
+    device: str = "cpu",
+    recipe_fills: Any = (),
+    probe_steps: int = 3,
+) -> Plan:
+    """The cost of ``train_student`` with these arguments (a bundle's recipe applied as it would be)."""
+    from farzi.student import apply_recipe, parse_spec, training_set
+
+    started = time.perf_counter()
+    spec = parse_spec(spec_text)
+    dev = resolve_device(device)
+    cfg = _check_model(ds, model_name, model_overrides)
+    train_set, _ = training_set(ds, spec, cfg.max_len, config.seed, discrete, device)
+    if isinstance(train_set, DistributionTrainSet):
+        config, _ = apply_recipe(config, train_set.summary.meta.get("recipe"), recipe_fills)
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, cfg)
+    cost = measure_training(model, train_set, ds, config, dev, probe_steps)
+    stages = _training_stages(f"train {model_name} on {spec.label()}", cost, config, train_set.num_sequences)
+    plan = _finish("train-student", stages, dev, started, cost.extra_bytes, _early_stop_note(config))
+    plan.levers = [
+        _linear_lever(plan, "--max-steps", config.max_steps, plan.seconds),
+        Lever("--max-len", cfg.max_len, effect="per step: attention grows with its square, the rest linearly"),
+    ]
+    if stages[1].seconds > 0.25 * stages[0].seconds:
+        plan.levers.append(Lever("--eval-every", config.eval_every, effect="fewer validations"))
+    return plan
+
+
+def plan_distill(
+    ds: PreparedDataset, cfg: Any, trajectories: Path | None = None, probe_steps: int = 2, command: str = "distill"
+) -> Plan:
+    """The cost of ``distill(ds, cfg, ..., trajectories=trajectories)``: the initial summary, the outer
+    steps (``probe_steps`` of them timed after one warm-up) and the summary selections."""
+    from farzi.distill.engine import outer_step
+    from farzi.distill.objectives import make_objective
+    from farzi.distill.outer import OuterOptimizer
+    from farzi.distill.select import as_bundle, recipe, recipe_config
+    from farzi.distill.summary import Summary
+    from farzi.distill.teacher import load_teacher
+
+    started = time.perf_counter()
+    cfg.validate(ds)
+    torch.manual_seed(cfg.seed)
+    teacher = load_teacher(ds, cfg, trajectories)
+    latent, decoder, init_seconds = _time_init(cfg, ds, teacher)
+    summary = Summary.create(
+        latent,
+        decoder,
+        cfg.tau,
+        [ds.vocab.pad_id],
+        teacher.device,
+        learn_tau=cfg.learn_tau,
+        inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
+    )
+    stages = [Stage("initial summary", 1, "init", init_seconds)]
+    extra = 0
+    if cfg.outer_steps:
+        outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
+        objective = make_objective(cfg, ds, teacher)
+        t0 = time.perf_counter()
+        outer_step(1, summary, objective, outer, cfg)
+        _sync(teacher.device)
+        each = time.perf_counter() - t0
+        n = min(probe_steps, cfg.outer_steps - 1)
+        if each < SLOW_STEP_SECONDS and n > 0:
+            t0 = time.perf_counter()
+            for step in range(2, 2 + n):
+                outer_step(step, summary, objective, outer, cfg)
+                if time.perf_counter() - t0 > PROBE_SECONDS:
+                    n = step - 1
+                    break
+            _sync(teacher.device)
+            each = (time.perf_counter() - t0) / n
+        stages.append(Stage("outer steps", cfg.outer_steps, "outer step", each))
+        if teacher.omega is not None:  # every checkpoint it starts from stays cached (and its moments)
+            per = _param_bytes(teacher.model) * (3 if cfg.inner_state.value == "omega" else 1)
+            extra += len(teacher.omega) * per
+    if cfg.select_every:
+        selections = 1 + sum(
+            1 for s in range(1, cfg.outer_steps + 1) if s % cfg.select_every == 0 or s == cfg.outer_steps
+        )
+        rec = recipe_config(recipe(cfg, ds.task), cfg.seed)
+        torch.manual_seed(cfg.seed)
+        student = build_model(teacher.model.name, teacher.model.config)
+        data = DistributionTrainSet(as_bundle(summary, ds.task, ds.vocab.pad_id))
+        cost = measure_training(student, data, ds, rec, teacher.device)
+        one = rec.max_steps * cost.step_seconds + _validations(rec, data.num_sequences) * cost.eval_seconds
+        stages.append(Stage("summary selection (a student each)", selections, "selection", one))
+    plan = _finish(command, stages, teacher.device, started, extra, [])
+    outer_s = stages[1].seconds if cfg.outer_steps else 0.0
+    levers = [
+        _linear_lever(plan, "--outer-steps", cfg.outer_steps, outer_s),
+        _linear_lever(plan, "--inner-steps", cfg.inner_steps, outer_s),
+    ]
+    if cfg.syn_batch == 0 or cfg.syn_batch > 16:
+        levers.append(Lever("--syn-batch", cfg.syn_batch or cfg.mu, effect="per inner step (0 = all mu sequences)"))
+    if cfg.meta_batch > 1:
+        levers.append(_linear_lever(plan, "--meta-batch", cfg.meta_batch, outer_s))
+    if cfg.select_every:
+        levers.append(_linear_lever(plan, "--select-every", cfg.select_every, 0.0))
+        levers[-1].effect = "fewer selections (each trains a student)"
+    levers.append(Lever("--real-batch", cfg.real_batch, effect="per outer step: the real-data loss"))
+    plan.levers = [lv for lv in levers if lv.value]
+    return plan
+
+
+def _time_init(cfg: Any, ds: PreparedDataset, teacher: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The initial summary (of the run's shapes) and the seconds the run's own will take. The teacher
+    init fits its latent and decoder in FIT_STEPS Adam steps: it runs here with one, and the fit's
+    step is timed on its own (on random targets of the same shapes: its cost does not depend on them)."""
+    from farzi.distill.config import Init
+    from farzi.distill.init import FIT_STEPS, effective_init, initial_summary
+    from farzi.distill.summary import banned_mask, fit_summary
+
+    if effective_init(cfg, teacher) is not Init.teacher:
+        t0 = time.perf_counter()
+        latent, decoder = initial_summary(cfg, ds, teacher)
+        return latent, decoder, time.perf_counter() - t0
+    t0 = time.perf_counter()
+    latent, decoder = initial_summary(cfg, ds, teacher, fit_steps=1)
+    base = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.softmax(torch.randn(cfg.mu, cfg.xi, ds.vocab_size, generator=gen), dim=-1)
+    decoder0 = torch.randn(cfg.latent_dim, ds.vocab_size, generator=gen)
+    banned = banned_mask(ds.vocab_size, [ds.vocab.pad_id])
+    fit_summary(targets, decoder0, cfg.tau, banned, steps=1, gen=gen)  # warm-up
+    steps, t0 = 0, time.perf_counter()
+    while steps < 20 and (steps < 2 or time.perf_counter() - t0 < 2.0):
+        fit_summary(targets, decoder0, cfg.tau, banned, steps=1, gen=gen)
+        steps += 1
+    per_step = (time.perf_counter() - t0) / steps
+    return latent, decoder, base + per_step * (FIT_STEPS - 1)
+
+
+def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: Callable | None = None) -> Plan:
+    """The cost of ``run_demo(seed=seed, tasks=tasks)``, measured on the demo's own datasets prepared
+    in a temporary directory (deleted): every stage's steps timed as its command's plan times them."""
+    from farzi.data.prepare import PrepareOptions, prepare
+    from farzi.demo import TASKS
+    from farzi.distill.config import DistillConfig
+
+    started = time.perf_counter()
+    stages: list[Stage] = []
+    notes: list[str] = []
+    peak = 0
+    with tempfile.TemporaryDirectory(prefix="farzi-plan-demo-") as tmp:
+        for name in tasks:
+            spec = TASKS[name]
+            t0 = time.perf_counter()
+            ds = prepare(spec.source, PrepareOptions(seed=seed), home=Path(tmp))
+            stages.append(Stage(f"{name}: prepare", 1, "dataset", time.perf_counter() - t0))
+            steps = spec.trajectory_steps
+            tcfg = TrainConfig(lr=2e-3, batch_size=64, max_steps=steps, patience=0, eval_every=steps // 3, seed=seed)
+            part = plan_trajectories(
+                ds, spec.model, spec.trajectory_runs, max(1, steps // 6), tcfg, spec.model_overrides
+            )
+            stages += [dataclasses.replace(s, name=f"{name}: trajectories {s.name}") for s in part.stages]
+            mu, xi = spec.budget
+            dcfg = DistillConfig(mu=mu, xi=xi, model=spec.model, model_overrides=spec.model_overrides, **spec.distill)
+            part = plan_distill(ds, dcfg, None)
+            stages += [dataclasses.replace(s, name=f"{name}: distill {s.name}") for s in part.stages]
+            stages.append(Stage(f"{name}: init-only summary", 1, "init", part.stages[0].seconds_each))
+            scfg = TrainConfig(seed=seed, **spec.student)
+            for data in (f"random:{mu}", f"head:{mu}", "full"):
+                part = plan_student(ds, spec.model, data, scfg, spec.model_overrides)
+                stages += [dataclasses.replace(s, name=f"{name}: student {s.name}") for s in part.stages]
+            # the two students on Farzi Data: soft batches of the budget's shape
+            student = build_model(spec.model, make_config(spec.model, ds.vocab_size, **spec.model_overrides))
+            soft = _random_bundle(mu, xi, ds.vocab_size, ds.vocab.pad_id, ds.task)
+            cost = measure_training(student, soft, ds, scfg, torch.device("cpu"))
+            soft_stages = _training_stages(f"{name}: 2 students on Farzi Data", cost, scfg, mu, runs=2)
+            stages += soft_stages
+            peak = max(peak, part.peak_memory_bytes)
+    notes.append("an upper bound: the students stop early (--patience)")
+    plan = _finish("demo", stages, torch.device("cpu"), started, 0, notes)
+    plan.peak_memory_bytes = max(peak, plan.peak_memory_bytes)
+    plan.levers = [Lever("--task", "both", effect="one task (lm or rec) takes about half")]
+    return plan
+
+
+def _random_bundle(mu: int, xi: int, vocab: int, pad: int, task: str) -> DistributionTrainSet:
+    from farzi.distill.bundle import FarziData
+
+    gen = torch.Generator().manual_seed(0)
+    latent = torch.randn(mu, xi, 8, generator=gen)
+    decoder = torch.randn(8, vocab, generator=gen)
+    return DistributionTrainSet(FarziData(latent, decoder, 1.0, {"task": task, "masked_tokens": [pad]}))

@@ -1,0 +1,152 @@
+"""Named settings (presets): the benchmark protocols, for users to ask for by name.
+
+``PROTOCOLS`` is the single source of the benchmark protocols' settings: ``bench`` reads its
+``ml100k-cpu``, ``ptb-cpu`` and ``ml100k-paper`` settings from here, and ``farzictl ... --preset
+cpu|paper`` fills a command's options from them (options given on the command line win).
+
+* ``cpu``: the CPU protocol (minutes to an hour on 2 cores): ``ml100k-cpu`` for recommendation,
+  ``ptb-cpu`` for language modeling;
+* ``paper``: the paper's ML-100k setting (its Table 4), a GPU run (``device`` ``cuda``);
+  recommendation only.
+
+:func:`preset_values` turns a protocol into the options of one command (trajectories, distill,
+train-student), named as the command's options are (``model_overrides`` a mapping of model
+settings, some without an option of their own, e.g. ``d_ff``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from farzi.errors import ConfigError
+
+PRESETS = ("cpu", "paper")
+PRESET_COMMANDS = ("trajectories", "distill", "train-student")
+
+# The protocols' settings. bench/experiments/sample_efficiency.py reads them from here.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "ml100k-cpu": {
+        "source": "ml-100k",
+        "source_dir": "ml-100k",
+        "model": "sasrec",
+        "model_overrides": {"max_len": 50, "d_model": 64, "n_layers": 2, "dropout": 0.2},
+        "trajectories": {"runs": 3, "every": 20, "train": {"lr": 2e-3, "batch_size": 128, "max_steps": 240}},
+        "budgets": [50],
+        "distill_seeds": 2,
+        "xi": 50,
+        "claim_budget": 50,
+        "distill": {
+            "latent_dim": 8,
+            "tau": 1.0,
+            "inner_steps": 10,
+            "inner_lr": 0.01,
+            "outer_steps": 100,
+            "outer_lr": 0.01,
+            "syn_batch": 16,
+            "real_batch": 128,
+            "init": "teacher",
+            "init_mix": 0.2,
+            "recipe_lr": 1e-3,
+            "recipe_steps": 600,
+            "recipe_batch": 128,
+        },
+        # students select their best state on validation cross-entropy (farzi.evaluate.default_metric)
+        "student": {"lr": 1e-3, "batch_size": 128, "max_steps": 600, "patience": 15, "eval_every": 10},
+        "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
+    },
+    "ptb-cpu": {
+        "source": "ptb-offline",
+        "source_dir": "ptb",
+        "model": "transformer",
+        "model_overrides": {"max_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256, "dropout": 0.2},
+        "trajectories": {"runs": 3, "every": 40, "train": {"lr": 2e-3, "batch_size": 64, "max_steps": 480}},
+        "budgets": [40],
+        "distill_seeds": 2,
+        "xi": 50,
+        "claim_budget": 40,
+        "distill": {
+            "latent_dim": 8,
+            "tau": 1.0,
+            "inner_steps": 10,
+            "inner_lr": 0.01,
+            "outer_steps": 150,
+            "outer_lr": 0.01,
+            "syn_batch": 16,
+            "real_batch": 128,
+            "init": "teacher",
+            "recipe_lr": 2e-3,
+            "recipe_steps": 1000,
+            "recipe_batch": 64,
+        },
+        "student": {"lr": 2e-3, "batch_size": 64, "max_steps": 1000, "patience": 10, "eval_every": 40},
+        "metrics": ["ppl_corpus", "ppl_sentence", "accuracy"],
+    },
+    # the paper's ML-100k setting (its Table 4 as summarized in ../shared/DESIGN.md): a GPU run
+    "ml100k-paper": {
+        "source": "ml-100k",
+        "source_dir": "ml-100k",
+        "model": "sasrec",
+        "device": "cuda",
+        "model_overrides": {"max_len": 150, "d_model": 64, "n_layers": 2, "dropout": 0.2},
+        "trajectories": {"runs": 5, "every": 50, "train": {"lr": 1e-3, "batch_size": 128, "max_steps": 1000}},
+        "budgets": [50],
+        "xi": 150,
+        "claim_budget": 50,
+        "distill": {
+            "latent_dim": 8,
+            "tau": 1.0,
+            "inner_steps": 100,
+            "inner_lr": 0.01,
+            "outer_steps": 4000,
+            "outer_lr": 0.01,
+            "syn_batch": 0,
+            "real_batch": 256,
+            "init": "teacher",
+        },
+        "student": {"lr": 1e-3, "batch_size": 128, "max_steps": 3000, "patience": 20, "eval_every": 20},
+        "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
+    },
+}
+
+# (preset, task) -> protocol
+_BY_TASK = {("cpu", "rec"): "ml100k-cpu", ("cpu", "lm"): "ptb-cpu", ("paper", "rec"): "ml100k-paper"}
+
+
+def protocol(preset: str, task: str) -> str:
+    """The protocol a preset names for a task (``ConfigError`` where there is none)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
+    name = _BY_TASK.get((preset, task))
+    if name is None:
+        raise ConfigError(
+            f"there is no {preset!r} preset for {task} datasets (the paper protocol is defined for ML-100k only)",
+            "use --preset cpu, or pass the settings as options",
+        )
+    return name
+
+
+def preset_values(preset: str, task: str, command: str) -> dict[str, Any]:
+    """The options ``command`` takes from ``preset`` on a ``task`` dataset (a fresh copy).
+
+    trajectories: model, runs, every, lr, batch_size, max_steps; distill: budget (the protocol's
+    headline budget) and the distillation settings; train-student: the student recipe. All three:
+    ``model_overrides`` and, where the protocol sets one, ``device``.
+    """
+    if command not in PRESET_COMMANDS:
+        raise ConfigError(f"{command} takes no preset", f"use --preset with {', '.join(PRESET_COMMANDS)}")
+    p = copy.deepcopy(PROTOCOLS[protocol(preset, task)])
+    out: dict[str, Any] = {"model": p["model"], "model_overrides": p["model_overrides"]}
+    if "device" in p:
+        out["device"] = p["device"]
+    if command == "trajectories":
+        t = p["trajectories"]
+        out.update(runs=t["runs"], every=t["every"], **t["train"])
+    elif command == "distill":
+        out.update(budget=f"{p['claim_budget']}x{p['xi']}", **p["distill"])
+        # the teacher settings a distillation takes (its teacher is Omega's model where there is one)
+        keep = ("max_len", "d_model", "n_layers", "n_heads", "dropout")
+        out["model_overrides"] = {k: v for k, v in out["model_overrides"].items() if k in keep}
+    else:
+        out.update(p["student"])
+    return out

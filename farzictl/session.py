@@ -1,0 +1,100 @@
+"""Options every command shares that act on the whole invocation: ``--threads``, ``--quiet``,
+``--preset`` and ``--plan``, with the state they set (reset by :func:`farzictl.app.main` per call).
+
+``--threads N`` sets torch's intra-op threads while the options are parsed, before any work;
+the library records ``torch.get_num_threads()`` in what it writes. ``--quiet`` silences progress
+and the cost projection on stderr (:func:`farzictl.ui.progress_bars` reads :data:`STATE`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any
+
+import torch
+import typer
+
+from farzi.presets import preset_values
+
+
+@dataclass
+class State:
+    quiet: bool = False
+
+
+STATE = State()
+
+
+def reset() -> None:
+    STATE.quiet = False
+
+
+def _set_threads(value: int | None) -> int | None:
+    if value is not None:
+        torch.set_num_threads(value)
+    return value
+
+
+def _set_quiet(value: bool) -> bool:
+    STATE.quiet = bool(value)
+    return value
+
+
+class PresetName(str, Enum):
+    cpu = "cpu"
+    paper = "paper"
+
+
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        callback=_set_threads,
+        help="torch intra-op threads (default: torch's own choice); set it on a shared machine.",
+        show_default=False,
+    ),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", callback=_set_quiet, help="No progress and no cost projection on stderr.")
+]
+Plan = Annotated[
+    bool,
+    typer.Option(
+        "--plan", help="Time a few real steps, print the projected wall time and peak memory, exit (writes nothing)."
+    ),
+]
+Preset = Annotated[
+    PresetName | None,
+    typer.Option(
+        help="Settings of a benchmark protocol: cpu (ml100k-cpu / ptb-cpu) or paper (ml100k-paper, a GPU run); "
+        "options given on the command line win.",
+        show_default=False,
+    ),
+]
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was set on the command line or by its environment variable."""
+    source = ctx.get_parameter_source(name)  # a ParameterSource of the click typer uses (it vendors one)
+    return source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def apply_preset(
+    ctx: typer.Context, preset: PresetName | None, task: str, command: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    """``values`` (the command's options by name) with the preset's filled in where the user set
+    none; ``values["model_overrides"]`` (a mapping, None entries unset) is merged the same way."""
+    if preset is None:
+        return values
+    out = dict(values)
+    fills = preset_values(preset.value, task, command)
+    overrides = dict(fills.pop("model_overrides", {}))
+    for key, value in (out.get("model_overrides") or {}).items():
+        if value is not None:  # --max-len, --d-model, ... given on the command line
+            overrides[key] = value
+    out["model_overrides"] = overrides
+    for key, value in fills.items():
+        if key in out and not given(ctx, key):
+            out[key] = value
+    return out
