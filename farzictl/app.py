@@ -35,6 +35,7 @@ from farzi.distill.config import (
 )
 from farzi.distill.engine import distill
 from farzi.distill.inspect import inspect_bundle
+from farzi.distributed import DEFAULT_TIMEOUT as DEFAULT_RANK_TIMEOUT
 from farzi.errors import DataError
 from farzi.evaluate import evaluate
 from farzi.export import DECODINGS, FORMATS, ExportConfig, export_bundle
@@ -43,7 +44,7 @@ from farzi.student import parse_spec, train_student
 from farzi.train import TrainConfig
 from farzi.trajectories import train_trajectories
 from farzi.workspace import bundles_dir, check_name, dataset_dir, models_dir, trajectories_dir
-from farzictl import ui
+from farzictl import launch, ui
 
 app = typer.Typer(
     name="farzictl",
@@ -154,6 +155,12 @@ Patience = Annotated[int, typer.Option(help="Validations without improvement bef
 EvalEvery = Annotated[int, typer.Option(help="Steps between validations (0 = once per epoch, at least 10).")]
 Metric = Annotated[str, typer.Option(help="Validation metric for early stopping (default hr@10 / ppl_corpus).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (checked before any work).")]
+NProc = Annotated[
+    int, typer.Option(help="Run as N ranks on this machine (torch.distributed; under torchrun leave it at 1).")
+]
+RankTimeout = Annotated[
+    float, typer.Option(help="Seconds a rank waits for the others before the job stops (several ranks only).")
+]
 Model = Annotated[str | None, typer.Option(help="Model: sasrec, gru4rec, fmlp (rec); transformer, rnn (lm).")]
 
 
@@ -442,12 +449,17 @@ def distill_cmd(
     ] = None,
     overwrite: Overwrite = False,
     device: Annotated[str, _d("device")] = _DISTILL.device,
+    nproc: NProc = 1,
+    rank_timeout: RankTimeout = DEFAULT_RANK_TIMEOUT,
     seed: Seed = _DISTILL.seed,
     home: Home = None,
     json: Json = False,
 ) -> None:
     """Distill a prepared dataset into Farzi Data (a farzi-data v1 bundle)."""
     given = dict(locals())
+    launch.check_nproc(nproc)
+    if nproc > 1:
+        raise typer.Exit(launch.spawn(nproc, rank_timeout))
     ds = resolve_dataset(dataset, home)
     mu, xi = parse_budget(budget)
     name = _model_name(model, ds.task)
@@ -463,7 +475,10 @@ def distill_cmd(
         **{k: given[k] for k in DISTILL_OPTION_FIELDS},
     )
     target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
-    with ui.progress_bars(not json) as progress:
+    with (
+        launch.rank_scope(device, rank_timeout) as collective,
+        ui.progress_bars(not json and collective.rank == 0) as progress,
+    ):
         result = distill(
             ds,
             cfg,
@@ -473,7 +488,10 @@ def distill_cmd(
             resume=resume,
             progress=progress,
             overwrite=overwrite,
+            collective=collective,
         )
+    if collective.rank != 0:
+        return  # rank 0 reports for the job
     info = {
         "bundle": str(result.path),
         "log": str(result.log_path),
@@ -672,6 +690,7 @@ def _command() -> Any:  # a click Command (typer vendors click from 0.29 on)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; usage errors become one line and exit 2."""
+    launch.ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         code = _command().main(args=argv, prog_name="farzictl", standalone_mode=False)
     except Exception as exc:  # noqa: BLE001 - usage errors from typer's click
