@@ -44,14 +44,23 @@ class RankLost(FarziError):
 class TorchCollective:
     """A :class:`Collective` over the default torch.distributed process group."""
 
-    def __init__(self, device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, device: torch.device, timeout: float = DEFAULT_TIMEOUT, group: Any = None) -> None:
         import torch.distributed as dist
 
         self._dist = dist
+        self.group = group  # None: the default group
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.device = device  # where NCCL wants its buffers (CPU for gloo)
         self.timeout = timeout
+
+    def patient(self) -> TorchCollective:
+        """The same ranks over a gloo group that waits as long as the slowest rank needs (every rank
+        must call this at the same point). A rank that dies is still seen at once (its connections
+        close); only a rank that hangs without dying is waited for."""
+        days = 30
+        group = self._dist.new_group(backend="gloo", timeout=datetime.timedelta(days=days))
+        return TorchCollective(torch.device("cpu"), days * 86400.0, group)
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -65,24 +74,24 @@ class TorchCollective:
 
     def sum(self, flat: Tensor) -> Tensor:
         buf = flat.detach().to(self.device, copy=True)
-        self._call("a sum", self._dist.all_reduce, buf, op=self._dist.ReduceOp.SUM)
+        self._call("a sum", self._dist.all_reduce, buf, op=self._dist.ReduceOp.SUM, group=self.group)
         return buf.to(flat.device)
 
     def broadcast(self, flat: Tensor, src: int = 0) -> Tensor:
         buf = flat.detach().to(self.device, copy=True)
-        self._call("a broadcast", self._dist.broadcast, buf, src)
+        self._call("a broadcast", self._dist.broadcast, buf, src, group=self.group)
         return buf.to(flat.device)
 
     def gather(self, obj: Any) -> list[Any]:
         data = torch.tensor(list(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)
         size = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
         sizes = [torch.zeros_like(size) for _ in range(self.world)]
-        self._call("a gather", self._dist.all_gather, sizes, size)
+        self._call("a gather", self._dist.all_gather, sizes, size, group=self.group)
         longest = int(max(s.item() for s in sizes))
         buf = torch.zeros(longest, dtype=torch.uint8, device=self.device)
         buf[: data.numel()] = data.to(self.device)
         parts = [torch.zeros_like(buf) for _ in range(self.world)]
-        self._call("a gather", self._dist.all_gather, parts, buf)
+        self._call("a gather", self._dist.all_gather, parts, buf, group=self.group)
         return [
             json.loads(bytes(p[: int(s.item())].cpu().tolist()).decode("utf-8"))
             for p, s in zip(parts, sizes, strict=True)

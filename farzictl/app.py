@@ -221,18 +221,27 @@ def trajectories_cmd(
     eval_every: EvalEvery = 0,
     metric: Metric = "",
     out: Annotated[Path | None, typer.Option(help="Directory (default HOME/trajectories/DATASET/MODEL).")] = None,
+    resume: Annotated[bool, typer.Option(help="Keep the runs an interrupted job finished; train the rest.")] = False,
     overwrite: Overwrite = False,
     device: Device = "cpu",
+    nproc: NProc = 1,
+    rank_timeout: RankTimeout = DEFAULT_RANK_TIMEOUT,
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
 ) -> None:
     """Train R runs of a model on the real data, keeping checkpoints along the way (Omega)."""
+    launch.check_nproc(nproc)
+    if nproc > 1:
+        raise typer.Exit(launch.spawn(nproc, rank_timeout))
     ds = resolve_dataset(dataset, home)
     name = _model_name(model, ds.task)
     target = out or trajectories_dir(ds.name, name, home)
     cfg = _train_config(lr, weight_decay, batch_size, max_steps, patience, eval_every, metric, seed)
-    with ui.progress_bars(not json) as progress:
+    with (
+        launch.rank_scope(device, rank_timeout) as collective,
+        ui.progress_bars(not json and collective.rank == 0) as progress,
+    ):
         manifest = train_trajectories(
             ds,
             name,
@@ -244,7 +253,11 @@ def trajectories_cmd(
             device,
             progress,
             overwrite=overwrite,
+            resume=resume,
+            collective=collective,
         )
+    if collective.rank != 0:
+        return  # rank 0 reports for the job
     if json:
         ui.print_json(
             {

@@ -32,6 +32,10 @@ class Collective(Protocol):
         """``flat`` of process ``src`` (every process gets it; the others' input gives the shape only)."""
         ...
 
+    def patient(self) -> Collective:
+        """The same processes, waiting for each other as long as it takes (e.g. for unequal shares of work)."""
+        ...
+
 
 class Local:
     """One process: every start point is computed here, nothing is exchanged."""
@@ -47,6 +51,9 @@ class Local:
 
     def broadcast(self, flat: Tensor, src: int = 0) -> Tensor:
         return flat
+
+    def patient(self) -> Local:
+        return self
 
 
 LOCAL = Local()
