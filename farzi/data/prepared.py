@@ -7,6 +7,13 @@ A prepared dataset is a directory::
     train.parquet      columns: id (utf8), tokens (list[int32])
     valid.parquet
     test.parquet
+    SPLIT.tokens.npy   the split's tokens, one flat little-endian int32 array
+    SPLIT.offsets.npy  its n + 1 int64 offsets (sequence i = tokens[offsets[i]:offsets[i+1]])
+
+The ``.npy`` arrays are read memory-mapped (``numpy.load(mmap_mode="r")``, never
+unpickled): processes on one machine (the ranks of a job) share the pages of one
+copy instead of each holding the dataset. A dataset without them (written by an
+earlier farzi) is read from its parquet files.
 
 Language modeling (``task = "lm"``): every split holds sentences stored as
 ``<eos> w1 ... wn <eos>``; the leading ``<eos>`` is the boundary that conditions
@@ -28,7 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from farzi._io import atomic_dir, claim_output, read_json, write_json
+from farzi._io import atomic_dir, claim_output, read_json, sha256_file, write_json
 from farzi._version import __version__
 from farzi.data._read import reading
 from farzi.data.interactions import polars_problem
@@ -156,6 +163,7 @@ class PreparedDataset:
         """
         target = Path(target)
         with claim_output(target, "prepared", overwrite), atomic_dir(target) as tmp:
+            arrays = {}
             for split in SPLITS:
                 seqs = self.splits[split]
                 frame = pl.DataFrame(
@@ -169,13 +177,30 @@ class PreparedDataset:
                     }
                 )
                 frame.write_parquet(tmp / f"{split}.parquet", compression="zstd", statistics=False)
+                np.save(tmp / f"{split}.tokens.npy", np.ascontiguousarray(seqs.tokens, dtype="<i4"))
+                np.save(tmp / f"{split}.offsets.npy", np.ascontiguousarray(seqs.offsets, dtype="<i8"))
+                arrays[split] = {
+                    "tokens": f"{split}.tokens.npy",
+                    "offsets": f"{split}.offsets.npy",
+                    "parquet_sha256": sha256_file(tmp / f"{split}.parquet"),
+                }
             self.vocab.save(tmp / "vocab.json")
-            write_json(tmp / "manifest.json", self.manifest())
+            write_json(tmp / "manifest.json", {**self.manifest(), "arrays": arrays})
         self.path = target
         return target
 
 
-def _read_split(path: Path) -> Sequences:
+ARRAY_FILES = tuple(f"{split}.{part}.npy" for split in SPLITS for part in ("tokens", "offsets"))
+
+
+def _read_split(path: Path, arrays: Any = None) -> Sequences:
+    """A split: memory-mapped from its ``.npy`` arrays where the manifest lists them, else from parquet."""
+    if isinstance(arrays, dict):
+        tokens_path = path.with_name(path.name.replace(".parquet", ".tokens.npy"))
+        offsets_path = path.with_name(path.name.replace(".parquet", ".offsets.npy"))
+        # the arrays are a copy of the parquet file as prepare wrote it: a changed parquet file is read itself
+        if tokens_path.is_file() and offsets_path.is_file() and sha256_file(path) == arrays.get("parquet_sha256"):
+            return _map_split(path, tokens_path, offsets_path)
     frame = pl.read_parquet(path, columns=["id", "tokens"])
     lengths = frame["tokens"].list.len().to_numpy().astype(np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -184,6 +209,24 @@ def _read_split(path: Path) -> Sequences:
     if len(tokens) != offsets[-1]:
         raise DataError(f"{path} holds null tokens", "prepare the dataset again")
     return Sequences(ids=frame["id"].to_list(), offsets=offsets, tokens=tokens)
+
+
+def _map_split(path: Path, tokens_path: Path, offsets_path: Path) -> Sequences:
+    """A split from its memory-mapped arrays (the ids from the parquet file's id column)."""
+    try:
+        tokens = np.load(tokens_path, mmap_mode="r", allow_pickle=False)
+        offsets = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"cannot read {tokens_path.name} / {offsets_path.name} ({exc})", _AGAIN) from None
+    if tokens.dtype != np.dtype("<i4") or tokens.ndim != 1 or offsets.dtype != np.dtype("<i8") or offsets.ndim != 1:
+        raise DataError(f"{tokens_path} / {offsets_path} are not 1-d int32 / int64 arrays", _AGAIN)
+    offsets = np.array(offsets)  # n + 1 numbers: small next to the tokens, and checked in full
+    if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(tokens) or np.any(np.diff(offsets) < 0):
+        raise DataError(f"{offsets_path} does not index {tokens_path.name}", _AGAIN)
+    ids = pl.read_parquet(path, columns=["id"])["id"].to_list()
+    if len(ids) != len(offsets) - 1:
+        raise DataError(f"{path} and {offsets_path.name} hold different numbers of sequences", _AGAIN)
+    return Sequences(ids=ids, offsets=offsets, tokens=tokens)
 
 
 def load_prepared(path: str | Path) -> PreparedDataset:
@@ -229,7 +272,7 @@ def _load_prepared(path: Path) -> PreparedDataset:
             raise DataError(f"{file} is missing", "prepare the dataset again")
         try:
             with reading(file, directory_fix=_AGAIN):
-                splits[split] = _read_split(file)
+                splits[split] = _read_split(file, (manifest.get("arrays") or {}).get(split))
         except pl.exceptions.PolarsError as exc:
             raise DataError(
                 f"cannot read {file} as a split ({polars_problem(exc)})", "prepare the dataset again"
