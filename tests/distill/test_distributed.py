@@ -268,6 +268,13 @@ def test_a_killed_rank_stops_the_job_with_one_line_then_resume_finishes_it(tiny_
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 
+def test_nproc_reports_a_ranks_error_in_one_line(tiny_lm, tmp_path) -> None:
+    out = tmp_path / "b.safetensors"
+    res = farzictl("distill", tiny_lm.path, *CLI_RUN, "--outer-steps", "2", "--out", out, "--nproc", "2", "--resume")
+    assert res.one_error_line().startswith("error: nothing to resume")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_nproc_must_be_positive(tiny_lm, tmp_path) -> None:
     line = farzictl("distill", tiny_lm.path, "--nproc", "0", "--out", tmp_path / "b.safetensors").one_error_line()
     assert "--nproc 0 must be at least 1" in line
