@@ -76,7 +76,7 @@ def _pump(src: IO[bytes], dst: IO[str]) -> None:
 def spawn(nproc: int, timeout: float, argv: list[str] | None = None) -> int:
     """Run ``python -m farzictl ARGV`` (default: this command line without ``--nproc``) as ``nproc``
     ranks here; return the exit status for the whole job, having printed at most one error line."""
-    args = _without_nproc(ARGV if argv is None else argv)
+    args = _without_nproc(argv if argv is not None else (ARGV or sys.argv[1:]))
     store = Path(tempfile.mkdtemp(prefix="farzi-ranks-"))
     root = str(Path(__file__).resolve().parents[1])  # the ranks run this very farzictl
     base = dict(os.environ)
