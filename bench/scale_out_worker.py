@@ -28,6 +28,14 @@ def pss_mib() -> float | None:
 
 
 def rss_peak_mib() -> float:
+    """This process's RSS high-water mark: VmHWM (getrusage's ru_maxrss survives exec, so it would
+    report the benchmark process that started this one when that was larger)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

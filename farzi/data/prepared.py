@@ -92,8 +92,9 @@ class PreparedDataset:
             for split in SPLITS:
                 seqs = self.splits[split]
                 h.update(split.encode())
-                h.update(np.ascontiguousarray(seqs.offsets, dtype="<i8").tobytes())
-                h.update(np.ascontiguousarray(seqs.tokens, dtype="<i4").tobytes())
+                # hashed in place (no copy of a memory-mapped split): the same bytes as .tobytes()
+                h.update(memoryview(np.ascontiguousarray(seqs.offsets, dtype="<i8")).cast("B"))
+                h.update(memoryview(np.ascontiguousarray(seqs.tokens, dtype="<i4")).cast("B"))
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
