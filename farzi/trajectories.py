@@ -100,6 +100,7 @@ def train_trajectories(
         except FarziError as exc:
             error = exc
         agree(collective, fingerprint, error, "settings or data")
+        patient = collective.patient()  # made while the ranks are together: they part ways now
         start = time.perf_counter()
         mine = [run for run in range(collective.rank, runs, collective.world)]
         try:
@@ -109,7 +110,7 @@ def train_trajectories(
                 _train_run(ds, model_name, cfg, config, run, runs, every, record, key, parts, device, progress)
         except FarziError as exc:
             error = exc
-        agree(collective.patient(), None, error, "")  # the ranks with fewer or shorter runs wait here
+        agree(patient, None, error, "")  # the ranks with fewer or shorter runs wait here
         if not writer:
             return {"rank": collective.rank, "runs": mine}
         points: list[dict[str, Any]] = []
