@@ -28,6 +28,7 @@ generalization: the three splits hold disjoint users).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ class PreparedDataset:
                 seqs = self.splits[split]
                 frame = pl.DataFrame(
                     {
-                        "id": pl.Series("id", seqs.ids, dtype=pl.Utf8),
+                        "id": pl.Series("id", list(seqs.ids), dtype=pl.Utf8),
                         "tokens": pl.Series(
                             "tokens",
                             [seqs[i].tolist() for i in range(len(seqs))],
@@ -224,10 +225,45 @@ def _map_split(path: Path, tokens_path: Path, offsets_path: Path) -> Sequences:
     offsets = np.array(offsets)  # n + 1 numbers: small next to the tokens, and checked in full
     if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(tokens) or np.any(np.diff(offsets) < 0):
         raise DataError(f"{offsets_path} does not index {tokens_path.name}", _AGAIN)
-    ids = pl.read_parquet(path, columns=["id"])["id"].to_list()
-    if len(ids) != len(offsets) - 1:
+    rows = pl.scan_parquet(path).select(pl.len()).collect().item()  # from the file's metadata
+    if rows != len(offsets) - 1:
         raise DataError(f"{path} and {offsets_path.name} hold different numbers of sequences", _AGAIN)
-    return Sequences(ids=ids, offsets=offsets, tokens=tokens)
+    return Sequences(ids=_ParquetIds(path, rows), offsets=offsets, tokens=tokens)  # type: ignore[arg-type]
+
+
+class _ParquetIds(Sequence[str]):
+    """The ids of a memory-mapped split, read from its parquet file when first used: a rank that only
+    trains never holds them (hundreds of thousands of Python strings for a large log)."""
+
+    def __init__(self, path: Path, n: int) -> None:
+        self._path, self._n = path, n
+        self._ids: list[str] | None = None
+
+    def _load(self) -> list[str]:
+        if self._ids is None:
+            with reading(self._path, directory_fix=_AGAIN):
+                ids = pl.read_parquet(self._path, columns=["id"])["id"].to_list()
+            if len(ids) != self._n:
+                raise DataError(f"{self._path} changed while it was read", _AGAIN)
+            self._ids = ids
+        return self._ids
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._load()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == self._n and list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<{self._n} ids of {self._path.name}>"
 
 
 def load_prepared(path: str | Path) -> PreparedDataset:
