@@ -28,6 +28,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "speedup": ("speedup", "Training speed-up on Farzi Data (thesis Table 4.7)"),
     "metagrad-cost": ("metagrad_cost", "Inner-loop cost vs T per meta-gradient strategy (paper Figure 5)"),
     "train-throughput": ("train_throughput", "Training throughput at large item vocabularies (issue 11.1)"),
+    "scale-out": ("scale_out", "Distillation over 1 and 2 ranks, and dataset memory per rank (issue 10)"),
 }
 ORDER = list(EXPERIMENTS)
 
