@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -49,14 +50,14 @@ def real_windows(train: object, mu: int, xi: int, gen: torch.Generator) -> Tenso
     for i in range(mu):
         if len(long_enough):
             j = int(long_enough[torch.randint(len(long_enough), (1,), generator=gen)])
-            seq = torch.as_tensor(train[j], dtype=torch.long)  # type: ignore[index]
+            seq = torch.from_numpy(np.array(train[j], dtype=np.int64))  # a copy: splits may be read-only maps
             start = int(torch.randint(len(seq) - xi + 1, (1,), generator=gen))
             out[i] = seq[start : start + xi]
             continue
         parts, have = [], 0
         while have < xi:
             j = int(torch.randint(len(lengths), (1,), generator=gen))
-            seq = torch.as_tensor(train[j], dtype=torch.long)  # type: ignore[index]
+            seq = torch.from_numpy(np.array(train[j], dtype=np.int64))  # a copy: splits may be read-only maps
             if parts and len(seq) > 1 and int(parts[-1][-1]) == int(seq[0]):
                 seq = seq[1:]  # sentences end and start with <eos>: keep one boundary between them
             parts.append(seq)

@@ -33,7 +33,16 @@ TRAJECTORIES = _trajectories(1)
 STUDENT = ["train-student", DATASET, "--data", "head:5", "--max-steps", "1", *TINY]
 COMMANDS = {"prepare": PREPARE, "trajectories": TRAJECTORIES, "train-student": STUDENT}
 OWN_FILES = {
-    "prepare": ["manifest.json", "test.parquet", "train.parquet", "valid.parquet", "vocab.json"],
+    # each split as parquet and as memory-mapped arrays (flat int32 tokens + offsets)
+    "prepare": [
+        "manifest.json",
+        *(
+            f"{split}.{kind}"
+            for split in ("test", "train", "valid")
+            for kind in ("offsets.npy", "parquet", "tokens.npy")
+        ),
+        "vocab.json",
+    ],
     # step 0 is the initialization: no optimizer moments yet
     "trajectories": [
         "manifest.json",
@@ -213,16 +222,17 @@ def test_a_killed_run_leaves_temporaries_that_the_next_run_removes(home: Path, t
     victim = farzictl_start(*args, home=home)
     try:
         _wait_for(
-            lambda: any((t / "run0-step0.safetensors").is_file() for t in _temps(tmp_path, "omega")),
+            # runs are written one by one under .omega.runs/, each through its own temporary directory
+            lambda: any((t / "run0-step0.safetensors").is_file() for t in _temps(tmp_path / ".omega.runs", "run0")),
             victim,
-            "the first checkpoint in the temporary directory",
+            "the first checkpoint in the run's temporary directory",
         )
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
     left = hidden(tmp_path)
-    assert ".omega.lock" in left and any(n.startswith(".omega.tmp-") for n in left)  # what a kill leaves
+    assert ".omega.lock" in left and ".omega.runs" in left  # what a kill leaves
     assert not target.exists()
     farzictl(*TRAJECTORIES, "--out", target, home=home).ok()  # the lock died with its process
     assert sorted(p.name for p in target.iterdir()) == OWN_FILES["trajectories"]
