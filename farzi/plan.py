@@ -460,6 +460,7 @@ def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: C
     from farzi.data.prepare import PrepareOptions, prepare
     from farzi.demo import TASKS
     from farzi.distill.config import DistillConfig
+    from farzi.trajectories import train_trajectories
 
     started = time.perf_counter()
     stages: list[Stage] = []
@@ -479,7 +480,11 @@ def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: C
             stages += [dataclasses.replace(s, name=f"{name}: trajectories {s.name}") for s in part.stages]
             mu, xi = spec.budget
             dcfg = DistillConfig(mu=mu, xi=xi, model=spec.model, model_overrides=spec.model_overrides, **spec.distill)
-            part = plan_distill(ds, dcfg, None)
+            # a one-step Omega of the demo's teacher, so the distillation starts as the demo's does
+            omega = Path(tmp) / "omega" / name
+            one = TrainConfig(lr=2e-3, batch_size=64, max_steps=1, patience=0, eval_every=1, seed=seed)
+            train_trajectories(ds, spec.model, 1, 1, one, omega, spec.model_overrides)
+            part = plan_distill(ds, dcfg, omega)
             stages += [dataclasses.replace(s, name=f"{name}: distill {s.name}") for s in part.stages]
             stages.append(Stage(f"{name}: init-only summary", 1, "init", part.stages[0].seconds_each))
             scfg = TrainConfig(seed=seed, **spec.student)
