@@ -349,10 +349,16 @@ def plan_student(
 
 
 def plan_distill(
-    ds: PreparedDataset, cfg: Any, trajectories: Path | None = None, probe_steps: int = 2, command: str = "distill"
+    ds: PreparedDataset,
+    cfg: Any,
+    trajectories: Path | None = None,
+    probe_steps: int = 2,
+    command: str = "distill",
+    resume_from: Path | None = None,
 ) -> Plan:
     """The cost of ``distill(ds, cfg, ..., trajectories=trajectories)``: the initial summary, the outer
-    steps (``probe_steps`` of them timed after one warm-up) and the summary selections."""
+    steps (``probe_steps`` of them timed after one warm-up) and the summary selections. With
+    ``resume_from`` (the bundle path of a ``--resume``), the outer steps its saved state holds are left out."""
     from farzi.distill.engine import outer_step
     from farzi.distill.objectives import make_objective
     from farzi.distill.outer import OuterOptimizer
@@ -393,7 +399,8 @@ def plan_distill(
                     break
             _sync(teacher.device)
             each = (time.perf_counter() - t0) / n
-        stages.append(Stage("outer steps", cfg.outer_steps, "outer step", each))
+        left = max(0, cfg.outer_steps - _steps_done(resume_from))
+        stages.append(Stage("outer steps", left, "outer step", each))
         if teacher.omega is not None:  # every checkpoint it starts from stays cached (and its moments)
             per = _param_bytes(teacher.model) * (3 if cfg.inner_state.value == "omega" else 1)
             extra += len(teacher.omega) * per
@@ -424,6 +431,20 @@ def plan_distill(
     levers.append(Lever("--real-batch", cfg.real_batch, effect="per outer step: the real-data loss"))
     plan.levers = [lv for lv in levers if lv.value]
     return plan
+
+
+def _steps_done(out: Path | None) -> int:
+    """Outer steps the saved run state beside bundle path ``out`` holds (0 without one)."""
+    from farzi._safetensors import read_header
+    from farzi.distill.engine import run_paths
+
+    if out is None or not run_paths(Path(out))[1].is_file():
+        return 0
+    try:
+        step = read_header(run_paths(Path(out))[1], ConfigError, "")[1].get("step", "0")
+    except ConfigError:
+        return 0  # the run itself reports a corrupt state
+    return int(step) if step.isascii() and step.isdigit() and len(step) <= 12 else 0
 
 
 def _time_init(cfg: Any, ds: PreparedDataset, teacher: Any) -> tuple[torch.Tensor, torch.Tensor, float]:

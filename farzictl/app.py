@@ -509,7 +509,7 @@ def distill_cmd(
         **{k: given[k] for k in DISTILL_OPTION_FIELDS},
     )
     target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
-    cost = plan_distill(ds, cfg, trajectories)
+    cost = plan_distill(ds, cfg, trajectories, resume_from=target if resume else None)
     with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
         result = distill(
             ds,
