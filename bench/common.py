@@ -50,7 +50,16 @@ def machine() -> dict[str, Any]:
         "farzi": farzi.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
+        "load_average": load_average(),
     }
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (other people's work included), where the OS has them."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def peak_rss_mib() -> float:

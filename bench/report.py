@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "sample-efficiency-ml100k": ("sample_efficiency", "Sample efficiency on ML-100k (paper Table 6, Figures 3-4)"),
     "sample-efficiency-ptb": ("sample_efficiency", "Sample efficiency on PTB, offline protocol (paper Table 6)"),
     "student-selection": ("student_selection", "Which validation signal students stop on (issue 9)"),
+    "fidelity-levers": ("fidelity_levers", "Levers of the outer loop, losers included (issue 9)"),
     "meta-objectives": ("meta_objectives", "Meta-objectives and the inner optimizer (paper Table 2)"),
     "cross-architecture": ("cross_architecture", "Cross-architecture generalization (paper Table 1)"),
     "omega-size": ("omega_size", "Number of pretrained trajectories |Omega| (paper Figure 6b)"),
@@ -27,6 +28,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "speedup": ("speedup", "Training speed-up on Farzi Data (thesis Table 4.7)"),
     "metagrad-cost": ("metagrad_cost", "Inner-loop cost vs T per meta-gradient strategy (paper Figure 5)"),
     "train-throughput": ("train_throughput", "Training throughput at large item vocabularies (issue 11.1)"),
+    "scale-out": ("scale_out", "Distillation over 1 and 2 ranks, and dataset memory per rank (issue 10)"),
 }
 ORDER = list(EXPERIMENTS)
 
@@ -62,6 +64,11 @@ def machine_line(result: dict[str, Any]) -> str:
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('torch_threads', '?')} torch threads), "
         f"{m.get('memory_gib', '?')} GiB, torch {m.get('torch', '?')}, farzi {m.get('farzi', '?')}"
         + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU")
+        + (
+            f", load average {'/'.join(f'{x:.2f}' for x in m['load_average'])} (1/5/15 min) at the end"
+            if m.get("load_average")
+            else ""
+        )
     )
 
 

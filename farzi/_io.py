@@ -92,7 +92,8 @@ _KINDS: dict[str, _Kind] = {
         "manifest.json",
         "farzi-prepared",
         _json_format,
-        frozenset({"manifest.json", "vocab.json", "train.parquet", "valid.parquet", "test.parquet"}),
+        frozenset({"manifest.json", "vocab.json", "train.parquet", "valid.parquet", "test.parquet"})
+        | {f"{split}.{part}.npy" for split in ("train", "valid", "test") for part in ("tokens", "offsets")},
     ),
     "trajectories": _Kind(
         "a trajectory set",

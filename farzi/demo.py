@@ -53,6 +53,7 @@ TASKS = {
         distill={
             "inner_steps": 10,
             "outer_steps": 120,
+            "syn_batch": 0,
             "real_batch": 64,
             "inner_lr": 0.01,
             "outer_lr": 0.02,
@@ -69,7 +70,14 @@ TASKS = {
         budget=(8, 30),
         trajectory_runs=2,
         trajectory_steps=150,
-        distill={"inner_steps": 10, "outer_steps": 120, "real_batch": 64, "inner_lr": 0.01, "outer_lr": 0.02},
+        distill={
+            "inner_steps": 10,
+            "outer_steps": 120,
+            "syn_batch": 0,
+            "real_batch": 64,
+            "inner_lr": 0.01,
+            "outer_lr": 0.02,
+        },
         student={"lr": 2e-3, "batch_size": 64, "max_steps": 400, "patience": 6, "eval_every": 20},
         metrics=("hr@10", "ndcg@10", "auc"),
     ),

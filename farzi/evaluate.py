@@ -25,7 +25,14 @@ def metric_is_higher_better(metric: str) -> bool:
 
 
 def default_metric(task: str) -> str:
-    return "hr@10" if task == "rec" else "ppl_corpus"
+    """What a student selects its best state on: the validation cross-entropy of every target.
+
+    Chosen by measurement (bench ``student-selection``): on ML-100k's 94 validation users HR@10
+    moves by about 4 points between evaluations of the same run, so a student stopped on it keeps a
+    state picked by noise; the cross-entropy over all of their items is smooth and ranks runs the
+    same way as the test figures. For text the corpus perplexity is that same quantity.
+    """
+    return "xent" if task == "rec" else "ppl_corpus"
 
 
 @torch.no_grad()

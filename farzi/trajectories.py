@@ -9,8 +9,12 @@ initializations (seed + run); a checkpoint is saved at the initialization (step
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +34,9 @@ from farzi.checkpoint import (
 )
 from farzi.data.prepared import PreparedDataset
 from farzi.device import resolve_device
-from farzi.errors import CheckpointError, ConfigError
+from farzi.distill.parallel import LOCAL, Collective
+from farzi.distributed import agree
+from farzi.errors import CheckpointError, ConfigError, FarziError
 from farzi.models import build_model, make_config, model_task
 from farzi.moments import AdamMoments, adam_moments, load_moments, save_moments
 from farzi.progress import ProgressFn
@@ -51,67 +57,198 @@ def train_trajectories(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     overwrite: bool = False,
+    resume: bool = False,
+    collective: Collective = LOCAL,
 ) -> dict[str, Any]:
     """Train ``runs`` models and write Omega to ``out`` (atomically).
 
     ``out`` is claimed before training (:func:`farzi._io.claim_output`): it may be absent,
     an empty directory or an earlier trajectory set; anything else is a ``ConfigError``
     unless ``overwrite``, and so is a second writer of the same ``out``.
-    """
-    resolve_device(device)  # ConfigError for a device this machine lacks, before any work
-    if runs < 1:
-        raise ConfigError(f"--runs {runs} must be at least 1", "pass e.g. --runs 5")
-    if every < 1:
-        raise ConfigError(f"--every {every} must be at least 1", "pass e.g. --every 50")
-    if model_task(model_name) != ds.task:
-        raise ConfigError(
-            f"model {model_name!r} is for {model_task(model_name)} but {ds.name!r} is a {ds.task} dataset",
-            "pick a model for this task",
-        )
-    cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
-    check_model_sizes(cfg)
-    record = dataset_record(ds)
-    points: list[dict[str, Any]] = []
-    summaries = []
-    start = time.perf_counter()
-    with claim_output(out, "trajectories", overwrite), atomic_dir(Path(out)) as tmp:
-        for run in range(runs):
-            torch.manual_seed(config.seed + run)
-            model = build_model(model_name, cfg)
-            run_cfg = TrainConfig(**{**config.to_dict(), "seed": config.seed + run})
-            recorder = _Recorder(tmp, run, every, record, points)
-            recorder(0, model, None)  # the initialization is the first point of the trajectory
 
-            train_set = SequenceTrainSet(ds.train, cfg.max_len)
-            result = train_model(
-                model,
-                train_set,
-                ds,
-                run_cfg,
-                device=device,
-                progress=progress,
-                task_name=f"trajectory run {run + 1}/{runs}",
-                on_step=recorder,
-            )
-            recorder.finish(model, result.steps)
-            summaries.append({"run": run, **result.summary()})
-        manifest = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "model": model_name,
-            "config": cfg.to_dict(),
-            "dataset": record,
-            "runs": runs,
-            "every": every,
-            "train": {**config.to_dict(), "batching": batching_record(train_set)},
-            "checkpoints": points,
-            "summaries": summaries,
-            "package": {"name": "farzi", "version": __version__},
-            "threads": torch.get_num_threads(),  # torch intra-op threads the runs trained with
-            "wall_seconds": round(time.perf_counter() - start, 3),
-        }
-        write_json(tmp / "manifest.json", manifest)
+    Each run is written on its own, atomically, into ``.NAME.runs/runR`` beside ``out`` as soon
+    as it ends; the set is assembled into ``out`` when every run is there. An interrupted job
+    keeps its finished runs, and ``resume=True`` trains only the missing ones (a run made with
+    other settings is refused). With a ``collective`` of several ranks, rank r trains runs
+    r, r + N, r + 2N ... (all ranks need ``out`` on a file system they share); rank 0 claims and
+    assembles ``out``, and returns the manifest (the other ranks: the runs they trained).
+    """
+    out = Path(out)
+    parts = _parts_dir(out)
+    writer = collective.rank == 0
+    with contextlib.ExitStack() as claim:
+        error, fingerprint = None, None
+        try:
+            resolve_device(device)  # ConfigError for a device this machine lacks, before any work
+            if runs < 1:
+                raise ConfigError(f"--runs {runs} must be at least 1", "pass e.g. --runs 5")
+            if every < 1:
+                raise ConfigError(f"--every {every} must be at least 1", "pass e.g. --every 50")
+            if model_task(model_name) != ds.task:
+                raise ConfigError(
+                    f"model {model_name!r} is for {model_task(model_name)} but {ds.name!r} is a {ds.task} dataset",
+                    "pick a model for this task",
+                )
+            cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
+            check_model_sizes(cfg)
+            record = dataset_record(ds)
+            key = _run_key(model_name, cfg.to_dict(), config, record, every)
+            fingerprint = _digest({"run": key, "runs": runs, "resume": resume, "package": __version__})
+            if writer:
+                claim.enter_context(claim_output(out, "trajectories", overwrite))
+                _prepare_parts(parts, resume, key)
+        except FarziError as exc:
+            error = exc
+        agree(collective, fingerprint, error, "settings or data")
+        patient = collective.patient()  # made while the ranks are together: they part ways now
+        start = time.perf_counter()
+        mine = [run for run in range(collective.rank, runs, collective.world)]
+        try:
+            for run in mine:
+                if resume and _finished_run(parts, run, key) is not None:
+                    continue
+                _train_run(ds, model_name, cfg, config, run, runs, every, record, key, parts, device, progress)
+        except FarziError as exc:
+            error = exc
+        agree(patient, None, error, "")  # the ranks with fewer or shorter runs wait here
+        if not writer:
+            return {"rank": collective.rank, "runs": mine}
+        points: list[dict[str, Any]] = []
+        summaries = []
+        with atomic_dir(out) as tmp:
+            for run in range(runs):
+                info = _finished_run(parts, run, key)
+                if info is None:
+                    raise CheckpointError(
+                        f"run {run} is missing from {parts} after every rank finished",
+                        "ranks on several machines need --out on a file system they all share",
+                    )
+                for f in sorted((parts / f"run{run}").iterdir()):
+                    if f.name != RUN_RECORD:
+                        _link_or_copy(f, tmp / f.name)
+                points.extend(info["points"])
+                summaries.append(info["summary"])
+            manifest = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "model": model_name,
+                "config": cfg.to_dict(),
+                "dataset": record,
+                "runs": runs,
+                "every": every,
+                "train": {**config.to_dict(), "batching": batching_record(SequenceTrainSet(ds.train, cfg.max_len))},
+                "checkpoints": points,
+                "summaries": summaries,
+                "package": {"name": "farzi", "version": __version__},
+                "threads": torch.get_num_threads(),  # torch intra-op threads the runs trained with
+                "wall_seconds": round(time.perf_counter() - start, 3),
+            }
+            write_json(tmp / "manifest.json", manifest)
+        shutil.rmtree(parts, ignore_errors=True)
     return manifest
+
+
+RUN_RECORD = "run.json"
+RUN_FORMAT = "farzi-trajectory-run"
+
+
+def _parts_dir(out: Path) -> Path:
+    """Where finished runs wait for the others: ``.NAME.runs`` beside ``out``."""
+    return out.parent / f".{out.name}.runs"
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _run_key(model_name: str, cfg: dict[str, Any], config: TrainConfig, record: dict[str, Any], every: int) -> str:
+    """What a finished run must have been made with to be kept by ``resume`` (its seed is seed + run)."""
+    return _digest({"model": model_name, "config": cfg, "train": config.to_dict(), "dataset": record, "every": every})
+
+
+def _prepare_parts(parts: Path, resume: bool, key: str) -> None:
+    """A fresh start removes earlier runs; a resume keeps those made with the same settings (and
+    drops what a killed run left half-written)."""
+    if not resume:
+        shutil.rmtree(parts, ignore_errors=True)
+        return
+    if not parts.is_dir():
+        return
+    for p in parts.iterdir():
+        if p.name.startswith("."):  # a run killed while it was written
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        elif p.is_dir() and (p / RUN_RECORD).is_file():
+            rec = _read_run_record(p)
+            if rec is None or rec.get("key") != key:
+                raise ConfigError(
+                    f"the finished run {p} was made with other settings or another dataset",
+                    "resume with the settings it was made with, or run without --resume to start over",
+                )
+
+
+def _read_run_record(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        rec = read_json(run_dir / RUN_RECORD)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("format") == RUN_FORMAT else None
+
+
+def _finished_run(parts: Path, run: int, key: str) -> dict[str, Any] | None:
+    rec = _read_run_record(parts / f"run{run}")
+    if rec is None or rec.get("key") != key or rec.get("run") != run:
+        return None
+    if not all((parts / f"run{run}" / p["file"]).is_file() for p in rec.get("points", [])):
+        return None
+    return rec
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _train_run(
+    ds: PreparedDataset,
+    model_name: str,
+    cfg: Any,
+    config: TrainConfig,
+    run: int,
+    runs: int,
+    every: int,
+    record: dict[str, Any],
+    key: str,
+    parts: Path,
+    device: str,
+    progress: ProgressFn | None,
+) -> None:
+    """Train run ``run`` and write it, with its record, atomically to ``parts/runR``."""
+    points: list[dict[str, Any]] = []
+    with atomic_dir(parts / f"run{run}") as tmp:
+        torch.manual_seed(config.seed + run)
+        model = build_model(model_name, cfg)
+        run_cfg = TrainConfig(**{**config.to_dict(), "seed": config.seed + run})
+        recorder = _Recorder(tmp, run, every, record, points)
+        recorder(0, model, None)  # the initialization is the first point of the trajectory
+
+        train_set = SequenceTrainSet(ds.train, cfg.max_len)
+        result = train_model(
+            model,
+            train_set,
+            ds,
+            run_cfg,
+            device=device,
+            progress=progress,
+            task_name=f"trajectory run {run + 1}/{runs}",
+            on_step=recorder,
+        )
+        recorder.finish(model, result.steps)
+        summary = {"run": run, **result.summary()}
+        write_json(
+            tmp / RUN_RECORD, {"format": RUN_FORMAT, "run": run, "key": key, "points": points, "summary": summary}
+        )
 
 
 class _Recorder:

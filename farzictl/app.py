@@ -35,6 +35,7 @@ from farzi.distill.config import (
 )
 from farzi.distill.engine import distill
 from farzi.distill.inspect import inspect_bundle
+from farzi.distributed import DEFAULT_TIMEOUT as DEFAULT_RANK_TIMEOUT
 from farzi.errors import DataError
 from farzi.evaluate import evaluate
 from farzi.export import DECODINGS, FORMATS, ExportConfig, export_bundle
@@ -44,7 +45,7 @@ from farzi.student import parse_spec, train_student
 from farzi.train import TrainConfig
 from farzi.trajectories import train_trajectories
 from farzi.workspace import bundles_dir, check_name, dataset_dir, models_dir, trajectories_dir
-from farzictl import session, ui
+from farzictl import launch, session, ui
 
 app = typer.Typer(
     name="farzictl",
@@ -157,6 +158,12 @@ Patience = Annotated[int, typer.Option(help="Validations without improvement bef
 EvalEvery = Annotated[int, typer.Option(help="Steps between validations (0 = once per epoch, at least 10).")]
 Metric = Annotated[str, typer.Option(help="Validation metric for early stopping (default hr@10 / ppl_corpus).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (checked before any work).")]
+NProc = Annotated[
+    int, typer.Option(help="Run as N ranks on this machine (torch.distributed; under torchrun leave it at 1).")
+]
+RankTimeout = Annotated[
+    float, typer.Option(help="Seconds a rank waits for the others before the job stops (several ranks only).")
+]
 Model = Annotated[str | None, typer.Option(help="Model: sasrec, gru4rec, fmlp (rec); transformer, rnn (lm).")]
 
 
@@ -218,8 +225,11 @@ def trajectories_cmd(
     eval_every: EvalEvery = 0,
     metric: Metric = "",
     out: Annotated[Path | None, typer.Option(help="Directory (default HOME/trajectories/DATASET/MODEL).")] = None,
+    resume: Annotated[bool, typer.Option(help="Keep the runs an interrupted job finished; train the rest.")] = False,
     overwrite: Overwrite = False,
     device: Device = "cpu",
+    nproc: NProc = 1,
+    rank_timeout: RankTimeout = DEFAULT_RANK_TIMEOUT,
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
@@ -229,6 +239,9 @@ def trajectories_cmd(
     quiet: session.Quiet = False,
 ) -> None:
     """Train R runs of a model on the real data, keeping checkpoints along the way (Omega)."""
+    launch.check_nproc(nproc)
+    if nproc > 1:
+        raise typer.Exit(launch.spawn(nproc, rank_timeout))
     ds = resolve_dataset(dataset, home)
     opts = session.apply_preset(
         ctx,
@@ -243,11 +256,24 @@ def trajectories_cmd(
         opts["lr"], opts["weight_decay"], opts["batch_size"], opts["max_steps"], patience, eval_every, metric, seed
     )
     args = (ds, name, opts["runs"], opts["every"], cfg)
-    cost = plan_trajectories(*args, opts["model_overrides"], opts["device"])
-    with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
-        manifest = train_trajectories(
-            *args, target, opts["model_overrides"], opts["device"], progress, overwrite=overwrite
-        )
+    if plan:  # the projection alone, before any rank is started
+        ui.announce_plan(plan_trajectories(*args, opts["model_overrides"], opts["device"]), True, json)
+    with launch.rank_scope(opts["device"], rank_timeout) as collective:
+        cost = plan_trajectories(*args, opts["model_overrides"], opts["device"])
+        preface = ui.announce_plan(cost, False, json) if collective.rank == 0 else None
+        with ui.progress_bars(not json and collective.rank == 0, preface=preface) as progress:
+            manifest = train_trajectories(
+                *args,
+                target,
+                opts["model_overrides"],
+                opts["device"],
+                progress,
+                overwrite=overwrite,
+                resume=resume,
+                collective=collective,
+            )
+    if collective.rank != 0:
+        return  # rank 0 reports for the job
     if json:
         ui.print_json(
             {
@@ -481,6 +507,8 @@ def distill_cmd(
     ] = None,
     overwrite: Overwrite = False,
     device: Annotated[str, _d("device")] = _DISTILL.device,
+    nproc: NProc = 1,
+    rank_timeout: RankTimeout = DEFAULT_RANK_TIMEOUT,
     seed: Seed = _DISTILL.seed,
     home: Home = None,
     json: Json = False,
@@ -491,6 +519,9 @@ def distill_cmd(
 ) -> None:
     """Distill a prepared dataset into Farzi Data (a farzi-data v1 bundle)."""
     given = dict(locals())
+    launch.check_nproc(nproc)
+    if nproc > 1:
+        raise typer.Exit(launch.spawn(nproc, rank_timeout))
     ds = resolve_dataset(dataset, home)
     given["model_overrides"] = _overrides(max_len, d_model, n_layers, n_heads, None)
     given = session.apply_preset(ctx, preset, ds.task, "distill", given)
@@ -509,18 +540,26 @@ def distill_cmd(
         **{k: given[k] for k in DISTILL_OPTION_FIELDS},
     )
     target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
-    cost = plan_distill(ds, cfg, trajectories, resume_from=target if resume else None)
-    with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
-        result = distill(
-            ds,
-            cfg,
-            target,
-            trajectories=trajectories,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            progress=progress,
-            overwrite=overwrite,
-        )
+    resume_from = target if resume else None  # a resumed run projects only the steps it has left
+    if plan:  # the projection alone, before any rank is started
+        ui.announce_plan(plan_distill(ds, cfg, trajectories, resume_from=resume_from), True, json)
+    with launch.rank_scope(device, rank_timeout) as collective:
+        cost = plan_distill(ds, cfg, trajectories, resume_from=resume_from)
+        preface = ui.announce_plan(cost, False, json) if collective.rank == 0 else None
+        with ui.progress_bars(not json and collective.rank == 0, preface=preface) as progress:
+            result = distill(
+                ds,
+                cfg,
+                target,
+                trajectories=trajectories,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                progress=progress,
+                overwrite=overwrite,
+                collective=collective,
+            )
+    if collective.rank != 0:
+        return  # rank 0 reports for the job
     info = {
         "bundle": str(result.path),
         "log": str(result.log_path),
@@ -728,6 +767,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; usage errors become one line and exit 2."""
     session.reset()
     threads = torch.get_num_threads()  # --threads acts on this call only (in-process callers keep theirs)
+    launch.ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         code = _command().main(args=argv, prog_name="farzictl", standalone_mode=False)
     except Exception as exc:  # noqa: BLE001 - usage errors from typer's click

@@ -105,7 +105,7 @@ def scripted_run(
 
     target = train.pop("target", None)
     model = tiny_model(ds, name)
-    cfg = TrainConfig(**{"max_steps": 12, "batch_size": 16, "eval_every": 1, "seed": 0, **train})
+    cfg = TrainConfig(**{"max_steps": 12, "batch_size": 16, "eval_every": 1, "seed": 0, "metric": metric, **train})
     train_set = SequenceTrainSet(ds.train, model.config.max_len)
     return train_model(model, train_set, ds, cfg, on_step=keep, target_metric=target), states
 

@@ -7,6 +7,13 @@ A prepared dataset is a directory::
     train.parquet      columns: id (utf8), tokens (list[int32])
     valid.parquet
     test.parquet
+    SPLIT.tokens.npy   the split's tokens, one flat little-endian int32 array
+    SPLIT.offsets.npy  its n + 1 int64 offsets (sequence i = tokens[offsets[i]:offsets[i+1]])
+
+The ``.npy`` arrays are read memory-mapped (``numpy.load(mmap_mode="r")``, never
+unpickled): processes on one machine (the ranks of a job) share the pages of one
+copy instead of each holding the dataset. A dataset without them (written by an
+earlier farzi) is read from its parquet files.
 
 Language modeling (``task = "lm"``): every split holds sentences stored as
 ``<eos> w1 ... wn <eos>``; the leading ``<eos>`` is the boundary that conditions
@@ -21,6 +28,7 @@ generalization: the three splits hold disjoint users).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from farzi._io import atomic_dir, claim_output, read_json, write_json
+from farzi._io import atomic_dir, claim_output, read_json, sha256_file, write_json
 from farzi._version import __version__
 from farzi.data._read import reading
 from farzi.data.interactions import polars_problem
@@ -85,8 +93,9 @@ class PreparedDataset:
             for split in SPLITS:
                 seqs = self.splits[split]
                 h.update(split.encode())
-                h.update(np.ascontiguousarray(seqs.offsets, dtype="<i8").tobytes())
-                h.update(np.ascontiguousarray(seqs.tokens, dtype="<i4").tobytes())
+                # hashed in place (no copy of a memory-mapped split): the same bytes as .tobytes()
+                h.update(memoryview(np.ascontiguousarray(seqs.offsets, dtype="<i8")).cast("B"))
+                h.update(memoryview(np.ascontiguousarray(seqs.tokens, dtype="<i4")).cast("B"))
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -156,11 +165,12 @@ class PreparedDataset:
         """
         target = Path(target)
         with claim_output(target, "prepared", overwrite), atomic_dir(target) as tmp:
+            arrays = {}
             for split in SPLITS:
                 seqs = self.splits[split]
                 frame = pl.DataFrame(
                     {
-                        "id": pl.Series("id", seqs.ids, dtype=pl.Utf8),
+                        "id": pl.Series("id", list(seqs.ids), dtype=pl.Utf8),
                         "tokens": pl.Series(
                             "tokens",
                             [seqs[i].tolist() for i in range(len(seqs))],
@@ -169,13 +179,30 @@ class PreparedDataset:
                     }
                 )
                 frame.write_parquet(tmp / f"{split}.parquet", compression="zstd", statistics=False)
+                np.save(tmp / f"{split}.tokens.npy", np.ascontiguousarray(seqs.tokens, dtype="<i4"))
+                np.save(tmp / f"{split}.offsets.npy", np.ascontiguousarray(seqs.offsets, dtype="<i8"))
+                arrays[split] = {
+                    "tokens": f"{split}.tokens.npy",
+                    "offsets": f"{split}.offsets.npy",
+                    "parquet_sha256": sha256_file(tmp / f"{split}.parquet"),
+                }
             self.vocab.save(tmp / "vocab.json")
-            write_json(tmp / "manifest.json", self.manifest())
+            write_json(tmp / "manifest.json", {**self.manifest(), "arrays": arrays})
         self.path = target
         return target
 
 
-def _read_split(path: Path) -> Sequences:
+ARRAY_FILES = tuple(f"{split}.{part}.npy" for split in SPLITS for part in ("tokens", "offsets"))
+
+
+def _read_split(path: Path, arrays: Any = None) -> Sequences:
+    """A split: memory-mapped from its ``.npy`` arrays where the manifest lists them, else from parquet."""
+    if isinstance(arrays, dict):
+        tokens_path = path.with_name(path.name.replace(".parquet", ".tokens.npy"))
+        offsets_path = path.with_name(path.name.replace(".parquet", ".offsets.npy"))
+        # the arrays are a copy of the parquet file as prepare wrote it: a changed parquet file is read itself
+        if tokens_path.is_file() and offsets_path.is_file() and sha256_file(path) == arrays.get("parquet_sha256"):
+            return _map_split(path, tokens_path, offsets_path)
     frame = pl.read_parquet(path, columns=["id", "tokens"])
     lengths = frame["tokens"].list.len().to_numpy().astype(np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -184,6 +211,59 @@ def _read_split(path: Path) -> Sequences:
     if len(tokens) != offsets[-1]:
         raise DataError(f"{path} holds null tokens", "prepare the dataset again")
     return Sequences(ids=frame["id"].to_list(), offsets=offsets, tokens=tokens)
+
+
+def _map_split(path: Path, tokens_path: Path, offsets_path: Path) -> Sequences:
+    """A split from its memory-mapped arrays (the ids from the parquet file's id column)."""
+    try:
+        tokens = np.load(tokens_path, mmap_mode="r", allow_pickle=False)
+        offsets = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"cannot read {tokens_path.name} / {offsets_path.name} ({exc})", _AGAIN) from None
+    if tokens.dtype != np.dtype("<i4") or tokens.ndim != 1 or offsets.dtype != np.dtype("<i8") or offsets.ndim != 1:
+        raise DataError(f"{tokens_path} / {offsets_path} are not 1-d int32 / int64 arrays", _AGAIN)
+    offsets = np.array(offsets)  # n + 1 numbers: small next to the tokens, and checked in full
+    if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(tokens) or np.any(np.diff(offsets) < 0):
+        raise DataError(f"{offsets_path} does not index {tokens_path.name}", _AGAIN)
+    rows = pl.scan_parquet(path).select(pl.len()).collect().item()  # from the file's metadata
+    if rows != len(offsets) - 1:
+        raise DataError(f"{path} and {offsets_path.name} hold different numbers of sequences", _AGAIN)
+    return Sequences(ids=_ParquetIds(path, rows), offsets=offsets, tokens=tokens)  # type: ignore[arg-type]
+
+
+class _ParquetIds(Sequence[str]):
+    """The ids of a memory-mapped split, read from its parquet file when first used: a rank that only
+    trains never holds them (hundreds of thousands of Python strings for a large log)."""
+
+    def __init__(self, path: Path, n: int) -> None:
+        self._path, self._n = path, n
+        self._ids: list[str] | None = None
+
+    def _load(self) -> list[str]:
+        if self._ids is None:
+            with reading(self._path, directory_fix=_AGAIN):
+                ids = pl.read_parquet(self._path, columns=["id"])["id"].to_list()
+            if len(ids) != self._n:
+                raise DataError(f"{self._path} changed while it was read", _AGAIN)
+            self._ids = ids
+        return self._ids
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._load()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == self._n and list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<{self._n} ids of {self._path.name}>"
 
 
 def load_prepared(path: str | Path) -> PreparedDataset:
@@ -229,7 +309,7 @@ def _load_prepared(path: Path) -> PreparedDataset:
             raise DataError(f"{file} is missing", "prepare the dataset again")
         try:
             with reading(file, directory_fix=_AGAIN):
-                splits[split] = _read_split(file)
+                splits[split] = _read_split(file, (manifest.get("arrays") or {}).get(split))
         except pl.exceptions.PolarsError as exc:
             raise DataError(
                 f"cannot read {file} as a split ({polars_problem(exc)})", "prepare the dataset again"

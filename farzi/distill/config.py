@@ -106,7 +106,7 @@ class DistillConfig:
     xi: int = field(default=50, metadata=_help("Length of each synthetic sequence (the budget's XI)."))
     latent_dim: int = field(default=8, metadata=_help("Latent dimension d of the factorization."))
     tau: float = field(default=1.0, metadata=_help("Softmax temperature of the decoder."))
-    inner_steps: int = field(default=20, metadata=_help("Inner training steps T per outer step."))
+    inner_steps: int = field(default=10, metadata=_help("Inner training steps T per outer step."))
     inner_lr: float = field(default=0.01, metadata=_help("Inner optimizer learning rate."))
     inner_optimizer: InnerOptimizerName = field(
         default=InnerOptimizerName.adam, metadata=_help("Inner optimizer (sgd uses --inner-momentum).")
@@ -117,11 +117,11 @@ class DistillConfig:
     )
     inner_momentum: float = field(default=0.9, metadata=_help("SGD momentum in the inner loop."))
     inner_weight_decay: float = field(default=0.0, metadata=_help("Inner optimizer (L2) weight decay."))
-    outer_steps: int = field(default=200, metadata=_help("Outer (meta) steps; 0 = the initial summary alone."))
+    outer_steps: int = field(default=100, metadata=_help("Outer (meta) steps; 0 = the initial summary alone."))
     # the paper's 0.01 is for a random start; a teacher start wants small refinements
-    outer_lr: float = field(default=0.003, metadata=_help("Adam learning rate on latent and decoder."))
+    outer_lr: float = field(default=0.01, metadata=_help("Adam learning rate on latent and decoder."))
     outer_weight_decay: float = field(default=0.0, metadata=_help("Adam weight decay on latent and decoder."))
-    syn_batch: int = field(default=0, metadata=_help("Synthetic sequences per inner step (0 = all)."))
+    syn_batch: int = field(default=16, metadata=_help("Synthetic sequences per inner step (0 = all)."))
     real_batch: int = field(default=128, metadata=_help("Real sequences in the meta-objective's batch."))
     meta_batch: int = field(
         default=1, metadata=_help("Start points (Omega checkpoint + real batch) averaged per outer step, per process.")
@@ -152,8 +152,8 @@ class DistillConfig:
     learn_inner_lr: bool = field(
         default=False, metadata=_help("Learn the inner learning rate as an outer parameter (from --inner-lr).")
     )
-    recipe_lr: float = field(default=2e-3, metadata=_help("Recipe the data is for: the student's Adam learning rate."))
-    recipe_steps: int = field(default=300, metadata=_help("Recipe the data is for: the student's most steps."))
+    recipe_lr: float = field(default=1e-3, metadata=_help("Recipe the data is for: the student's Adam learning rate."))
+    recipe_steps: int = field(default=600, metadata=_help("Recipe the data is for: the student's most steps."))
     recipe_batch: int = field(default=0, metadata=_help("Recipe the data is for: sequences per step (0 = all mu)."))
     select_every: int = field(
         default=0,

@@ -11,10 +11,18 @@ The parts, each in its own module:
 
 Each outer step draws its randomness from (seed, step) alone, so a run resumed
 from a checkpoint ends bitwise where an uninterrupted run ends (on CPU).
+
+Several processes (``collective``, :mod:`farzi.distributed`) split an outer step's
+start points: rank r computes the global start points ``r * meta_batch ...``, the
+meta-gradients are summed in one flat buffer and every rank takes the same outer
+step, so N ranks act like one process with a meta-batch N times larger. Rank 0
+alone writes the log, the run state and the bundle.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import time
@@ -45,6 +53,7 @@ from farzi.distill.parallel import LOCAL, Collective, start_indices
 from farzi.distill.select import Selection, as_bundle, recipe, student_score
 from farzi.distill.summary import Summary
 from farzi.distill.teacher import Teacher, load_teacher
+from farzi.distributed import agree, share_tensors
 from farzi.errors import BundleError, ConfigError, FarziError
 from farzi.progress import ProgressFn, report
 
@@ -101,6 +110,8 @@ def outer_step(
         record["meta_loss"] = sum(finite) / len(finite) if finite else math.nan
         record["starts"] = starts
     record.update(grad_norm=result.grad_norm, skipped=result.skipped)
+    if collective.world > 1:
+        record["ranks"] = collective.world
     record["step_seconds"] = round(time.perf_counter() - t0, 4)
     return record
 
@@ -232,6 +243,7 @@ def distill(
     progress: ProgressFn | None = None,
     stop_after: int | None = None,
     overwrite: bool = False,
+    collective: Collective = LOCAL,
 ) -> DistillResult:
     """Distill ``ds`` into a farzi-data bundle at ``out``.
 
@@ -244,16 +256,52 @@ def distill(
     ``out`` is claimed before any work (:func:`farzi._io.claim_output`): a second
     writer of the same bundle fails at once, and an existing file that is not a
     farzi-data bundle is refused unless ``overwrite``.
+
+    With a ``collective`` of several ranks every rank calls this with the same arguments; they
+    first compare a fingerprint of them (settings, dataset, trajectories) and all refuse to run
+    when one differs or one rank met an error preparing. Only rank 0 touches ``out``.
     """
-    cfg.validate(ds)
-    if checkpoint_every < 0:
-        raise ConfigError(f"--checkpoint-every {checkpoint_every} must be >= 0", "pass 0 to save no state")
     out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ConfigError(f"--out {out} must end in .safetensors", "name the bundle e.g. ptb-400x50.safetensors")
     log_path, state_path = run_paths(out)
-    with claim_output(out, "bundle", overwrite, companions=(log_path, state_path)):
-        return _distill(ds, cfg, out, trajectories, checkpoint_every, resume, progress, stop_after)
+    with contextlib.ExitStack() as claim:
+        error, fingerprint = None, None
+        try:
+            cfg.validate(ds)
+            if checkpoint_every < 0:
+                raise ConfigError(f"--checkpoint-every {checkpoint_every} must be >= 0", "pass 0 to save no state")
+            if out.suffix != ".safetensors":
+                raise ConfigError(
+                    f"--out {out} must end in .safetensors", "name the bundle e.g. ptb-400x50.safetensors"
+                )
+            fingerprint = job_fingerprint(ds, cfg, trajectories, checkpoint_every, resume, stop_after)
+            if collective.rank == 0:
+                claim.enter_context(claim_output(out, "bundle", overwrite, companions=(log_path, state_path)))
+        except FarziError as exc:
+            error = exc
+        agree(collective, fingerprint, error, "settings or data")
+        return _distill(ds, cfg, out, trajectories, checkpoint_every, resume, progress, stop_after, collective)
+
+
+def job_fingerprint(
+    ds: PreparedDataset,
+    cfg: DistillConfig,
+    trajectories: Path | None,
+    checkpoint_every: int,
+    resume: bool,
+    stop_after: int | None,
+) -> str:
+    """What every rank of one job must share: settings, dataset, trajectory set, how the run is kept."""
+    manifest = Path(trajectories) / "manifest.json" if trajectories else None
+    doc = {
+        "config": cfg.fingerprint(),
+        "dataset": ds.fingerprint(),
+        "trajectories": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest and manifest.is_file() else None,
+        "checkpoint_every": checkpoint_every,
+        "resume": resume,
+        "stop_after": stop_after,
+        "package": __version__,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def _distill(
@@ -265,74 +313,97 @@ def _distill(
     resume: bool,
     progress: ProgressFn | None,
     stop_after: int | None,
+    collective: Collective = LOCAL,
 ) -> DistillResult:
     log_path, state_path = run_paths(out)
-    if resume and not state_path.is_file():
-        done = _finished_bundle(out, cfg, ds)
-        if done is None:
-            raise ConfigError(f"nothing to resume: {state_path} does not exist", "run without --resume to start")
-        return _result(done, out, log_path, _read_log(log_path), wall=0.0, ran=0, resumed_finished=True)
-    torch.manual_seed(cfg.seed)
-    teacher = load_teacher(ds, cfg, trajectories)
-    latent, decoder = initial_summary(cfg, ds, teacher)
-    summary = Summary.create(
-        latent,
-        decoder,
-        cfg.tau,
-        [ds.vocab.pad_id],
-        teacher.device,
-        learn_tau=cfg.learn_tau,
-        inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
-    )
-    outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
-    objective = make_objective(cfg, ds, teacher)
-    fingerprints = (cfg.fingerprint(), ds.fingerprint())
-    state = RunState(step=0, log_lines=0)
-    if resume:
-        state = load_run_state(state_path, summary, outer, *fingerprints)
-    selection = Selection.create(ds.task) if cfg.select_every else None
-    if selection is not None:
-        selection.restore(state.extra_tensors, state.extra.get("selection", {}))
-        if not selection.candidates:  # the initial summary is the first candidate
-            selection.consider(0, summary, _score(summary, ds, teacher, cfg))
-    log = RunLog(log_path, state.log_lines if resume else None)
-    first_step = state.step
-    start = time.perf_counter()
-    target = cfg.outer_steps if stop_after is None else min(stop_after, cfg.outer_steps)
+    writer = collective.rank == 0  # rank 0 alone reads and writes the run's files
+    finished, error = None, None
+    if resume and writer and not state_path.is_file():
+        finished = _finished_bundle(out, cfg, ds)
+        if finished is None:
+            error = ConfigError(f"nothing to resume: {state_path} does not exist", "run without --resume to start")
+    agree(collective, None, error, "")
+    if collective.gather(finished is not None)[0]:
+        if writer:
+            assert finished is not None
+            share_tensors(collective, {"latent": finished.latent, "decoder": finished.decoder})
+            return _result(finished, out, log_path, _read_log(log_path), wall=0.0, ran=0, resumed_finished=True)
+        shared, _ = share_tensors(collective, None)
+        data = FarziData(shared["latent"], shared["decoder"], cfg.tau, {"task": ds.task})
+        return DistillResult(data, out, log_path, cfg.outer_steps, 0, 0.0, math.nan, {"complete": True})
+    log: RunLog | None = None
     try:
+        try:
+            torch.manual_seed(cfg.seed)
+            teacher = load_teacher(ds, cfg, trajectories)
+            latent, decoder = initial_summary(cfg, ds, teacher)
+            summary = Summary.create(
+                latent,
+                decoder,
+                cfg.tau,
+                [ds.vocab.pad_id],
+                teacher.device,
+                learn_tau=cfg.learn_tau,
+                inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
+            )
+            outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
+            objective = make_objective(cfg, ds, teacher)
+            fingerprints = (cfg.fingerprint(), ds.fingerprint())
+            state = RunState(step=0, log_lines=0)
+            if resume and writer:
+                state = load_run_state(state_path, summary, outer, *fingerprints)
+            selection = Selection.create(ds.task) if cfg.select_every and writer else None
+            if selection is not None:
+                selection.restore(state.extra_tensors, state.extra.get("selection", {}))
+                if not selection.candidates:  # the initial summary is the first candidate
+                    selection.consider(0, summary, _score(summary, ds, teacher, cfg))
+            if writer:
+                log = RunLog(log_path, state.log_lines if resume else None)
+        except FarziError as exc:
+            error = exc
+        agree(collective, None, error, "")
+        if collective.world > 1:  # every rank starts from rank 0's summary and outer state
+            state = _share_state(collective, summary, outer, state)
+        first_step = state.step
+        start = time.perf_counter()
+        target = cfg.outer_steps if stop_after is None else min(stop_after, cfg.outer_steps)
         while state.step < target:
             step = state.step + 1
-            record = outer_step(step, summary, objective, outer, cfg)
+            record = outer_step(step, summary, objective, outer, cfg, collective)
             extra_tensors: dict[str, Tensor] = {}
             extra: dict[str, Any] = {}
             if selection is not None:
                 if selection.due(cfg, step):
                     record["selection"] = selection.consider(step, summary, _score(summary, ds, teacher, cfg))
                 extra_tensors, extra["selection"] = selection.state()
-            log.write(record)
-            state = RunState(step, len(log), extra_tensors, extra)
+            if log is not None:
+                log.write(record)
+            state = RunState(step, len(log) if log is not None else step, extra_tensors, extra)
             info = {"meta_loss": record["meta_loss"], "step_s": record["step_seconds"]}
-            if log.skipped:
+            if log is not None and log.skipped:
                 info["skipped"] = log.skipped
             report(progress, "distill", state.step, cfg.outer_steps, **info)
-            if checkpoint_every and state.step % checkpoint_every == 0:
+            if writer and checkpoint_every and state.step % checkpoint_every == 0:
                 save_run_state(state_path, summary, outer, state, *fingerprints)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     wall = time.perf_counter() - start
-    if state.step < cfg.outer_steps:  # stop_after: like a kill, the saved state stays as it was
+    records = log.records if log is not None else []
+    if state.step < cfg.outer_steps or not writer:  # stop_after: like a kill, the saved state stays as it was
         data = FarziData(summary.latent.detach().cpu(), summary.decoder.detach().cpu(), cfg.tau, {"task": ds.task})
-        last = log.records[-1] if log.records else {}
+        last = records[-1] if records else {}
         return DistillResult(
             data,
             out,
             log_path,
             state.step,
-            log.skipped,
+            sum(1 for r in records if r.get("skipped")),
             wall,
             float(last.get("meta_loss", math.nan)),
-            {"complete": False},
+            {"complete": state.step >= cfg.outer_steps, **({"rank": collective.rank} if not writer else {})},
         )
+    assert log is not None
     if not summary.is_finite():
         raise ConfigError(
             "the distillation diverged: the summary holds NaN or infinite values (no bundle written)",
@@ -362,7 +433,25 @@ def _distill(
         history=history,
     )
     state_path.unlink(missing_ok=True)
-    return _result(load_bundle(out), out, log_path, log.records, wall, ran=state.step - first_step)
+    result = _result(load_bundle(out), out, log_path, log.records, wall, ran=state.step - first_step)
+    if collective.world > 1:
+        result.summary["ranks"] = collective.world
+    return result
+
+
+def _share_state(collective: Collective, summary: Summary, outer: OuterOptimizer, state: RunState) -> RunState:
+    """Rank 0's summary, outer Adam state and step count on every rank (bitwise)."""
+    mine = None
+    if collective.rank == 0:
+        mine = {**dict(zip(summary.names, (p.detach() for p in summary.params), strict=True)), **outer.state_tensors()}
+    tensors, meta = share_tensors(collective, mine, {"step": state.step, "log_lines": state.log_lines})
+    if collective.rank != 0:
+        with torch.no_grad():
+            for name, p in zip(summary.names, summary.params, strict=True):
+                p.copy_(tensors[name].to(p.device))
+        outer.load_state_tensors({k: v.to(summary.latent.device) for k, v in tensors.items() if k.startswith("adam.")})
+        state = RunState(int(meta["step"]), int(meta["log_lines"]))
+    return state
 
 
 def _score(summary: Summary, ds: PreparedDataset, teacher: Teacher, cfg: DistillConfig) -> float:

@@ -5,7 +5,8 @@ process. A :class:`Collective` says which start points this process computes
 (global indices ``rank * meta_batch ... rank * meta_batch + meta_batch - 1``, so
 that N processes act like one process with a meta-batch N times larger) and
 sums tensors and gathers log records across processes. :class:`Local` is the
-one-process case; the torch.distributed implementation lives beside it.
+one-process case; the torch.distributed implementation is
+:class:`farzi.distributed.TorchCollective`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ class Collective(Protocol):
         """``obj`` of every process, in rank order (every process gets the list)."""
         ...
 
+    def broadcast(self, flat: Tensor, src: int = 0) -> Tensor:
+        """``flat`` of process ``src`` (every process gets it; the others' input gives the shape only)."""
+        ...
+
+    def patient(self) -> Collective:
+        """The same processes, waiting for each other as long as it takes (e.g. for unequal shares of work)."""
+        ...
+
 
 class Local:
     """One process: every start point is computed here, nothing is exchanged."""
@@ -39,6 +48,12 @@ class Local:
 
     def gather(self, obj: Any) -> list[Any]:
         return [obj]
+
+    def broadcast(self, flat: Tensor, src: int = 0) -> Tensor:
+        return flat
+
+    def patient(self) -> Local:
+        return self
 
 
 LOCAL = Local()

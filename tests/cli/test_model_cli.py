@@ -120,7 +120,8 @@ def test_train_student(runs: dict) -> None:
     assert path == runs["home"] / "models" / DATASET / "sasrec-random-10-s0"
     assert sorted(p.name for p in path.iterdir()) == ["model.json", "model.safetensors"]
     assert doc["model"] == "sasrec" and doc["data"]["kind"] == "random" and doc["data"]["n"] == 10
-    assert doc["result"]["steps"] == 10 and doc["result"]["metric"] == "hr@10"
+    # students select their best state on validation cross-entropy by default
+    assert doc["result"]["steps"] == 10 and doc["result"]["metric"] == "xent"
     assert [p["step"] for p in doc["curve"]] == [10]
 
 

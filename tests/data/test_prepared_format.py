@@ -132,9 +132,15 @@ def test_save_load_round_trip(tmp_path: Path, make) -> None:
     target = ds.save(tmp_path / "ds")
     assert sorted(p.name for p in target.iterdir()) == [
         "manifest.json",
+        "test.offsets.npy",
         "test.parquet",
+        "test.tokens.npy",
+        "train.offsets.npy",
         "train.parquet",
+        "train.tokens.npy",
+        "valid.offsets.npy",
         "valid.parquet",
+        "valid.tokens.npy",
         "vocab.json",
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp directory left beside it
@@ -181,6 +187,7 @@ def test_files_follow_the_spec(tmp_path: Path) -> None:
         "splits",
         "statistics",
         "extra",
+        "arrays",
     }
     assert manifest["format"] == FORMAT_NAME == "farzi-prepared"
     assert manifest["version"] == FORMAT_VERSION == 1

@@ -1,0 +1,152 @@
+"""Which levers make the outer loop earn its keep? (issue 9: every lever tried is a row, losers too)
+
+ML-100k, SASRec, 50x50, the cpu protocol's distillation (``_ml.base_settings``: two trajectory runs).
+Each lever is one change to those settings; its bundle (distillation seed 0) trains students with
+the recipe's settings over the same student seeds, and every figure is on the **validation** split
+(the levers were chosen on it; the test split is left to ``sample-efficiency-ml100k``). Each row
+is compared with "base" (the defaults) and with "init only" (the same initialization after 0 outer
+steps), paired by student seed and validation user, with a bootstrap 95 % interval. Results are
+written after every lever, so a run cut short still reports the levers it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.experiments import _ml
+from bench.report import fmt, md_table
+from farzi.compare import metric_interval, paired_difference
+from farzi.distill.bundle import read_bundle_meta
+from farzi.evaluate import evaluate
+from farzi.student import train_student
+from farzi.train import TrainConfig
+
+# name: (what it tries, changes to the distillation settings, changes to the students' settings)
+LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "init only": ("the initialization after 0 outer steps", {"outer_steps": 0}, {}),
+    "base": ("the defaults: T 10, inner lr 0.01, outer lr 0.01, 100 outer steps", {}, {}),
+    "outer lr 0.003": ("the earlier default outer learning rate", {"outer_lr": 0.003}, {}),
+    "meta-batch 4": ("4 start points (checkpoint + real batch) averaged per outer step", {"meta_batch": 4}, {}),
+    "normalize starts": ("each start's meta-gradient scaled to unit norm", {"start_weighting": "normalize"}, {}),
+    "omega min step 40": ("start only from checkpoints trained >= 40 steps", {"omega_min_step": 40}, {}),
+    "inner state omega": ("the inner Adam continues the run's moments", {"inner_state": "omega"}, {}),
+    "learn inner lr": ("inner learning rate learned as an outer parameter", {"learn_inner_lr": True}, {}),
+    "learn tau": ("temperature learned as an outer parameter", {"learn_tau": True}, {}),
+    "T 20, 50 steps": ("more inner steps at the same wall time", {"inner_steps": 20, "outer_steps": 50}, {}),
+    "select every 25": ("summary selection: best of the candidates at steps 25, 50, 75, 100", {"select_every": 25}, {}),
+    "recipe lr 5e-4": ("base bundle, students at half the learning rate", {}, {"lr": 5e-4}),
+}
+METRICS = ("xent", "hr_all@10", "hr@10")
+SMOKE_LEVERS = ("init only", "base", "meta-batch 4", "recipe lr 5e-4")
+
+
+def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, Any], work: Path) -> list[dict]:
+    units = []
+    for seed in range(seeds):
+        cfg = TrainConfig(seed=seed, **{**s["student"], **student})
+        result, _ = train_student(ds, s["model"], spec, cfg, work / f"s{seed}", s["model_overrides"])
+        units.append(evaluate(result.model, ds, "valid", per_unit=True)["per_unit"])
+    return units
+
+
+def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
+    s = _ml.base_settings(smoke)
+    ds = _ml.dataset(s, work)
+    if ds is None:
+        return {"skipped": "ML-100k not found under ../shared/datasets"}
+    mu = 4 if smoke else 50
+    n_boot = 100 if smoke else 2000
+    traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"])
+    partial = work / "fidelity-levers.partial.json"
+    rows: list[dict[str, Any]] = []
+    units: dict[str, list[dict]] = {}
+    for name in SMOKE_LEVERS if smoke else LEVERS:
+        what, distill_changes, student_changes = LEVERS[name]
+        t0 = time.perf_counter()
+        path, _ = _ml.bundle(ds, s, work, traj, mu, "lever", **distill_changes)
+        distill_s = time.perf_counter() - t0
+        units[name] = _students(ds, s, str(path), seeds, student_changes, work / "students" / name.replace(" ", "-"))
+        row = {
+            "lever": name,
+            "what": what,
+            "distill": distill_changes,
+            "student": student_changes,
+            "distill_seconds": round(distill_s, 1),
+            "kept_step": (read_bundle_meta(path)[0].get("history", {}).get("selection") or {}).get("selected_step"),
+        }
+        for metric in METRICS:
+            mean, low, high = metric_interval(units[name], metric, n_boot=n_boot)
+            row[metric] = {"mean": mean, "low": low, "high": high}
+            for other in ("base", "init only"):
+                if other in units and other != name:
+                    row[f"{metric} - {other}"] = paired_difference(units[name], units[other], metric, n_boot=n_boot)
+        rows.append(row)
+        partial.write_text(json.dumps({"rows": rows, "finished": False}, default=str))
+    users = len(units["base"][0]["rank"])
+    return {"rows": rows, "seeds": seeds, "mu": mu, "users": users, "settings": s, "reused": list(_ml.REUSED)}
+
+
+def _diff(d: dict[str, float] | None) -> str:
+    if not d:
+        return "—"
+    return f"{fmt(d['diff'], 3)} [{fmt(d['lo'], 3)}, {fmt(d['hi'], 3)}]"
+
+
+def _verdict(d: dict[str, float] | None, lower_better: bool) -> str:
+    if not d:
+        return "—"
+    if (d["hi"] < 0) if lower_better else (d["lo"] > 0):
+        return "better"
+    if (d["lo"] > 0) if lower_better else (d["hi"] < 0):
+        return "worse"
+    return "not resolved"
+
+
+def render(name: str, result: dict[str, Any], plots: Path) -> str:
+    if "skipped" in result:
+        return f"Not run: {result['skipped']}."
+    rows = []
+    for r in result["rows"]:
+        xent, hr_all = r["xent"], r["hr_all@10"]
+        rows.append(
+            [
+                r["lever"],
+                r["what"],
+                f"{fmt(xent['mean'], 3)} [{fmt(xent['low'], 3)}, {fmt(xent['high'], 3)}]",
+                f"{fmt(hr_all['mean'])} [{fmt(hr_all['low'])}, {fmt(hr_all['high'])}]",
+                fmt(r["hr@10"]["mean"]),
+                _diff(r.get("xent - init only")),
+                _diff(r.get("xent - base")),
+                _verdict(r.get("xent - base"), lower_better=True),
+                str(r["kept_step"]) if r["kept_step"] is not None else "—",
+                fmt(r["distill_seconds"] / 60, 1),
+            ]
+        )
+    return "\n".join(
+        [
+            f"ML-100k, SASRec, Farzi Data {result['mu']}x{result['settings']['xi']} (distillation seed 0), "
+            f"{result['seeds']} student seeds per lever; **validation** split ({result['users']} users; xent and "
+            "hr_all@10 over every position of their most "
+            "recent items). Differences are paired (same student seeds, same users), 95 % bootstrap interval; "
+            "'vs base' is decided by that interval (xent: lower is better).",
+            "",
+            md_table(
+                [
+                    "lever",
+                    "what",
+                    "valid xent [95 % CI]",
+                    "valid hr_all@10 [95 % CI]",
+                    "valid hr@10",
+                    "xent - init only",
+                    "xent - base",
+                    "vs base",
+                    "kept step",
+                    "distill min",
+                ],
+                rows,
+            ),
+        ]
+    )

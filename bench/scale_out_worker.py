@@ -1,0 +1,97 @@
+"""One rank of the scale-out benchmark (bench/experiments/scale_out.py); prints one JSON document.
+
+``distill``: join the job (``FARZI_INIT_METHOD``, ``RANK``, ``WORLD_SIZE`` in the environment, or alone),
+run ``farzi.distill.engine.distill`` with the collective and report the outer loop's time and this
+process's peak RSS. ``memory``: load a prepared dataset while the other ranks hold theirs, and report
+this process's proportional set size (PSS: shared pages split among the processes that map them) before
+and after, so that the sum over ranks is what the machine really spends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def pss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def rss_peak_mib() -> float:
+    """This process's RSS high-water mark: VmHWM (getrusage's ru_maxrss survives exec, so it would
+    report the benchmark process that started this one when that was larger)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=("distill", "memory"))
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--out", default="")
+    ap.add_argument("--config", default="{}", help="DistillConfig fields as JSON")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from farzi.data.prepared import load_prepared
+    from farzi.distill.engine import DistillConfig, distill
+    from farzi.distributed import ranks
+
+    with ranks("cpu", timeout=600) as collective:
+        if args.mode == "memory":
+            collective.gather(None)  # everyone imported: measure from here
+            before = pss_mib()
+            ds = load_prepared(args.dataset)
+            checksum = int(ds.train.tokens[:: max(1, len(ds.train.tokens) // 1000)].sum())  # use the data
+            collective.gather(None)  # every rank holds its copy (or its mapping) now
+            after = pss_mib()
+            collective.gather(None)
+            row = {
+                "rank": collective.rank,
+                "ranks": collective.world,
+                "pss_before_mib": before,
+                "pss_after_mib": after,
+                "rss_peak_mib": rss_peak_mib(),
+                "train_tokens": int(ds.train.num_tokens),
+                "memory_mapped": type(ds.train.tokens).__name__ == "memmap",
+                "checksum": checksum,
+            }
+        else:
+            ds = load_prepared(args.dataset)
+            cfg = DistillConfig(**json.loads(args.config))
+            out = Path(args.out)
+            t0 = time.perf_counter()
+            result = distill(ds, cfg, out, collective=collective, overwrite=True)
+            wall = time.perf_counter() - t0
+            row = {
+                "rank": collective.rank,
+                "ranks": collective.world,
+                "outer_steps": result.steps,
+                "loop_seconds": round(result.wall_seconds, 4),
+                "call_seconds": round(wall, 4),
+                "rss_peak_mib": round(rss_peak_mib(), 1),
+            }
+    sys.stdout.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

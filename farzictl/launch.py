@@ -1,0 +1,184 @@
+"""Running one command as several ranks: ``--nproc N`` on this machine, or under ``torchrun``.
+
+``--nproc N`` starts N copies of the same command line (without ``--nproc``) as child
+processes that meet through a ``file://`` store in a temporary directory (no network
+port to choose). Rank 0's output is this command's output; the other ranks' is kept
+aside. A watchdog here ends the job when one rank fails: the ranks left see the lost
+peer at their next collective (or after ``--rank-timeout`` seconds), stop without a
+word, and this process prints the one line that says which rank stopped and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import typer
+
+from farzi.distill.parallel import Collective
+from farzi.distributed import INIT_METHOD_ENV, RESUME_FIX, RankLost, launched, ranks
+from farzi.errors import ConfigError
+
+LAUNCHER_ENV = "FARZI_LAUNCHER"  # set in the ranks --nproc starts
+RANK_LOST_EXIT = 75  # a rank of --nproc that lost its peers: the launcher reports the cause
+ARGV: list[str] = []  # the command line farzictl.app.main was given
+
+
+def check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc} must be at least 1", "pass e.g. --nproc 2")
+    if nproc > 1 and launched():
+        raise ConfigError("--nproc was given to a rank of a job already launched (torchrun)", "drop --nproc")
+
+
+@contextlib.contextmanager
+def rank_scope(device: str, timeout: float) -> Iterator[Collective]:
+    """This process's collective for one command; under ``--nproc`` a lost peer ends it quietly
+    (exit status :data:`RANK_LOST_EXIT`): the launcher prints the cause."""
+    try:
+        with ranks("cuda" if str(device).startswith("cuda") else "cpu", timeout) as collective:
+            yield collective
+    except RankLost:
+        if os.environ.get(LAUNCHER_ENV):
+            raise typer.Exit(RANK_LOST_EXIT) from None
+        raise
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _pump(src: IO[bytes], dst: IO[str]) -> None:
+    """Copy a child's output to ours as it comes (text streams of this process, which tests capture)."""
+    for chunk in iter(lambda: src.read1(65536), b""):  # type: ignore[attr-defined]
+        dst.write(chunk.decode("utf-8", "replace"))
+        dst.flush()
+
+
+def spawn(nproc: int, timeout: float, argv: list[str] | None = None) -> int:
+    """Run ``python -m farzictl ARGV`` (default: this command line without ``--nproc``) as ``nproc``
+    ranks here; return the exit status for the whole job, having printed at most one error line."""
+    args = _without_nproc(argv if argv is not None else (ARGV or sys.argv[1:]))
+    store = Path(tempfile.mkdtemp(prefix="farzi-ranks-"))
+    root = str(Path(__file__).resolve().parents[1])  # the ranks run this very farzictl
+    base = dict(os.environ)
+    base["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [base.get("PYTHONPATH")])])
+    base.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does: N ranks share the cores
+    base.update({INIT_METHOD_ENV: f"file://{store / 'rendezvous'}", "WORLD_SIZE": str(nproc), LAUNCHER_ENV: "1"})
+    base["LOCAL_WORLD_SIZE"] = str(nproc)
+    procs: list[subprocess.Popen] = []
+    logs: list[IO[bytes]] = []
+    pumps: list[threading.Thread] = []
+    exits: list[tuple[float, int, int]] = []  # (time, rank, status) in the order they ended
+    try:
+        for r in range(nproc):
+            env = {**base, "RANK": str(r), "LOCAL_RANK": str(r)}
+            cmd = [sys.executable, "-m", "farzictl", *args]
+            if r == 0:
+                err = None if _is_tty(sys.stderr) else subprocess.PIPE
+                p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err)
+                pumps.append(threading.Thread(target=_pump, args=(p.stdout, sys.stdout), daemon=True))
+                if err is not None:
+                    pumps.append(threading.Thread(target=_pump, args=(p.stderr, sys.stderr), daemon=True))
+            else:
+                log = open(store / f"rank{r}.err", "wb")  # noqa: SIM115 - closed below
+                logs.append(log)
+                p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            procs.append(p)
+        for t in pumps:
+            t.start()
+        deadline = None
+        while len(exits) < nproc:
+            for r, p in enumerate(procs):
+                if p.returncode is None and p.poll() is not None:
+                    exits.append((time.monotonic(), r, p.returncode))
+                    if (p.returncode != 0 or r == 0) and deadline is None:
+                        deadline = time.monotonic() + timeout + 10  # the rest stop at their next collective
+            if deadline is not None and time.monotonic() > deadline:
+                for r, p in enumerate(procs):
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                        exits.append((time.monotonic(), r, -9))
+            time.sleep(0.05)
+        for t in pumps:
+            t.join(timeout=5)
+    except KeyboardInterrupt:
+        for p in procs:
+            with contextlib.suppress(OSError):
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+        errors = {r: _error_line(store / f"rank{r}.err") for r in range(1, nproc)}
+        shutil.rmtree(store, ignore_errors=True)
+    return _verdict(exits, nproc, errors, timeout)
+
+
+def _is_tty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty() and stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _error_line(path: Path) -> str | None:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [x for x in lines if x.startswith("error: ")]
+    return found[-1].removeprefix("error: ") if found else None
+
+
+def _verdict(exits: list[tuple[float, int, int]], nproc: int, errors: dict[int, str | None], timeout: float) -> int:
+    status = {r: code for _, r, code in exits}
+    if all(code == 0 for code in status.values()):
+        return 0
+    if status.get(0) not in (0, RANK_LOST_EXIT, None) and status[0] > 0:
+        return status[0]  # rank 0 printed its own error line
+    failed = [(r, code) for _, r, code in exits if code not in (0, RANK_LOST_EXIT)]
+    if not failed:  # every rank lost the others: one of them stopped answering
+        print(
+            f"error: the ranks of this job lost each other (no answer within {timeout:g} s); {RESUME_FIX}",
+            file=sys.stderr,
+        )
+        return 2
+    r, code = failed[0]
+    if code > 0 and errors.get(r):
+        print(f"error: rank {r} of {nproc}: {errors[r]}", file=sys.stderr)
+        return 2
+    how = f"exit status {code}"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            how = f"killed by {signal.Signals(-code).name}"
+    print(f"error: rank {r} of {nproc} died ({how}); the other ranks were stopped; {RESUME_FIX}", file=sys.stderr)
+    return 2
