@@ -349,10 +349,16 @@ def plan_student(
 
 
 def plan_distill(
-    ds: PreparedDataset, cfg: Any, trajectories: Path | None = None, probe_steps: int = 2, command: str = "distill"
+    ds: PreparedDataset,
+    cfg: Any,
+    trajectories: Path | None = None,
+    probe_steps: int = 2,
+    command: str = "distill",
+    resume_from: Path | None = None,
 ) -> Plan:
     """The cost of ``distill(ds, cfg, ..., trajectories=trajectories)``: the initial summary, the outer
-    steps (``probe_steps`` of them timed after one warm-up) and the summary selections."""
+    steps (``probe_steps`` of them timed after one warm-up) and the summary selections. With
+    ``resume_from`` (the bundle path of a ``--resume``), the outer steps its saved state holds are left out."""
     from farzi.distill.engine import outer_step
     from farzi.distill.objectives import make_objective
     from farzi.distill.outer import OuterOptimizer
@@ -393,7 +399,8 @@ def plan_distill(
                     break
             _sync(teacher.device)
             each = (time.perf_counter() - t0) / n
-        stages.append(Stage("outer steps", cfg.outer_steps, "outer step", each))
+        left = max(0, cfg.outer_steps - _steps_done(resume_from))
+        stages.append(Stage("outer steps", left, "outer step", each))
         if teacher.omega is not None:  # every checkpoint it starts from stays cached (and its moments)
             per = _param_bytes(teacher.model) * (3 if cfg.inner_state.value == "omega" else 1)
             extra += len(teacher.omega) * per
@@ -424,6 +431,20 @@ def plan_distill(
     levers.append(Lever("--real-batch", cfg.real_batch, effect="per outer step: the real-data loss"))
     plan.levers = [lv for lv in levers if lv.value]
     return plan
+
+
+def _steps_done(out: Path | None) -> int:
+    """Outer steps the saved run state beside bundle path ``out`` holds (0 without one)."""
+    from farzi._safetensors import read_header
+    from farzi.distill.engine import run_paths
+
+    if out is None or not run_paths(Path(out))[1].is_file():
+        return 0
+    try:
+        step = read_header(run_paths(Path(out))[1], ConfigError, "")[1].get("step", "0")
+    except ConfigError:
+        return 0  # the run itself reports a corrupt state
+    return int(step) if step.isascii() and step.isdigit() and len(step) <= 12 else 0
 
 
 def _time_init(cfg: Any, ds: PreparedDataset, teacher: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -460,6 +481,7 @@ def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: C
     from farzi.data.prepare import PrepareOptions, prepare
     from farzi.demo import TASKS
     from farzi.distill.config import DistillConfig
+    from farzi.trajectories import train_trajectories
 
     started = time.perf_counter()
     stages: list[Stage] = []
@@ -479,7 +501,11 @@ def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: C
             stages += [dataclasses.replace(s, name=f"{name}: trajectories {s.name}") for s in part.stages]
             mu, xi = spec.budget
             dcfg = DistillConfig(mu=mu, xi=xi, model=spec.model, model_overrides=spec.model_overrides, **spec.distill)
-            part = plan_distill(ds, dcfg, None)
+            # a one-step Omega of the demo's teacher, so the distillation starts as the demo's does
+            omega = Path(tmp) / "omega" / name
+            one = TrainConfig(lr=2e-3, batch_size=64, max_steps=1, patience=0, eval_every=1, seed=seed)
+            train_trajectories(ds, spec.model, 1, 1, one, omega, spec.model_overrides)
+            part = plan_distill(ds, dcfg, omega)
             stages += [dataclasses.replace(s, name=f"{name}: distill {s.name}") for s in part.stages]
             stages.append(Stage(f"{name}: init-only summary", 1, "init", part.stages[0].seconds_each))
             scfg = TrainConfig(seed=seed, **spec.student)

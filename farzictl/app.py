@@ -540,10 +540,11 @@ def distill_cmd(
         **{k: given[k] for k in DISTILL_OPTION_FIELDS},
     )
     target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
+    resume_from = target if resume else None  # a resumed run projects only the steps it has left
     if plan:  # the projection alone, before any rank is started
-        ui.announce_plan(plan_distill(ds, cfg, trajectories), True, json)
+        ui.announce_plan(plan_distill(ds, cfg, trajectories, resume_from=resume_from), True, json)
     with launch.rank_scope(device, rank_timeout) as collective:
-        cost = plan_distill(ds, cfg, trajectories)
+        cost = plan_distill(ds, cfg, trajectories, resume_from=resume_from)
         preface = ui.announce_plan(cost, False, json) if collective.rank == 0 else None
         with ui.progress_bars(not json and collective.rank == 0, preface=preface) as progress:
             result = distill(

@@ -124,7 +124,7 @@ class ProgressLines:
         if event.done:
             parts.append("done")
         elif rate > 0:
-            parts.append(f"{rate:.3g} steps/s" if rate >= 1 else f"{1 / rate:.3g} s/step")
+            parts.append(f"{rate:.3g}/s" if rate >= 1 else f"{1 / rate:.3g}s each")
             if event.total is not None:
                 parts.append(f"ETA {_duration(max(0, event.total - event.completed) / rate)}")
         parts += [f"{k}={_fmt(v)}" for k, v in event.info.items()]

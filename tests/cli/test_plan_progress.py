@@ -46,7 +46,7 @@ def test_off_a_terminal_progress_is_plain_lines_at_the_set_interval(home: Path, 
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     assert min(gaps) >= interval - 0.1 - 1e-9, gaps  # stamps are rounded to 0.1 s
     assert stamps[0] >= interval - 0.1 - 1e-9  # nothing before the first interval has passed
-    assert "s/step" in timed[-1].string or "steps/s" in timed[-1].string
+    assert re.search(r" [0-9.e+]+(/s|s each) ETA ", timed[-1].string), timed[-1].string
     assert "ETA" in timed[-1].string and "loss=" in timed[-1].string
 
 
@@ -110,6 +110,13 @@ def test_a_long_projection_names_the_flags_that_bring_it_down(home: Path, tmp_pa
     assert 1 <= flags["--max-steps"]["suggested"] < 10000000
     text = _traj(home, tmp_path / "t", "--max-steps", "10000000", "--plan").ok().stdout
     assert "bring it down with --max-steps" in text
+
+
+def test_demo_plan_writes_nothing(tmp_path: Path) -> None:
+    info = json.loads(farzictl("demo", "--task", "rec", "--plan", "--json", home=tmp_path).ok().stdout)
+    assert info["command"] == "demo" and info["seconds"] > 0
+    assert any("distill outer steps" in s["name"] and s["count"] > 1 for s in info["stages"])
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_run_reports_its_projection_in_json(home: Path, tmp_path: Path) -> None:
