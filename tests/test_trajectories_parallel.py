@@ -95,3 +95,46 @@ def test_nproc_ranks_share_the_runs_and_write_the_same_set(tiny_lm: PreparedData
     assert info["runs"] == 3 and info["checkpoints"] == 9
     _same(out, plain)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _traj_rank(rank: int, world: int, tmp: str, ds_path: str, delay: float, timeout: float) -> None:
+    """One rank of a trajectories job whose runs take ``delay`` seconds longer than they would."""
+    import os
+    import time
+
+    import torch
+
+    import farzi.trajectories as traj
+    from farzi.data.prepared import load_prepared
+    from farzi.distributed import INIT_METHOD_ENV, ranks
+
+    torch.set_num_threads(1)
+    os.environ.update({INIT_METHOD_ENV: f"file://{tmp}/store", "RANK": str(rank), "WORLD_SIZE": str(world)})
+    real = traj._train_run
+
+    def slow(*args, **kwargs):
+        time.sleep(delay)
+        return real(*args, **kwargs)
+
+    traj._train_run = slow
+    with ranks("cpu", timeout) as collective:
+        traj.train_trajectories(
+            load_prepared(ds_path), "transformer", 1, 2, CFG, Path(tmp) / "omega", TINY, collective=collective
+        )
+
+
+def test_a_rank_without_runs_waits_for_the_others_past_the_rank_timeout(tiny_lm: PreparedDataset, tmp_path: Path):
+    """1 run, 2 ranks: rank 1 has nothing to train and waits for rank 0's run, longer than the timeout."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("needs the forkserver start method")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "farzi.trajectories", "farzi.distributed"])
+    procs = [ctx.Process(target=_traj_rank, args=(r, 2, str(tmp_path), str(tiny_lm.path), 6.0, 3.0)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert load_trajectories(tmp_path / "omega").manifest["runs"] == 1

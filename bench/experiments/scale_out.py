@@ -241,6 +241,10 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         for label, s in result["summary"].items()
     ]
     loads = [r["load_1min_before"] for r in result["rows"]]
+    spread = max(
+        max(s["inner_loops_per_min_all"]) / max(min(s["inner_loops_per_min_all"]), 1e-9) - 1
+        for s in result["summary"].values()
+    )
     sc = result["scaling"]
     mem = [
         [
@@ -281,7 +285,10 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         f"**{fmt(sc['speedup_same_algorithm'], 2)}x** outer steps per minute. What scales is the number of inner "
         "loops per outer step (each rank runs its own); one outer step is not faster than one inner loop plus "
         "an all_reduce of the summary's gradient. On 2 shared cores the two ranks compete with each other and "
-        "with other jobs: read the ratio as this machine's, not as what separate cores or GPUs give.",
+        "with other jobs: read the ratio as this machine's, not as what separate cores or GPUs give. "
+        f"The repeats of one variant differ by up to {fmt(100 * spread, 0)} % (slowest to fastest), "
+        "so neither ratio is measured better than that: this run shows no gain from a second rank here, "
+        "and cannot tell apart gains or losses smaller than that spread.",
         "",
         f"Memory of a prepared log of {ml['users']} users (mean length {ml['mean_length']}, {ml['items']} items) "
         "while R ranks hold it: the PSS each rank gained by loading it (a page shared by k processes counts "

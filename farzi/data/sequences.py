@@ -32,7 +32,9 @@ class Sequences:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+        seq = self.tokens[self.offsets[i] : self.offsets[i + 1]]
+        # a memory-mapped split is read-only: hand out a copy (torch warns on read-only arrays)
+        return seq if seq.flags.writeable else np.array(seq)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):

@@ -207,7 +207,7 @@ def test_a_two_rank_run_resumes_on_one_rank(tiny_lm, tmp_path) -> None:
 
 CLI_RUN = (
     "--budget 4x8 --latent-dim 4 --inner-steps 3 --real-batch 8 --model transformer "
-    "--d-model 8 --n-layers 1 --n-heads 2 --max-len 16 --seed 3 --checkpoint-every 1"
+    "--d-model 8 --n-layers 1 --n-heads 2 --max-len 16 --seed 3 --checkpoint-every 1 --quiet"
 ).split()
 
 
