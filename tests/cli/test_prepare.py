@@ -108,9 +108,15 @@ def test_success_exits_zero_with_a_quiet_stderr(runs: dict[str, Run]) -> None:
     assert [p.name for p in datasets.iterdir()] == ["tiny"]
     assert sorted(p.name for p in (datasets / "tiny").iterdir()) == [
         "manifest.json",
+        "test.offsets.npy",
         "test.parquet",
+        "test.tokens.npy",
+        "train.offsets.npy",
         "train.parquet",
+        "train.tokens.npy",
+        "valid.offsets.npy",
         "valid.parquet",
+        "valid.tokens.npy",
         "vocab.json",
     ]
     manifest = json.loads((datasets / "tiny" / "manifest.json").read_text(encoding="utf-8"))
