@@ -198,7 +198,8 @@ def test_a_second_writer_exits_2_at_once_while_the_first_completes(home: Path, t
     args = [*_trajectories(40), "--out", target, "--json"]
     winner = farzictl_start(*args, home=home)
     try:
-        _wait_for(lambda: bool(_temps(tmp_path, "omega")), winner, "the first writer started writing")
+        # trajectories write each run into .NAME.runs/ beside the target (formats/trajectories-v1.md)
+        _wait_for(lambda: (tmp_path / ".omega.runs").is_dir(), winner, "the first writer started writing")
         os.kill(winner.pid, signal.SIGSTOP)  # hold it mid-run, whatever the machine's speed
         try:
             line = farzictl(*args, home=home).one_error_line()
@@ -232,7 +233,8 @@ def test_a_killed_run_leaves_temporaries_that_the_next_run_removes(home: Path, t
         victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
     left = hidden(tmp_path)
-    assert ".omega.lock" in left and ".omega.runs" in left  # what a kill leaves
+    assert ".omega.lock" in left and ".omega.runs" in left  # what a kill leaves: the lock, the run half-written
+    assert _temps(tmp_path / ".omega.runs", "run0")
     assert not target.exists()
     farzictl(*TRAJECTORIES, "--out", target, home=home).ok()  # the lock died with its process
     assert sorted(p.name for p in target.iterdir()) == OWN_FILES["trajectories"]
