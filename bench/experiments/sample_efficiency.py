@@ -195,7 +195,8 @@ def comparisons(s: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str,
     for a, b in wanted:
         ua, ub = pairs(runs, a, b)
         if ua:
-            out.append({"a": a, "b": b, **paired_difference(ua, ub, metric, n_boot=s.get("n_boot", 2000))})
+            diff = paired_difference(ua, ub, metric, n_boot=s.get("n_boot", 2000))
+            out.append({**diff, "a": a, "b": b, "mean_a": diff["a"], "mean_b": diff["b"]})  # labels win
     return out
 
 

@@ -40,6 +40,16 @@ def test_experiment_writes_a_result(smoke_results: Path, name: str) -> None:
     assert "failed" not in json.dumps(result.get("rows", [])), "a metagrad worker failed"
 
 
+@pytest.mark.parametrize("name", ["sample-efficiency-ml100k", "sample-efficiency-ptb"])
+def test_sample_efficiency_decides_its_claims_on_labelled_pairs(smoke_results: Path, name: str) -> None:
+    result = json.loads((smoke_results / f"{name}-smoke.json").read_text())
+    labels = {r["data"] for r in result["runs"]}
+    assert result["comparisons"] and all({c["a"], c["b"]} <= labels for c in result["comparisons"])
+    # Farzi against full, head and its own initialization: each claim with its interval and verdict
+    assert len(result["claims"]) == 3
+    assert all(c["lo"] <= c["value"] <= c["hi"] and isinstance(c["holds"], bool) for c in result["claims"])
+
+
 def test_report_renders_every_section(smoke_results: Path, tmp_path: Path) -> None:
     # the report reads <name>.json; give it the smoke results under those names
     results = tmp_path / "results"
