@@ -328,13 +328,20 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
     ]
     dseeds = s.get("distill_seeds", 1)
     sel = sorted({r.get("selection_metric", "?") for r in result["runs"]})
-    lines.append(
-        f"Test split; mean and 95 % bootstrap interval (student runs and test "
-        f"{'users' if metrics[0].startswith('hr') else 'sentences'} resampled) over {result['seeds']} student "
-        f"seeds, and for Farzi Data and its 'init only' twin (the same initialization, 0 outer steps) over "
-        f"{dseeds} distillation seeds each; students keep their best validation state by {', '.join(sel)}; "
-        f"{result['train_sequences']} training sequences."
-    )
+    if "intervals" not in result:  # a result from before the paired intervals and the init-only rows
+        lines.append(
+            f"Test split, mean ± std over {result['seeds']} student seeds (one distillation, seed 0; students "
+            f"kept their best validation state by the default metric then); {result['train_sequences']} training "
+            "sequences."
+        )
+    else:
+        lines.append(
+            f"Test split; mean and 95 % bootstrap interval (student runs and test "
+            f"{'users' if metrics[0].startswith('hr') else 'sentences'} resampled) over {result['seeds']} student "
+            f"seeds, and for Farzi Data and its 'init only' twin (the same initialization, 0 outer steps) over "
+            f"{dseeds} distillation seeds each; students keep their best validation state by {', '.join(sel)}; "
+            f"{result['train_sequences']} training sequences."
+        )
     lines.append("")
     lines.append(md_table(cols, rows))
     lines.append("")
