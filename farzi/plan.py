@@ -359,11 +359,10 @@ def plan_distill(
     """The cost of ``distill(ds, cfg, ..., trajectories=trajectories)``: the initial summary, the outer
     steps (``probe_steps`` of them timed after one warm-up) and the summary selections. With
     ``resume_from`` (the bundle path of a ``--resume``), the outer steps its saved state holds are left out."""
-    from farzi.distill.engine import outer_step
+    from farzi.distill.engine import outer_step, start_summary
     from farzi.distill.objectives import make_objective
     from farzi.distill.outer import OuterOptimizer
     from farzi.distill.select import as_bundle, recipe, recipe_config
-    from farzi.distill.summary import Summary
     from farzi.distill.teacher import load_teacher
 
     started = time.perf_counter()
@@ -371,15 +370,7 @@ def plan_distill(
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(ds, cfg, trajectories)
     latent, decoder, init_seconds = _time_init(cfg, ds, teacher)
-    summary = Summary.create(
-        latent,
-        decoder,
-        cfg.tau,
-        [ds.vocab.pad_id],
-        teacher.device,
-        learn_tau=cfg.learn_tau,
-        inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
-    )
+    summary = start_summary(cfg, ds, teacher, latent, decoder)
     stages = [Stage("initial summary", 1, "init", init_seconds)]
     extra = 0
     if cfg.outer_steps:

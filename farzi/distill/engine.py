@@ -233,6 +233,21 @@ def _finished_bundle(out: Path, cfg: DistillConfig, ds: PreparedDataset) -> Farz
     return data if recorded == wanted and same_data else None
 
 
+def start_summary(
+    cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher, latent: Tensor, decoder: Tensor
+) -> Summary:
+    """The outer parameters from an initial summary: latent and decoder, and log tau / log inner lr when learned."""
+    return Summary.create(
+        latent,
+        decoder,
+        cfg.tau,
+        [ds.vocab.pad_id],
+        teacher.device,
+        learn_tau=cfg.learn_tau,
+        inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
+    )
+
+
 def distill(
     ds: PreparedDataset,
     cfg: DistillConfig,
@@ -337,15 +352,7 @@ def _distill(
             torch.manual_seed(cfg.seed)
             teacher = load_teacher(ds, cfg, trajectories)
             latent, decoder = initial_summary(cfg, ds, teacher)
-            summary = Summary.create(
-                latent,
-                decoder,
-                cfg.tau,
-                [ds.vocab.pad_id],
-                teacher.device,
-                learn_tau=cfg.learn_tau,
-                inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
-            )
+            summary = start_summary(cfg, ds, teacher, latent, decoder)
             outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
             objective = make_objective(cfg, ds, teacher)
             fingerprints = (cfg.fingerprint(), ds.fingerprint())
