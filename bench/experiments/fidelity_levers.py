@@ -11,7 +11,9 @@ written after every lever, so a run cut short still reports the levers it finish
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -52,41 +54,131 @@ def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, A
     return units
 
 
-def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
-    s = _ml.base_settings(smoke)
-    ds = _ml.dataset(s, work)
-    if ds is None:
-        return {"skipped": "ML-100k not found under ../shared/datasets"}
-    mu = 4 if smoke else 50
-    n_boot = 100 if smoke else 2000
-    traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"])
-    partial = work / "fidelity-levers.partial.json"
-    rows: list[dict[str, Any]] = []
-    units: dict[str, list[dict]] = {}
-    for name in SMOKE_LEVERS if smoke else LEVERS:
-        what, distill_changes, student_changes = LEVERS[name]
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(path: Path) -> bool:
+    """Take the lever for this process (False when another live process has it)."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text() or "0")
+            except (OSError, ValueError):
+                holder = 0
+            if holder and _alive(holder):
+                return False
+            path.unlink(missing_ok=True)  # left by a killed run: take it over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _measure(ds, s: dict[str, Any], work: Path, traj: Path, mu: int, name: str, seeds: int) -> dict[str, Any]:
+    what, distill_changes, student_changes = LEVERS[name]
+    key = json.dumps(distill_changes, sort_keys=True).encode().hex()[:48]
+    with open(work / "bundles" / f".{key}.lock", "w") as lock:  # levers with one bundle wait for each other
+        fcntl.flock(lock, fcntl.LOCK_EX)
         t0 = time.perf_counter()
         path, _ = _ml.bundle(ds, s, work, traj, mu, "lever", **distill_changes)
         distill_s = time.perf_counter() - t0
-        units[name] = _students(ds, s, str(path), seeds, student_changes, work / "students" / name.replace(" ", "-"))
-        row = {
-            "lever": name,
-            "what": what,
-            "distill": distill_changes,
-            "student": student_changes,
-            "distill_seconds": round(distill_s, 1),
-            "kept_step": (read_bundle_meta(path)[0].get("history", {}).get("selection") or {}).get("selected_step"),
-        }
-        for metric in METRICS:
-            mean, low, high = metric_interval(units[name], metric, n_boot=n_boot)
-            row[metric] = {"mean": mean, "low": low, "high": high}
-            for other in ("base", "init only"):
-                if other in units and other != name:
-                    row[f"{metric} - {other}"] = paired_difference(units[name], units[other], metric, n_boot=n_boot)
-        rows.append(row)
-        partial.write_text(json.dumps({"rows": rows, "finished": False}, default=str))
-    users = len(units["base"][0]["rank"])
-    return {"rows": rows, "seeds": seeds, "mu": mu, "users": users, "settings": s, "reused": list(_ml.REUSED)}
+    units = _students(ds, s, str(path), seeds, student_changes, work / "students" / name.replace(" ", "-"))
+    return {
+        "lever": name,
+        "what": what,
+        "distill": distill_changes,
+        "student": student_changes,
+        "distill_seconds": round(distill_s, 1),
+        "kept_step": (read_bundle_meta(path)[0].get("history", {}).get("selection") or {}).get("selected_step"),
+        "units": units,
+    }
+
+
+def _row(done: dict[str, dict], name: str, n_boot: int) -> dict[str, Any]:
+    row = {k: v for k, v in done[name].items() if k != "units"}
+    for metric in METRICS:
+        mean, low, high = metric_interval(done[name]["units"], metric, n_boot=n_boot)
+        row[metric] = {"mean": mean, "low": low, "high": high}
+        for other in ("base", "init only"):
+            if other in done and other != name:
+                row[f"{metric} - {other}"] = paired_difference(
+                    done[name]["units"], done[other]["units"], metric, n_boot=n_boot
+                )
+    return row
+
+
+def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
+    """Measure every lever; several processes on the same ``--work`` share the levers between them.
+
+    Each finished lever is kept in ``WORK/levers/NAME.json`` (its settings and per-user figures),
+    so a second ``python -m bench run fidelity-levers --work SAME`` started beside the first takes
+    the levers nobody holds yet (one core each), and a rerun after a kill redoes only what is missing.
+    """
+    s = _ml.base_settings(smoke)
+    with open(work / ".setup.lock", "w") as lock:  # the dataset and Omega are shared: one process builds them
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ds = _ml.dataset(s, work)
+        if ds is None:
+            return {"skipped": "ML-100k not found under ../shared/datasets"}
+        traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"])
+    mu = 4 if smoke else 50
+    n_boot = 100 if smoke else 2000
+    names = list(SMOKE_LEVERS if smoke else LEVERS)
+    store = work / "levers"
+    store.mkdir(exist_ok=True)
+    (work / "bundles").mkdir(exist_ok=True)
+    partial = work / "fidelity-levers.partial.json"
+    done: dict[str, dict] = {}
+    mine: list[str] = []
+
+    def record(name: str) -> None:
+        key = f"{name.replace(' ', '-')}-{seeds}"
+        result_file, claim_file = store / f"{key}.json", store / f"{key}.claim"
+        if result_file.is_file():
+            done[name] = json.loads(result_file.read_text())
+            return
+        if not _claim(claim_file):
+            return
+        mine.append(name)
+        result = _measure(ds, s, work, traj, mu, name, seeds)
+        tmp = result_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, default=str))
+        tmp.replace(result_file)
+        claim_file.unlink(missing_ok=True)
+        done[name] = result
+        partial.write_text(
+            json.dumps({"rows": [_row(done, n, n_boot) for n in names if n in done], "finished": False}, default=str)
+        )
+
+    for name in names:
+        record(name)
+    while len(done) < len(names):  # levers another process holds: wait for them (or take them over)
+        for name in names:
+            if name not in done:
+                record(name)
+        if len(done) < len(names):
+            time.sleep(5)
+    rows = [_row(done, n, n_boot) for n in names]
+    users = len(done["base"]["units"][0]["rank"])
+    return {
+        "rows": rows,
+        "seeds": seeds,
+        "mu": mu,
+        "users": users,
+        "settings": s,
+        "reused": list(_ml.REUSED),
+        "measured_here": mine,
+    }
 
 
 def _diff(d: dict[str, float] | None) -> str:
