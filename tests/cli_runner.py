@@ -59,9 +59,17 @@ def _argv(args: tuple[str | os.PathLike, ...], home: Path | None) -> list[str]:
 
 
 def farzictl(*args: str | os.PathLike, home: Path | None = None, env: dict[str, str] | None = None) -> Outcome:
-    """``farzictl ARGS [--home HOME]`` in this process; FARZI_HOME is unset unless ``env`` sets it."""
+    """``farzictl ARGS [--home HOME]`` in this process; FARZI_HOME is unset unless ``env`` sets it.
+
+    Ranks that ``--nproc`` spawns get one thread each, as this process has (conftest), whatever
+    OMP_NUM_THREADS the shell set: bitwise comparisons with an in-process run depend on it."""
     runner = CliRunner()
-    overrides: dict[str, str | None] = {"FARZI_HOME": None, **(env or {})}
+    overrides: dict[str, str | None] = {
+        "FARZI_HOME": None,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        **(env or {}),
+    }
     exception, tb, code = None, "", 0
     with runner.isolation(env=overrides) as streams:
         try:
