@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,78 @@ def run_json(cmd: list[str], timeout: float | None = None) -> dict[str, Any]:
 
 def python() -> str:
     return sys.executable
+
+
+# ----------------------------------------------------- work that several processes share
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _claim(path: Path) -> bool:
+    """Take a job for this process: False when another live process holds it."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text() or "0")
+            except (OSError, ValueError):
+                holder = 0
+            if holder and _alive(holder):
+                return False
+            path.unlink(missing_ok=True)  # left by a killed run: take it over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def shared_jobs(
+    store: Path,
+    jobs: list[tuple[str, Callable[[], dict[str, Any]]]],
+    on_done: Callable[[str, dict[str, Any]], None] | None = None,
+    poll: float = 5.0,
+) -> dict[str, dict[str, Any]]:
+    """Run ``jobs`` (key, function returning a JSON-able dict), sharing them with other processes.
+
+    Each finished job is kept as ``STORE/KEY.json``; a job that another live process holds
+    (``STORE/KEY.claim`` with its pid) is left to it and waited for, and one whose holder died
+    is taken over. So ``python -m bench run X --work DIR`` started twice on one ``DIR`` splits
+    the jobs between the two (one core each with ``--threads 1``), and a rerun after a kill
+    redoes only what is missing. Returns every job's result, all of them finished.
+    """
+    store.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict[str, Any]] = {}
+
+    def attempt(key: str, fn: Callable[[], dict[str, Any]]) -> None:
+        result_file, claim_file = store / f"{key}.json", store / f"{key}.claim"
+        if result_file.is_file():
+            done[key] = json.loads(result_file.read_text())
+            return
+        if not _claim(claim_file):
+            return
+        result = fn()
+        tmp = store / f".{key}.json.tmp"
+        tmp.write_text(json.dumps(result, default=str))
+        tmp.replace(result_file)
+        claim_file.unlink(missing_ok=True)
+        done[key] = json.loads(result_file.read_text())
+        if on_done is not None:
+            on_done(key, done[key])
+
+    while True:
+        for key, fn in jobs:
+            if key not in done:
+                attempt(key, fn)
+        if len(done) == len(jobs):
+            return {key: done[key] for key, _ in jobs}
+        time.sleep(poll)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
+from functools import partial as partial_job
 from pathlib import Path
 from typing import Any
 
+from bench.common import shared_jobs
 from bench.experiments import _ml
 from bench.report import fmt, md_table
 from farzi.compare import metric_interval, paired_difference
@@ -52,36 +53,6 @@ def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, A
         result, _ = train_student(ds, s["model"], spec, cfg, work / f"s{seed}", s["model_overrides"])
         units.append(evaluate(result.model, ds, "valid", per_unit=True)["per_unit"])
     return units
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _claim(path: Path) -> bool:
-    """Take the lever for this process (False when another live process has it)."""
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = int(path.read_text() or "0")
-            except (OSError, ValueError):
-                holder = 0
-            if holder and _alive(holder):
-                return False
-            path.unlink(missing_ok=True)  # left by a killed run: take it over
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        return True
-    return False
 
 
 def _measure(ds, s: dict[str, Any], work: Path, traj: Path, mu: int, name: str, seeds: int) -> dict[str, Any]:
@@ -134,40 +105,20 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     mu = 4 if smoke else 50
     n_boot = 100 if smoke else 2000
     names = list(SMOKE_LEVERS if smoke else LEVERS)
-    store = work / "levers"
-    store.mkdir(exist_ok=True)
     (work / "bundles").mkdir(exist_ok=True)
     partial = work / "fidelity-levers.partial.json"
     done: dict[str, dict] = {}
     mine: list[str] = []
 
-    def record(name: str) -> None:
-        key = f"{name.replace(' ', '-')}-{seeds}"
-        result_file, claim_file = store / f"{key}.json", store / f"{key}.claim"
-        if result_file.is_file():
-            done[name] = json.loads(result_file.read_text())
-            return
-        if not _claim(claim_file):
-            return
-        mine.append(name)
-        result = _measure(ds, s, work, traj, mu, name, seeds)
-        tmp = result_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, default=str))
-        tmp.replace(result_file)
-        claim_file.unlink(missing_ok=True)
-        done[name] = result
-        partial.write_text(
-            json.dumps({"rows": [_row(done, n, n_boot) for n in names if n in done], "finished": False}, default=str)
-        )
+    def finished(key: str, result: dict[str, Any]) -> None:
+        mine.append(result["lever"])
+        done[result["lever"]] = result
+        rows = [_row(done, n, n_boot) for n in names if n in done]
+        partial.write_text(json.dumps({"rows": rows, "finished": False}, default=str))
 
-    for name in names:
-        record(name)
-    while len(done) < len(names):  # levers another process holds: wait for them (or take them over)
-        for name in names:
-            if name not in done:
-                record(name)
-        if len(done) < len(names):
-            time.sleep(5)
+    jobs = [(f"{n.replace(' ', '-')}-{seeds}", partial_job(_measure, ds, s, work, traj, mu, n, seeds)) for n in names]
+    results = shared_jobs(work / "levers", jobs, on_done=finished)
+    done = {r["lever"]: r for r in results.values()}
     rows = [_row(done, n, n_boot) for n in names]
     users = len(done["base"]["units"][0]["rank"])
     return {

@@ -1,20 +1,27 @@
 """Sample efficiency: Farzi Data vs random:N vs head:N vs the full data (paper Table 6, Figures 3-4).
 
 ML-100k (SASRec) and the offline PTB protocol (Transformer LM). Per dataset:
-train Omega, distill one bundle per budget (seed 0), then train students on
-every kind of data with several seeds and evaluate them on the test split.
+train Omega, distill a bundle and its "init only" twin per budget and
+distillation seed, then train students on every kind of data with several seeds
+and evaluate them on the test split.
+
+Every bundle and student is a job kept under ``WORK/jobs/``: two processes
+started with the same ``--work`` (``--threads 1`` each) share them, and a rerun
+after a kill redoes only the jobs that had not finished.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
+import functools
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.common import SHARED
+from bench.common import SHARED, shared_jobs
 from bench.report import fmt, md_table, mean_std
 from farzi.compare import aggregate, metric_interval, paired_difference, student_run
 from farzi.data.prepare import PrepareOptions, prepare
@@ -96,6 +103,15 @@ def prepare_dataset(s: dict[str, Any], work: Path):
     return prepare(s["source"], PrepareOptions(**s.get("prepare", {})), home=work)
 
 
+def _bundle_job(ds, cfg: DistillConfig, out: Path, traj: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    return {**meta, "summary": distill(ds, cfg, out, trajectories=traj).summary}
+
+
+def _student_job(ds, s: dict[str, Any], spec: str, label: str, dseed: int | None, seed: int, out: Path) -> dict:
+    row = student_run(ds, s["model"], spec, TrainConfig(seed=seed, **s["student"]), out, s["model_overrides"], label)
+    return {**row, "distill_seed": dseed}
+
+
 def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True) -> dict[str, Any]:
     """Omega; per budget and distillation seed a Farzi bundle and its 'init only' twin (the same
     initialization after 0 outer steps); students on every kind of data over the same student seeds.
@@ -110,34 +126,36 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
     t0 = time.perf_counter()
     traj = work / "trajectories"
     tr = s["trajectories"]
-    train_trajectories(
-        ds,
-        s["model"],
-        tr["runs"],
-        tr["every"],
-        TrainConfig(patience=0, seed=100, **tr["train"]),
-        traj,
-        s["model_overrides"],
-    )
+    with open(work / ".setup.lock", "w") as lock:  # Omega is shared: one process trains it, others wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (traj / "manifest.json").is_file():
+            train_trajectories(
+                ds,
+                s["model"],
+                tr["runs"],
+                tr["every"],
+                TrainConfig(patience=0, seed=100, **tr["train"]),
+                traj,
+                s["model_overrides"],
+            )
     timings["trajectories"] = time.perf_counter() - t0
-    bundles: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     distill_seeds = s.get("distill_seeds", 1)
+    bundle_jobs = []
     for mu in s["budgets"]:
         for dseed in range(distill_seeds):
             for kind, changes in (("farzi", {}), ("init only", {"outer_steps": 0})):
-                params = {**s["distill"], **changes}
-                cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=dseed, device=device, **params)
+                cfg = DistillConfig(
+                    mu=mu, xi=s["xi"], model=s["model"], seed=dseed, device=device, **{**s["distill"], **changes}
+                )
                 tag = "farzi" if kind == "farzi" else "init"
                 out = work / "bundles" / f"{tag}-{mu}x{s['xi']}-d{dseed}.safetensors"
-                res = distill(ds, cfg, out, trajectories=traj)
-                label = f"{kind} {mu}x{s['xi']}"
-                bundles.append(
-                    {"label": label, "mu": mu, "distill_seed": dseed, "path": str(out), "summary": res.summary}
-                )
+                meta = {"label": f"{kind} {mu}x{s['xi']}", "mu": mu, "distill_seed": dseed, "path": str(out)}
+                bundle_jobs.append((out.stem, functools.partial(_bundle_job, ds, cfg, out, traj, meta)))
+    bundles = list(shared_jobs(work / "jobs", bundle_jobs).values())
     timings["distill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = []
+    student_jobs = []
     for seed in range(seeds):
         specs: list[tuple[str, str, int | None]] = [("full", "full", None)]
         for mu in s["budgets"]:
@@ -145,18 +163,10 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
             if extra_specs:
                 specs += [(f"random:{mu}", f"random:{mu}", None), (f"head:{mu}", f"head:{mu}", None)]
         for spec, label, dseed in specs:
-            name = label.replace(" ", "-").replace(":", "-") + ("" if dseed is None else f"-d{dseed}")
-            row = student_run(
-                ds,
-                s["model"],
-                spec,
-                TrainConfig(seed=seed, **s["student"]),
-                work / "students" / f"{name}-s{seed}",
-                s["model_overrides"],
-                label=label,
-            )
-            row["distill_seed"] = dseed
-            rows.append(row)
+            name = label.replace(" ", "-").replace(":", "-") + ("" if dseed is None else f"-d{dseed}") + f"-s{seed}"
+            job = functools.partial(_student_job, ds, s, spec, label, dseed, seed, work / "students" / name)
+            student_jobs.append((f"student-{name}", job))
+    rows = list(shared_jobs(work / "jobs", student_jobs).values())
     timings["students"] = time.perf_counter() - t0
     return {
         "dataset": ds.name,

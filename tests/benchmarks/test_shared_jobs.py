@@ -1,0 +1,57 @@
+"""bench.common.shared_jobs: jobs kept as JSON, shared with other processes on one work directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from bench.common import shared_jobs
+
+
+def _counting(calls: list[str], key: str, value: int):
+    def fn() -> dict:
+        calls.append(key)
+        return {"value": value}
+
+    return fn
+
+
+def test_finished_jobs_are_kept_and_not_run_again(tmp_path: Path) -> None:
+    calls: list[str] = []
+    jobs = [("a", _counting(calls, "a", 1)), ("b", _counting(calls, "b", 2))]
+    assert shared_jobs(tmp_path, jobs) == {"a": {"value": 1}, "b": {"value": 2}}
+    assert calls == ["a", "b"]
+    assert shared_jobs(tmp_path, jobs) == {"a": {"value": 1}, "b": {"value": 2}}
+    assert calls == ["a", "b"]  # both came from the store
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+def test_a_claim_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "a.claim").write_text(dead.stdout.strip())
+    calls: list[str] = []
+    assert shared_jobs(tmp_path, [("a", _counting(calls, "a", 7))]) == {"a": {"value": 7}}
+    assert calls == ["a"] and not (tmp_path / "a.claim").exists()
+
+
+def test_a_job_another_live_process_holds_is_waited_for_not_run(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "b.claim").write_text(str(holder.pid))
+        calls: list[str] = []
+
+        def the_other_process_finishes() -> None:
+            (tmp_path / "b.json").write_text(json.dumps({"value": "theirs"}))
+
+        timer = threading.Timer(0.3, the_other_process_finishes)
+        timer.start()
+        got = shared_jobs(tmp_path, [("a", _counting(calls, "a", 1)), ("b", _counting(calls, "b", 2))], poll=0.05)
+        timer.join()
+        assert got == {"a": {"value": 1}, "b": {"value": "theirs"}}
+        assert calls == ["a"]  # its own job first, then it waited for the held one
+    finally:
+        holder.kill()
+        holder.wait()
