@@ -32,7 +32,11 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "init only": ("the initialization after 0 outer steps", {"outer_steps": 0}, {}),
     "base": ("the defaults: T 10, inner lr 0.01, outer lr 0.01, 100 outer steps", {}, {}),
     "outer lr 0.003": ("the earlier default outer learning rate", {"outer_lr": 0.003}, {}),
-    "meta-batch 4": ("4 start points (checkpoint + real batch) averaged per outer step", {"meta_batch": 4}, {}),
+    "meta-batch 4, 25 steps": (
+        "4 start points (checkpoint + real batch) averaged per outer step, at base's 100 inner loops",
+        {"meta_batch": 4, "outer_steps": 25},
+        {},
+    ),
     "normalize starts": ("each start's meta-gradient scaled to unit norm", {"start_weighting": "normalize"}, {}),
     "omega min step 40": ("start only from checkpoints trained >= 40 steps", {"omega_min_step": 40}, {}),
     "inner state omega": ("the inner Adam continues the run's moments", {"inner_state": "omega"}, {}),
@@ -43,7 +47,7 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "recipe lr 5e-4": ("base bundle, students at half the learning rate", {}, {"lr": 5e-4}),
 }
 METRICS = ("xent", "hr_all@10", "hr@10")
-SMOKE_LEVERS = ("init only", "base", "meta-batch 4", "recipe lr 5e-4")
+SMOKE_LEVERS = ("init only", "base", "meta-batch 4, 25 steps", "recipe lr 5e-4")
 
 
 def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, Any], work: Path) -> list[dict]:
