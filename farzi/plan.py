@@ -10,7 +10,9 @@ stream (bucketed by length, so their shapes vary); one warm-up step runs on the 
 mean batch size (tokens x positions), scaled by the mean over the drawn batches; one validation is
 timed on its own. A distillation times outer steps (one warm-up, then ``probe_steps``).
 
-The projection is an upper bound where a run can stop early (``--patience``), and the peak memory
+The projection is an upper bound where a run can stop early (``--patience``); ``least_seconds``
+is then the shortest the run can take (it cannot stop before ``patience`` validations after the
+first), so the measured time lies between the two. The peak memory
 is the process's peak resident set size (plus, on a GPU, the peak allocated there) after the probe,
 plus the copies the run keeps that the probe does not (best weights, checkpoints in memory).
 """
@@ -94,6 +96,7 @@ class Plan:
     device: str
     levers: list[Lever] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    least_seconds: float | None = None  # the shortest an early-stopping run can take (None: no early stop)
 
     @property
     def seconds(self) -> float:
@@ -116,6 +119,7 @@ class Plan:
             "stages": [s.to_dict() for s in self.stages],
             "levers": [lv.to_dict() for lv in self.levers] if self.long else [],
             "notes": list(self.notes),
+            "least_seconds": None if self.least_seconds is None else round(self.least_seconds, 3),
         }
 
 
@@ -246,10 +250,28 @@ def _linear_lever(plan: Plan, flag: str, value: int, share: float, least: int = 
     return Lever(flag, value, suggested)
 
 
-def _early_stop_note(config: TrainConfig) -> list[str]:
-    if config.patience:
-        return [f"an upper bound: with --patience {config.patience} the run may stop early"]
-    return []
+def earliest_stop(config: TrainConfig, num_sequences: int) -> tuple[int, int]:
+    """(steps, validations) of the shortest run ``--patience`` allows: the first validation is the
+    best so far, and ``patience`` validations after it without improvement end the run."""
+    steps_per_epoch = max(1, math.ceil(num_sequences / config.batch_size))
+    every = config.eval_every or max(steps_per_epoch, 10)
+    if not config.patience:
+        return config.max_steps, _validations(config, num_sequences)
+    steps = min(config.max_steps, (config.patience + 1) * every)
+    return steps, _validations(dataclasses.replace(config, max_steps=steps), num_sequences)
+
+
+def _early_stop(plan: Plan, config: TrainConfig, cost: TrainingCost, num_sequences: int, runs: int = 1) -> None:
+    """Add the shortest a run with ``--patience`` can take to ``plan`` (its projection is the longest)."""
+    steps, validations = earliest_stop(config, num_sequences)
+    if not config.patience or steps >= config.max_steps:
+        return
+    trained = runs * (steps * cost.step_seconds + validations * cost.eval_seconds)
+    plan.least_seconds = plan.seconds - sum(s.seconds for s in plan.stages[:2]) + trained
+    plan.notes.append(
+        f"an upper bound: with --patience {config.patience} the run may stop early, at step {steps} "
+        f"at the earliest (about {round(plan.least_seconds)} s in all)"
+    )
 
 
 # ------------------------------------------------------------------ commands
@@ -290,7 +312,8 @@ def plan_trajectories(
     saves = runs * (config.max_steps // every + 2)
     stages.append(Stage("checkpoints", saves, "save", _time_save(model)))
     # a run keeps the best state, the latest unsaved state and its Adam moments beside the model
-    plan = _finish("trajectories", stages, dev, started, 3 * cost.extra_bytes, _early_stop_note(config))
+    plan = _finish("trajectories", stages, dev, started, 3 * cost.extra_bytes, [])
+    _early_stop(plan, config, cost, train_set.num_sequences, runs)
     training = stages[0].seconds + stages[1].seconds
     plan.levers = [
         _linear_lever(plan, "--max-steps", config.max_steps, plan.seconds),  # steps, validations, saves
@@ -338,7 +361,8 @@ def plan_student(
     model = build_model(model_name, cfg)
     cost = measure_training(model, train_set, ds, config, dev, probe_steps)
     stages = _training_stages(f"train {model_name} on {spec.label()}", cost, config, train_set.num_sequences)
-    plan = _finish("train-student", stages, dev, started, cost.extra_bytes, _early_stop_note(config))
+    plan = _finish("train-student", stages, dev, started, cost.extra_bytes, [])
+    _early_stop(plan, config, cost, train_set.num_sequences)
     plan.levers = [
         _linear_lever(plan, "--max-steps", config.max_steps, plan.seconds),
         Lever("--max-len", cfg.max_len, effect="per step: attention grows with its square, the rest linearly"),

@@ -38,3 +38,30 @@ def test_projection_grows_with_the_steps_and_names_levers_when_long(tiny_rec) ->
     steps = next(lv for lv in long.levers if lv.flag == "--max-steps")
     assert steps.suggested is not None and 1 <= steps.suggested < 10**8
     assert short.to_dict()["levers"] == []  # named only when the projection is long
+
+
+def test_earliest_stop_by_hand() -> None:
+    from farzi.plan import earliest_stop
+    from farzi.train import TrainConfig
+
+    # validations at steps 10, 20, ...: the first is the best so far, 15 more without improvement end it
+    assert earliest_stop(TrainConfig(max_steps=600, eval_every=10, patience=15), 50) == (160, 16)
+    assert earliest_stop(TrainConfig(max_steps=100, eval_every=10, patience=15), 50) == (100, 10)  # capped
+    assert earliest_stop(TrainConfig(max_steps=600, eval_every=10, patience=0), 50) == (600, 60)  # never early
+    # eval_every 0: once per epoch (4 steps of 128 over 500 sequences), at least every 10 steps
+    assert earliest_stop(TrainConfig(max_steps=1000, batch_size=128, eval_every=0, patience=2), 500) == (30, 3)
+
+
+def test_an_early_stopping_run_lies_between_the_least_and_the_projection(tiny_rec, tmp_path: Path) -> None:
+    from farzi.plan import earliest_stop
+    from farzi.student import train_student
+    from farzi.train import TrainConfig
+
+    cfg = TrainConfig(max_steps=400, batch_size=8, eval_every=2, patience=1, lr=1e-9)
+    plan = plan_student(tiny_rec, "sasrec", "random:20", cfg, TINY)
+    assert plan.least_seconds is not None and 0 < plan.least_seconds < plan.seconds
+    assert any("at step 4 at the earliest" in n for n in plan.notes)
+    result, _ = train_student(tiny_rec, "sasrec", "random:20", cfg, tmp_path / "s", TINY)
+    assert result.stopped_early and earliest_stop(cfg, 20)[0] <= result.steps < cfg.max_steps
+    never = plan_student(tiny_rec, "sasrec", "random:20", TrainConfig(max_steps=10, patience=0), TINY)
+    assert never.least_seconds is None
