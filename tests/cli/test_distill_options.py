@@ -82,7 +82,7 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
         "inner_steps": 2,
         "inner_lr": 0.02,
         "inner_optimizer": "sgd",
-        "inner_state": "omega",
+        "inner_state": "fresh",
         "inner_momentum": 0.5,
         "inner_weight_decay": 0.001,
         "outer_steps": 2,

@@ -284,7 +284,9 @@ def test_a_meta_batch_run_logs_every_start_point(tiny_lm, tiny_omega, tmp_path) 
 
 
 def test_inner_state_omega_continues_the_runs_adam(tiny_lm, tiny_omega, tmp_path) -> None:
-    fresh = distill(tiny_lm, _cfg(outer_steps=2), tmp_path / "a.safetensors", trajectories=tiny_omega)
+    fresh = distill(
+        tiny_lm, _cfg(outer_steps=2, inner_state="fresh"), tmp_path / "a.safetensors", trajectories=tiny_omega
+    )
     cont = distill(
         tiny_lm, _cfg(outer_steps=2, inner_state="omega"), tmp_path / "b.safetensors", trajectories=tiny_omega
     )
