@@ -86,6 +86,7 @@ def _measure(ds, s: dict[str, Any], work: Path, traj: Path, mu: int, name: str, 
 
 def _row(done: dict[str, dict], name: str, n_boot: int) -> dict[str, Any]:
     row = {k: v for k, v in done[name].items() if k != "units"}
+    row["what"] = LEVERS[name][0]  # the current wording (a kept lever may carry an older one)
     for metric in METRICS:
         mean, low, high = metric_interval(done[name]["units"], metric, n_boot=n_boot)
         row[metric] = {"mean": mean, "low": low, "high": high}
