@@ -167,7 +167,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         rows.append(
             [
                 r["lever"],
-                r["what"],
+                LEVERS[r["lever"]][0] if r["lever"] in LEVERS else r["what"],
                 f"{fmt(xent['mean'], 3)} [{fmt(xent['low'], 3)}, {fmt(xent['high'], 3)}]",
                 f"{fmt(hr_all['mean'])} [{fmt(hr_all['low'])}, {fmt(hr_all['high'])}]",
                 fmt(r["hr@10"]["mean"]),
@@ -175,7 +175,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
                 _diff(r.get("xent - base")),
                 _verdict(r.get("xent - base"), lower_better=True),
                 str(r["kept_step"]) if r["kept_step"] is not None else "—",
-                fmt(r["distill_seconds"] / 60, 1),
+                fmt(r["distill_seconds"] / 60, 1) if r["distill_seconds"] >= 1 else "reused",
             ]
         )
     winners = [r["lever"] for r in result["rows"] if _verdict(r.get("xent - base"), lower_better=True) == "better"]
@@ -188,6 +188,16 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
             "options, not combined with it here (combinations are not measured).",
         ]
         if not result.get("smoke")
+        else []
+    )
+    here = result.get("measured_here")
+    shared = (
+        [
+            "",
+            f"This process measured {len(here)} of the {len(result['rows'])} levers ({', '.join(here)}); "
+            "another process on the same work directory measured the rest (one core each).",
+        ]
+        if here is not None and 0 < len(here) < len(result["rows"]) and not result.get("smoke")
         else []
     )
     done = {r["lever"] for r in result["rows"]}
@@ -227,6 +237,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
                 rows,
             ),
             *won,
+            *shared,
             *cut,
         ]
     )
