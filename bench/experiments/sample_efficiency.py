@@ -195,10 +195,15 @@ def pairs(runs: list[dict[str, Any]], a: str, b: str) -> tuple[list[dict], list[
     return out_a, out_b
 
 
-def comparisons(s: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every paired comparison the report shows, with its bootstrap 95 % interval."""
+# recommendation: figures over every position of the test users' most recent items (farzi.evaluate)
+POSITION_METRICS = ("xent", "hr_all@10")
+
+
+def comparisons(s: dict[str, Any], runs: list[dict[str, Any]], metric: str | None = None) -> list[dict[str, Any]]:
+    """Every paired comparison the report shows, with its bootstrap 95 % interval (on ``metric``,
+    default the protocol's first)."""
     mu, xi = s["claim_budget"], s["xi"]
-    metric = s["metrics"][0]
+    metric = metric or s["metrics"][0]
     farzi, init = f"farzi {mu}x{xi}", f"init only {mu}x{xi}"
     wanted = [(farzi, "full"), (farzi, init), (farzi, f"head:{mu}"), (farzi, f"random:{mu}"), (init, f"head:{mu}")]
     out = []
@@ -375,6 +380,24 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
                         c["pairs"],
                     ]
                     for c in comps
+                ],
+            )
+        )
+        lines.append("")
+    runs = result.get("runs", [])
+    if comps and runs and all(m in runs[0].get("test", {}) for m in POSITION_METRICS):
+        by_metric = {m: comparisons(result["settings"], runs, m) for m in POSITION_METRICS}
+        lines.append(
+            "The same pairs over every position of the test users' most recent items (cross-entropy, lower is "
+            "better, and hit rate at 10), from the stored per-user figures:"
+        )
+        lines.append("")
+        lines.append(
+            md_table(
+                ["a", "b", *(f"{m}: a - b" for m in POSITION_METRICS)],
+                [
+                    [c["a"], c["b"], *(ci(d["diff"], d["lo"], d["hi"], 3) for d in row)]
+                    for c, *row in zip(comps, *by_metric.values(), strict=True)
                 ],
             )
         )
