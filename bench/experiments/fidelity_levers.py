@@ -211,7 +211,8 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         [
             "",
             f"This process measured {len(here)} of the {len(result['rows'])} levers ({', '.join(here)}); "
-            "another process on the same work directory measured the rest (one core each).",
+            "the rest were measured by another process on the same work directory (one core each) or by an "
+            "earlier run on it, and kept there (the distillation minutes are each lever's own).",
         ]
         if here is not None and 0 < len(here) < len(result["rows"]) and not result.get("smoke")
         else []
