@@ -140,6 +140,7 @@ def shared_jobs(
     jobs: list[tuple[str, Callable[[], dict[str, Any]]]],
     on_done: Callable[[str, dict[str, Any]], None] | None = None,
     poll: float = 5.0,
+    settings: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Run ``jobs`` (key, function returning a JSON-able dict), sharing them with other processes.
 
@@ -147,9 +148,26 @@ def shared_jobs(
     (``STORE/KEY.claim`` with its pid) is left to it and waited for, and one whose holder died
     is taken over. So ``python -m bench run X --work DIR`` started twice on one ``DIR`` splits
     the jobs between the two (one core each with ``--threads 1``), and a rerun after a kill
-    redoes only what is missing. Returns every job's result, all of them finished.
+    redoes only what is missing. ``settings`` (JSON-able) is what the jobs' results depend on beyond
+    their keys: it is kept as ``STORE/settings.json``, and a store kept for other settings is
+    refused (its results would be taken for these). Returns every job's result, all finished.
     """
     store.mkdir(parents=True, exist_ok=True)
+    if settings is not None:
+        wanted = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        kept = store / "settings.json"
+        if not kept.is_file():
+            tmp = store / f".settings.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(wanted, sort_keys=True))
+            try:
+                os.link(tmp, kept)  # the first process's settings win; a second one compares with them
+            except FileExistsError:
+                pass
+            tmp.unlink()
+        if json.loads(kept.read_text()) != wanted:
+            raise ValueError(
+                f"{store} holds jobs of other settings than these; pass another --work (or remove {store})"
+            )
     done: dict[str, dict[str, Any]] = {}
 
     def attempt(key: str, fn: Callable[[], dict[str, Any]]) -> None:

@@ -12,6 +12,7 @@ cut short still reports the levers it finished and a rerun measures only the res
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import time
@@ -24,6 +25,7 @@ from bench.experiments import _ml
 from bench.report import fmt, md_table
 from farzi.compare import metric_interval, paired_difference
 from farzi.distill.bundle import read_bundle_meta
+from farzi.distill.config import DistillConfig
 from farzi.evaluate import evaluate
 from farzi.student import train_student
 from farzi.train import TrainConfig
@@ -114,6 +116,12 @@ def _row(done: dict[str, dict], name: str, n_boot: int) -> dict[str, Any]:
     return row
 
 
+def _kept_for(s: dict[str, Any], mu: int) -> dict[str, Any]:
+    """What the kept levers depend on, defaults included: base's distillation and the students' recipe."""
+    cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, **{**s["distill"], **BASE})
+    return {"settings": s, "base": dataclasses.asdict(cfg), "student": TrainConfig(**s["student"]).to_dict()}
+
+
 def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
     """Measure every lever; several processes on the same ``--work`` share the levers between them.
 
@@ -143,7 +151,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
         partial.write_text(json.dumps({"rows": rows, "finished": False}, default=str))
 
     jobs = [(f"{n.replace(' ', '-')}-{seeds}", partial_job(_measure, ds, s, work, traj, mu, n, seeds)) for n in names]
-    results = shared_jobs(work / "levers", jobs, on_done=finished)
+    results = shared_jobs(work / "levers", jobs, on_done=finished, settings=_kept_for(s, mu))
     done = {r["lever"]: r for r in results.values()}
     rows = [_row(done, n, n_boot) for n in names]
     users = len(done["base"]["units"][0]["rank"])

@@ -13,6 +13,7 @@ after a kill redoes only the jobs that had not finished.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import functools
 import time
@@ -142,6 +143,7 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
     t0 = time.perf_counter()
     distill_seeds = s.get("distill_seeds", 1)
     bundle_jobs = []
+    configs: list[DistillConfig] = []
     for mu in s["budgets"]:
         for dseed in range(distill_seeds):
             for kind, changes in (("farzi", {}), ("init only", {"outer_steps": 0})):
@@ -151,8 +153,14 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
                 tag = "farzi" if kind == "farzi" else "init"
                 out = work / "bundles" / f"{tag}-{mu}x{s['xi']}-d{dseed}.safetensors"
                 meta = {"label": f"{kind} {mu}x{s['xi']}", "mu": mu, "distill_seed": dseed, "path": str(out)}
+                configs.append(cfg)
                 bundle_jobs.append((out.stem, functools.partial(_bundle_job, ds, cfg, out, traj, meta)))
-    bundles = list(shared_jobs(work / "jobs", bundle_jobs).values())
+    kept_for = {  # what the jobs' results depend on, defaults included (a changed default is other settings)
+        "settings": {k: s.get(k) for k in ("source", "model", "model_overrides", "trajectories", "xi")},
+        "distill": [dataclasses.asdict(cfg) for cfg in configs],
+        "student": TrainConfig(**s["student"]).to_dict(),
+    }
+    bundles = list(shared_jobs(work / "jobs", bundle_jobs, settings=kept_for).values())
     timings["distill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     student_jobs = []
@@ -166,7 +174,7 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
             name = label.replace(" ", "-").replace(":", "-") + ("" if dseed is None else f"-d{dseed}") + f"-s{seed}"
             job = functools.partial(_student_job, ds, s, spec, label, dseed, seed, work / "students" / name)
             student_jobs.append((f"student-{name}", job))
-    rows = list(shared_jobs(work / "jobs", student_jobs).values())
+    rows = list(shared_jobs(work / "jobs", student_jobs, settings=kept_for).values())
     timings["students"] = time.perf_counter() - t0
     return {
         "dataset": ds.name,

@@ -55,3 +55,14 @@ def test_a_job_another_live_process_holds_is_waited_for_not_run(tmp_path: Path) 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_store_kept_for_other_settings_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    calls: list[str] = []
+    shared_jobs(tmp_path, [("a", _counting(calls, "a", 1))], settings={"lr": 1e-3})
+    assert shared_jobs(tmp_path, [("a", _counting(calls, "a", 1))], settings={"lr": 1e-3}) == {"a": {"value": 1}}
+    with pytest.raises(ValueError, match="holds jobs of other settings"):
+        shared_jobs(tmp_path, [("a", _counting(calls, "a", 2))], settings={"lr": 5e-4})
+    assert calls == ["a"]
