@@ -466,10 +466,14 @@ def _score(summary: Summary, ds: PreparedDataset, teacher: Teacher, cfg: Distill
 
 
 def summarize_log(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the bundle keeps of its log: per stage of the start checkpoint (its training step, in
-    quarters of the latest), how often T inner steps on the summary made the real loss worse, by
-    how much on average, and the step's meta-gradient norm."""
+    """What the bundle keeps of its log: how many inner loops continued Omega's Adam moments (of how
+    many), and per stage of the start checkpoint (its training step, in quarters of the latest), how
+    often T inner steps on the summary made the real loss worse, by how much on average, and the
+    step's meta-gradient norm."""
     out: dict[str, Any] = {"outer_steps": len(records), "skipped": sum(1 for r in records if r.get("skipped"))}
+    starts = [s for r in records for s in (r.get("starts") or [r]) if "moments" in s]
+    if starts:  # how many inner loops continued Omega's Adam moments (the rest started fresh)
+        out["starts_with_moments"] = [sum(1 for s in starts if s["moments"]), len(starts)]
     staged = []
     for r in records:
         for s in r.get("starts") or [r]:

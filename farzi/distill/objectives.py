@@ -73,7 +73,8 @@ class Start:
 
     @property
     def stats(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint}
+        # moments: whether the inner optimizer continued Omega's state (--inner-state omega, Adam, saved moments)
+        return {"checkpoint": self.checkpoint, "moments": self.state is not None}
 
 
 @dataclass

@@ -293,6 +293,11 @@ def test_inner_state_omega_continues_the_runs_adam(tiny_lm, tiny_omega, tmp_path
     assert not torch.equal(fresh.bundle.latent, cont.bundle.latent)
     logs = [json.loads(x) for x in cont.log_path.read_text().splitlines()]
     assert all("checkpoint_step" in r for r in logs)
+    # a trained checkpoint continues its run's moments; a step-0 one has none (the run's own state there)
+    assert [r["moments"] for r in logs] == [r["checkpoint_step"] > 0 for r in logs]
+    kept = cont.bundle.meta["history"]["log"]["starts_with_moments"]
+    assert kept == [sum(r["checkpoint_step"] > 0 for r in logs), 2]
+    assert fresh.bundle.meta["history"]["log"]["starts_with_moments"] == [0, 2]
 
 
 def test_selection_keeps_the_best_candidate_and_says_which(tiny_lm, tiny_omega, tmp_path, monkeypatch) -> None:
