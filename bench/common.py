@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -105,6 +106,14 @@ def python() -> str:
 # ----------------------------------------------------- work that several processes share
 
 
+@contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: other processes wait."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -178,11 +187,12 @@ def shared_jobs(
         if not _claim(claim_file):
             return
         result = fn()
+        text = json.dumps(result, default=str)
         tmp = store / f".{key}.json.tmp"
-        tmp.write_text(json.dumps(result, default=str))
+        tmp.write_text(text)
         tmp.replace(result_file)
         claim_file.unlink(missing_ok=True)
-        done[key] = json.loads(result_file.read_text())
+        done[key] = json.loads(text)  # as a kept job reads back (JSON types)
         if on_done is not None:
             on_done(key, done[key])
 

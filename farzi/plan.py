@@ -20,7 +20,6 @@ plus the copies the run keeps that the probe does not (best weights, checkpoints
 from __future__ import annotations
 
 import dataclasses
-import math
 import resource
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from farzi.device import resolve_device
 from farzi.errors import ConfigError
 from farzi.evaluate import evaluate
 from farzi.models import SequenceModel, build_model, make_config, model_task
-from farzi.train import TrainConfig, check_model_sizes, train_step
+from farzi.train import TrainConfig, check_model_sizes, eval_interval, train_step
 
 LONG_SECONDS = 1800.0  # a projection above this names the flags that bring it down
 DRAWN_BATCHES = 64  # batches drawn to learn the stream's mean and largest batch
@@ -213,8 +212,7 @@ def measure_training(
 
 
 def _validations(config: TrainConfig, num_sequences: int) -> int:
-    steps_per_epoch = max(1, math.ceil(num_sequences / config.batch_size))
-    every = config.eval_every or max(steps_per_epoch, 10)
+    every = eval_interval(config, num_sequences)
     return config.max_steps // every + (1 if config.max_steps % every else 0)
 
 
@@ -253,8 +251,7 @@ def _linear_lever(plan: Plan, flag: str, value: int, share: float, least: int = 
 def earliest_stop(config: TrainConfig, num_sequences: int) -> tuple[int, int]:
     """(steps, validations) of the shortest run ``--patience`` allows: the first validation is the
     best so far, and ``patience`` validations after it without improvement end the run."""
-    steps_per_epoch = max(1, math.ceil(num_sequences / config.batch_size))
-    every = config.eval_every or max(steps_per_epoch, 10)
+    every = eval_interval(config, num_sequences)
     if not config.patience:
         return config.max_steps, _validations(config, num_sequences)
     steps = min(config.max_steps, (config.patience + 1) * every)

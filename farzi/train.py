@@ -163,6 +163,11 @@ class EarlyStopping:
         return self.target is not None and (value >= self.target if self.higher else value <= self.target)
 
 
+def eval_interval(config: TrainConfig, num_sequences: int) -> int:
+    """Steps between validations: ``eval_every``, or 0 = once per epoch and at least every 10 steps."""
+    return config.eval_every or max(max(1, math.ceil(num_sequences / config.batch_size)), 10)
+
+
 def train_model(
     model: SequenceModel,
     train_set: TrainSet,
@@ -190,7 +195,7 @@ def train_model(
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(train_set.num_sequences / config.batch_size))
-    eval_every = config.eval_every or max(steps_per_epoch, 10)
+    eval_every = eval_interval(config, train_set.num_sequences)
     stopper = EarlyStopping(
         metric_is_higher_better(metric), config.patience, target_metric, best_state=copy.deepcopy(model.state_dict())
     )

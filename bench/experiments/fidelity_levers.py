@@ -13,14 +13,13 @@ cut short still reports the levers it finished and a rerun measures only the res
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import time
 from functools import partial as partial_job
 from pathlib import Path
 from typing import Any
 
-from bench.common import shared_jobs
+from bench.common import exclusive, shared_jobs
 from bench.experiments import _ml
 from bench.report import fmt, md_table
 from farzi.compare import metric_interval, paired_difference
@@ -84,9 +83,7 @@ def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, A
 
 def _measure(ds, s: dict[str, Any], work: Path, traj: Path, mu: int, name: str, seeds: int) -> dict[str, Any]:
     what, distill_changes, student_changes = LEVERS[name]
-    key = json.dumps(distill_changes, sort_keys=True).encode().hex()[:48]
-    with open(work / "bundles" / f".{key}.lock", "w") as lock:  # levers with one bundle wait for each other
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(work / "bundles" / f".{_ml._key(distill_changes)}.lock"):  # levers of one bundle wait
         t0 = time.perf_counter()
         path, _ = _ml.bundle(ds, s, work, traj, mu, "lever", **{**BASE, **distill_changes})
         distill_s = time.perf_counter() - t0
@@ -130,8 +127,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     the levers nobody holds yet (one core each), and a rerun after a kill redoes only what is missing.
     """
     s = _ml.base_settings(smoke)
-    with open(work / ".setup.lock", "w") as lock:  # the dataset and Omega are shared: one process builds them
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(work / ".setup.lock"):  # the dataset and Omega are shared: one process builds them
         ds = _ml.dataset(s, work)
         if ds is None:
             return {"skipped": "ML-100k not found under ../shared/datasets"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fcntl
 import functools
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bench.common import SHARED, shared_jobs
+from bench.common import SHARED, exclusive, shared_jobs
 from bench.report import fmt, md_table, mean_std
 from farzi.compare import aggregate, metric_interval, paired_difference, student_run
 from farzi.data.prepare import PrepareOptions, prepare
@@ -127,8 +126,7 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
     t0 = time.perf_counter()
     traj = work / "trajectories"
     tr = s["trajectories"]
-    with open(work / ".setup.lock", "w") as lock:  # Omega is shared: one process trains it, others wait
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(work / ".setup.lock"):  # Omega is shared: one process trains it, others wait
         if not (traj / "manifest.json").is_file():
             train_trajectories(
                 ds,
