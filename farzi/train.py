@@ -54,6 +54,14 @@ class TrainConfig:
             raise ConfigError(f"batch size {self.batch_size} must be positive", "pass e.g. --batch-size 128")
         if self.max_steps < 1:
             raise ConfigError(f"max steps {self.max_steps} must be positive", "pass e.g. --max-steps 2000")
+        if self.patience < 0:
+            raise ConfigError(
+                f"patience {self.patience} must be >= 0", "pass e.g. --patience 10 (0 = never stop early)"
+            )
+        if self.eval_every < 0:
+            raise ConfigError(
+                f"eval every {self.eval_every} must be >= 0", "pass e.g. --eval-every 50 (0 = once per epoch)"
+            )
         if self.weight_decay < 0:
             raise ConfigError(f"weight decay {self.weight_decay} must be >= 0", "pass e.g. --weight-decay 0")
 

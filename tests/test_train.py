@@ -253,3 +253,15 @@ def test_train_step_is_one_adam_step_on_the_plain_loss(tiny_rec: PreparedDataset
     assert loss == pytest.approx(float(reference.detach()), rel=1e-12)
     for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_negative_patience_and_eval_every_are_refused_with_the_fix() -> None:
+    import pytest
+
+    from farzi.errors import ConfigError
+    from farzi.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="patience -1 must be >= 0"):
+        TrainConfig(patience=-1).validate()
+    with pytest.raises(ConfigError, match="eval every -5 must be >= 0"):
+        TrainConfig(eval_every=-5).validate()
