@@ -7,8 +7,12 @@ times a few real steps of it and one validation, and projects the whole run from
 How a training run is timed (:func:`measure_training`): batches are drawn from the run's own
 stream (bucketed by length, so their shapes vary); one warm-up step runs on the largest of them
 (its activations set the peak memory), then ``probe_steps`` steps on the batches closest to the
-mean batch size (tokens x positions), scaled by the mean over the drawn batches; one validation is
-timed on its own. A distillation times outer steps (one warm-up, then ``probe_steps``).
+mean batch size (tokens x positions), more while they are cheap (up to ``PROBE_MAX_STEPS`` or
+``PROBE_TARGET_SECONDS``); the median of their times per position, scaled to the mean over the drawn
+batches, is the step's time, so one step slowed by other work on a shared machine does not set it.
+One validation is timed on its own. A distillation times outer steps the same way (one warm-up,
+then at least ``probe_steps``). Where the machine was busy while timing (its load average above its
+cores), the plan says so in a note: the projection then holds only while the load stays as it was.
 
 The projection is an upper bound where a run can stop early (``--patience``); ``least_seconds``
 is then the shortest the run can take (it cannot stop before ``patience`` validations after the
@@ -20,7 +24,9 @@ plus the copies the run keeps that the probe does not (best weights, checkpoints
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -44,6 +50,9 @@ DRAWN_BATCHES = 64  # batches drawn to learn the stream's mean and largest batch
 DRAW_SECONDS = 3.0  # ... or fewer, when drawing them takes longer than this
 SLOW_STEP_SECONDS = 60.0  # a warm-up step this slow stands for every step (no further timing)
 PROBE_SECONDS = 10.0  # timed steps after the warm-up stop once they took this long (at least one runs)
+PROBE_TARGET_SECONDS = 2.0  # ... and once they took this long and at least probe_steps ran
+PROBE_SHARE = 0.02  # ... or this share of the run they project (a short run gets a short probe)
+PROBE_MAX_STEPS = 25  # ... or once this many ran
 
 
 @dataclass
@@ -96,6 +105,7 @@ class Plan:
     levers: list[Lever] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     least_seconds: float | None = None  # the shortest an early-stopping run can take (None: no early stop)
+    load: float | None = None  # the 1-minute load average after timing (None where the OS has none)
 
     @property
     def seconds(self) -> float:
@@ -119,6 +129,7 @@ class Plan:
             "levers": [lv.to_dict() for lv in self.levers] if self.long else [],
             "notes": list(self.notes),
             "least_seconds": None if self.least_seconds is None else round(self.least_seconds, 3),
+            "load": None if self.load is None else round(self.load, 2),
         }
 
 
@@ -150,6 +161,25 @@ class TrainingCost:
     extra_bytes: int  # copies a run keeps that the probe does not hold (best state)
 
 
+def _timed_steps(
+    step: Callable[[int], float], probe_steps: int, run_seconds: Callable[[float], float], most: int = PROBE_MAX_STEPS
+) -> float:
+    """The median of ``step(k)``'s results over at least ``probe_steps`` calls (k = 0, 1, ...), more
+    while they are cheap: until they took PROBE_TARGET_SECONDS or PROBE_SHARE of the run they project
+    (``run_seconds(median)``), ``most`` calls in all, none after PROBE_SECONDS."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        times.append(step(len(times)))
+        elapsed = time.perf_counter() - start
+        if elapsed > PROBE_SECONDS or len(times) >= most:
+            break
+        target = min(PROBE_TARGET_SECONDS, PROBE_SHARE * run_seconds(statistics.median(times)))
+        if len(times) >= probe_steps and elapsed >= target:
+            break
+    return statistics.median(times)
+
+
 def _draw(train_set: TrainSet, batch_size: int, seed: int, device: torch.device) -> list[torch.Tensor]:
     """Up to DRAWN_BATCHES batches of the stream (epoch after epoch), fewer if drawing them is slow."""
     gen = torch.Generator().manual_seed(seed)
@@ -177,7 +207,8 @@ def measure_training(
     device: torch.device,
     probe_steps: int = 3,
 ) -> TrainingCost:
-    """Time ``probe_steps`` optimizer steps of ``model`` on ``train_set`` and one validation."""
+    """Time optimizer steps of ``model`` on ``train_set`` (at least ``probe_steps`` after a warm-up, their
+    median per position) and one validation."""
     config.validate()
     if train_set.num_sequences < 1:
         raise ConfigError("there are no training sequences", "train on a non-empty dataset or sample")
@@ -193,17 +224,20 @@ def measure_training(
     if warm >= SLOW_STEP_SECONDS:  # one step this slow: its time (on the largest batch) stands for all
         step_seconds, timed = warm, 1
     else:
-        near = sorted(range(len(batches)), key=lambda i: abs(_cells(batches[i]) - mean_cells))[:probe_steps]
-        done: list[int] = []
-        t0 = time.perf_counter()
-        for i in near:
-            train_step(model, opt, batches[i], config.grad_clip)
-            done.append(i)
-            if time.perf_counter() - t0 > PROBE_SECONDS:
-                break
-        _sync(device)
-        per_cell = (time.perf_counter() - t0) / sum(_cells(batches[i]) for i in done)
-        step_seconds, timed = per_cell * mean_cells, len(done) + 1
+        near = sorted(range(len(batches)), key=lambda i: abs(_cells(batches[i]) - mean_cells))
+        timed = 1
+
+        def one(k: int) -> float:  # seconds per position of one step, on the k-th batch nearest the mean
+            nonlocal timed
+            batch = batches[near[k % len(near)]]
+            t0 = time.perf_counter()
+            train_step(model, opt, batch, config.grad_clip)
+            _sync(device)
+            timed += 1
+            return (time.perf_counter() - t0) / _cells(batch)
+
+        run = config.max_steps * mean_cells
+        step_seconds = _timed_steps(one, max(1, probe_steps), lambda per_cell: per_cell * run) * mean_cells
     t0 = time.perf_counter()
     evaluate(model, ds, "valid", device=device)
     eval_seconds = time.perf_counter() - t0
@@ -223,17 +257,41 @@ def _training_stages(label: str, cost: TrainingCost, config: TrainConfig, num_se
     ]
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_note(load: float | None, cores: int, threads: int) -> str | None:
+    """A note for a plan timed while other work held the cores (load above them), else None."""
+    if load is None or load <= cores + 0.5:
+        return None
+    note = (
+        f"the machine was busy while timing (load {load:.1f} on {cores} cores): the projection "
+        "holds only while the load stays as it is"
+    )
+    if threads > 1:
+        note += f"; beside other work --threads 1 may be faster than {threads} threads"
+    return note
+
+
 def _finish(
     command: str, stages: list[Stage], device: torch.device, started: float, extra_bytes: int, notes: list[str]
 ) -> Plan:
+    load, threads = load_average(), torch.get_num_threads()
+    busy = busy_note(load, os.cpu_count() or 1, threads) if device.type == "cpu" else None
     return Plan(
         command=command,
         stages=stages,
         peak_memory_bytes=peak_rss_bytes() + _device_peak(device) + extra_bytes,
         probe_seconds=time.perf_counter() - started,
-        threads=torch.get_num_threads(),
+        threads=threads,
         device=str(device),
-        notes=notes,
+        notes=[*notes, *([busy] if busy else [])],
+        load=load,
     )
 
 
@@ -403,14 +461,16 @@ def plan_distill(
         each = time.perf_counter() - t0
         n = min(probe_steps, cfg.outer_steps - 1)
         if each < SLOW_STEP_SECONDS and n > 0:
-            t0 = time.perf_counter()
-            for step in range(2, 2 + n):
-                outer_step(step, summary, objective, outer, cfg)
-                if time.perf_counter() - t0 > PROBE_SECONDS:
-                    n = step - 1
-                    break
-            _sync(teacher.device)
-            each = (time.perf_counter() - t0) / n
+
+            def one(k: int) -> float:
+                t0 = time.perf_counter()
+                outer_step(2 + k, summary, objective, outer, cfg)
+                _sync(teacher.device)
+                return time.perf_counter() - t0
+
+            each = _timed_steps(
+                one, n, lambda each: each * cfg.outer_steps, most=min(PROBE_MAX_STEPS, cfg.outer_steps - 1)
+            )
         left = max(0, cfg.outer_steps - _steps_done(resume_from))
         stages.append(Stage("outer steps", left, "outer step", each))
         if teacher.omega is not None:  # every checkpoint it starts from stays cached (and its moments)

@@ -65,3 +65,41 @@ def test_an_early_stopping_run_lies_between_the_least_and_the_projection(tiny_re
     assert result.stopped_early and earliest_stop(cfg, 20)[0] <= result.steps < cfg.max_steps
     never = plan_student(tiny_rec, "sasrec", "random:20", TrainConfig(max_steps=10, patience=0), TINY)
     assert never.least_seconds is None
+
+
+def test_the_step_time_is_the_median_so_one_slow_step_does_not_set_it(monkeypatch) -> None:
+    from farzi import plan
+
+    times = iter([1.0, 100.0, 2.0, 3.0, 4.0, 5.0])  # one step slowed 50x by other work
+    calls: list[int] = []
+
+    def step(k: int) -> float:
+        calls.append(k)
+        return next(times)
+
+    # cheap steps against a long run: timed until `most` (no wall-clock target is reached)
+    assert plan._timed_steps(step, 3, lambda t: 1e9, most=5) == 3.0  # median of 1, 100, 2, 3, 4
+    assert calls == [0, 1, 2, 3, 4]
+    # a run this short is worth only probe_steps timed steps (2 % of a run of ~0 s)
+    calls.clear()
+    times = iter([7.0, 1.0, 9.0, 0.0])
+    assert plan._timed_steps(step, 3, lambda t: 0.0, most=25) == 7.0 and calls == [0, 1, 2]
+
+
+def test_a_plan_timed_on_a_busy_machine_says_so(tiny_rec, monkeypatch) -> None:
+    from farzi import plan
+    from farzi.train import TrainConfig
+
+    assert plan.busy_note(None, 2, 2) is None and plan.busy_note(2.4, 2, 2) is None
+    note = plan.busy_note(4.13, 2, 2)
+    assert note is not None and "load 4.1 on 2 cores" in note and "--threads 1" in note
+    single = plan.busy_note(4.13, 2, 1)
+    assert single is not None and "--threads" not in single  # one thread already: nothing to lower
+    monkeypatch.setattr(plan.os, "getloadavg", lambda: (64.0, 1.0, 1.0))
+    monkeypatch.setattr(plan.os, "cpu_count", lambda: 2)
+    busy = plan_student(tiny_rec, "sasrec", "random:20", TrainConfig(max_steps=10, batch_size=8), TINY)
+    assert busy.load == 64.0 and busy.to_dict()["load"] == 64.0
+    assert any("busy while timing (load 64.0 on 2 cores)" in n for n in busy.notes)
+    monkeypatch.setattr(plan.os, "getloadavg", lambda: (0.5, 1.0, 1.0))
+    quiet = plan_student(tiny_rec, "sasrec", "random:20", TrainConfig(max_steps=10, batch_size=8), TINY)
+    assert not any("busy" in n for n in quiet.notes)
