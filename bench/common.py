@@ -114,6 +114,17 @@ def exclusive(path: Path):
         yield
 
 
+def held_elsewhere(path: Path) -> bool:
+    """Whether another process holds :func:`exclusive`'s lock on ``path`` now (without waiting)."""
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

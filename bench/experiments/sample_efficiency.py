@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bench.common import SHARED, exclusive, shared_jobs
+from bench.common import SHARED, exclusive, held_elsewhere, shared_jobs
 from bench.report import fmt, md_table, mean_std
 from farzi.compare import aggregate, metric_interval, paired_difference, student_run
 from farzi.data.prepare import PrepareOptions, prepare
@@ -112,36 +112,35 @@ def _student_job(ds, s: dict[str, Any], spec: str, label: str, dseed: int | None
     return {**row, "distill_seed": dseed}
 
 
+def _student_jobs(ds, s: dict[str, Any], work: Path, seeds: int, specs: list[tuple[str, str, int | None]]):
+    """One job per (spec, student seed): ``specs`` are (data spec, label, distillation seed or None)."""
+    jobs = []
+    for seed in range(seeds):
+        for spec, label, dseed in specs:
+            name = label.replace(" ", "-").replace(":", "-") + ("" if dseed is None else f"-d{dseed}") + f"-s{seed}"
+            job = functools.partial(_student_job, ds, s, spec, label, dseed, seed, work / "students" / name)
+            jobs.append((f"student-{name}", job))
+    return jobs
+
+
 def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True) -> dict[str, Any]:
     """Omega; per budget and distillation seed a Farzi bundle and its 'init only' twin (the same
     initialization after 0 outer steps); students on every kind of data over the same student seeds.
-    Returns the runs (with per-test-unit figures for paired comparisons) and the stage timings."""
-    timings: dict[str, float] = {}
+    Returns the runs (with per-test-unit figures for paired comparisons) and the stage timings.
+
+    A process that finds another one training Omega trains the students that do not need it (full,
+    random, head) meanwhile, so two processes on one ``work`` keep both cores busy."""
+    timings: dict[str, float] = {"students": 0.0}
     device = s.get("device", "cpu")
     t0 = time.perf_counter()
     ds = prepare_dataset(s, work)
     if ds is None:
         return {"skipped": f"dataset {s['source']} not found under {SHARED}"}
     timings["prepare"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    traj = work / "trajectories"
-    tr = s["trajectories"]
-    with exclusive(work / ".setup.lock"):  # Omega is shared: one process trains it, others wait
-        if not (traj / "manifest.json").is_file():
-            train_trajectories(
-                ds,
-                s["model"],
-                tr["runs"],
-                tr["every"],
-                TrainConfig(patience=0, seed=100, **tr["train"]),
-                traj,
-                s["model_overrides"],
-            )
-    timings["trajectories"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     distill_seeds = s.get("distill_seeds", 1)
     bundle_jobs = []
     configs: list[DistillConfig] = []
+    traj = work / "trajectories"
     for mu in s["budgets"]:
         for dseed in range(distill_seeds):
             for kind, changes in (("farzi", {}), ("init only", {"outer_steps": 0})):
@@ -158,22 +157,40 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
         "distill": [dataclasses.asdict(cfg) for cfg in configs],
         "student": TrainConfig(**s["student"]).to_dict(),
     }
+    sampled: list[tuple[str, str, int | None]] = []  # data that needs no Omega
+    if extra_specs:
+        for mu in s["budgets"]:
+            sampled += [(f"random:{mu}", f"random:{mu}", None), (f"head:{mu}", f"head:{mu}", None)]
+    lock = work / ".setup.lock"
+    if not (traj / "manifest.json").is_file() and held_elsewhere(lock):
+        t0 = time.perf_counter()
+        early = _student_jobs(ds, s, work, seeds, [("full", "full", None), *sampled])
+        shared_jobs(work / "jobs", early, settings=kept_for)
+        timings["students"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tr = s["trajectories"]
+    with exclusive(lock):  # Omega is shared: one process trains it, others wait (or train students first)
+        if not (traj / "manifest.json").is_file():
+            train_trajectories(
+                ds,
+                s["model"],
+                tr["runs"],
+                tr["every"],
+                TrainConfig(patience=0, seed=100, **tr["train"]),
+                traj,
+                s["model_overrides"],
+            )
+    timings["trajectories"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     bundles = list(shared_jobs(work / "jobs", bundle_jobs, settings=kept_for).values())
     timings["distill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    student_jobs = []
-    for seed in range(seeds):
-        specs: list[tuple[str, str, int | None]] = [("full", "full", None)]
-        for mu in s["budgets"]:
-            specs += [(b["path"], b["label"], b["distill_seed"]) for b in bundles if b["mu"] == mu]
-            if extra_specs:
-                specs += [(f"random:{mu}", f"random:{mu}", None), (f"head:{mu}", f"head:{mu}", None)]
-        for spec, label, dseed in specs:
-            name = label.replace(" ", "-").replace(":", "-") + ("" if dseed is None else f"-d{dseed}") + f"-s{seed}"
-            job = functools.partial(_student_job, ds, s, spec, label, dseed, seed, work / "students" / name)
-            student_jobs.append((f"student-{name}", job))
-    rows = list(shared_jobs(work / "jobs", student_jobs, settings=kept_for).values())
-    timings["students"] = time.perf_counter() - t0
+    specs: list[tuple[str, str, int | None]] = [("full", "full", None)]
+    for mu in s["budgets"]:
+        specs += [(b["path"], b["label"], b["distill_seed"]) for b in bundles if b["mu"] == mu]
+        specs += [x for x in sampled if x[0].endswith(f":{mu}")]
+    rows = list(shared_jobs(work / "jobs", _student_jobs(ds, s, work, seeds, specs), settings=kept_for).values())
+    timings["students"] += time.perf_counter() - t0
     return {
         "dataset": ds.name,
         "train_sequences": len(ds.train),

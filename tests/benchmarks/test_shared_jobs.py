@@ -66,3 +66,41 @@ def test_a_store_kept_for_other_settings_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds jobs of other settings"):
         shared_jobs(tmp_path, [("a", _counting(calls, "a", 2))], settings={"lr": 5e-4})
     assert calls == ["a"]
+
+
+def test_held_elsewhere_sees_another_holder_of_the_lock(tmp_path: Path) -> None:
+    import fcntl
+
+    from bench.common import held_elsewhere
+
+    lock = tmp_path / ".setup.lock"
+    assert not held_elsewhere(lock)  # created, free
+    with open(lock, "w") as other:  # another open file holds it, as another process would
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert held_elsewhere(lock)
+    assert not held_elsewhere(lock)
+
+
+def test_while_another_process_trains_omega_the_students_that_need_none_run_first(tmp_path: Path) -> None:
+    import fcntl
+
+    from bench.experiments.sample_efficiency import pipeline, settings_for
+
+    s = settings_for("sample-efficiency-ml100k", "cpu", smoke=True)
+    out: dict = {}
+    with open(tmp_path / ".setup.lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # "another process" is training Omega
+        worker = threading.Thread(target=lambda: out.update(pipeline(s, tmp_path, 1)))
+        worker.start()
+        early = [tmp_path / "jobs" / f"student-{n}-s0.json" for n in ("full", "random-4", "head-4")]
+        for _ in range(600):
+            if all(p.is_file() for p in early) or not worker.is_alive():
+                break
+            worker.join(0.2)
+        assert all(p.is_file() for p in early), sorted(p.name for p in (tmp_path / "jobs").glob("*"))
+        assert not (tmp_path / "trajectories").exists()  # ... and nothing that needs Omega ran meanwhile
+        assert not list((tmp_path / "jobs").glob("farzi-*"))
+    worker.join(300)
+    assert not worker.is_alive()
+    data = {r["data"] for r in out["runs"]}
+    assert {"full", "random:4", "head:4"} <= data and any(d.startswith("farzi") for d in data)
