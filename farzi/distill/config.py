@@ -137,7 +137,7 @@ class DistillConfig:
     objective: Objective = field(default=Objective.farzi, metadata=_help("Meta-objective."))
     mtt_offset: int = field(default=2, metadata=_help("mtt: target checkpoint = this many saved checkpoints later."))
     start_weighting: StartWeighting = field(
-        default=StartWeighting.none, metadata=_help("How a step's start points are weighted in the average.")
+        default=StartWeighting.normalize, metadata=_help("How a step's start points are weighted in the average.")
     )
     omega_runs: int = field(default=0, metadata=_help("Use the checkpoints of the first N trajectory runs (0 = all)."))
     omega_min_step: int = field(

@@ -119,7 +119,13 @@ def test_same_seed_same_bundle_as_before_the_restructure(name, omegas, request, 
             model=model,
             model_overrides=TINY_LM if fixture == "tiny_lm" else TINY_REC,
             seed=7,
-            **{"outer_lr": 0.003, "syn_batch": 0, "inner_state": "fresh", **changes},  # the defaults when recorded
+            **{
+                "outer_lr": 0.003,
+                "syn_batch": 0,
+                "inner_state": "fresh",
+                "start_weighting": "none",
+                **changes,
+            },  # the defaults when recorded
         )
         out = tmp_path / f"b{steps}.safetensors"
         result = distill(ds, cfg, out, trajectories=omegas[fixture] if with_traj else None)
