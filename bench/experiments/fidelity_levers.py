@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial as partial_job
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,23 @@ METRICS = ("xent", "hr_all@10", "hr@10")
 SMOKE_LEVERS = ("init only", "base", "meta-batch 4, 25 steps", "recipe lr 5e-4")
 
 
+@dataclass(frozen=True)
+class LeverSet:
+    """One lever experiment: the levers (name: what, distillation changes, student changes; "init
+    only" and "base" among them), the settings they change (``base``), the validation metrics (the
+    first decides, lower is better), and the setting and budget for a run (toy ones when smoke)."""
+
+    levers: dict[str, tuple[str, dict[str, Any], dict[str, Any]]]
+    base: dict[str, Any]
+    metrics: tuple[str, ...]
+    smoke_levers: tuple[str, ...]
+    settings: Callable[[bool], dict[str, Any]]
+    budget: Callable[[bool], int]
+
+
+ML = LeverSet(LEVERS, BASE, METRICS, SMOKE_LEVERS, _ml.base_settings, lambda smoke: 4 if smoke else 50)
+
+
 def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, Any], work: Path) -> list[dict]:
     units = []
     for seed in range(seeds):
@@ -82,11 +101,13 @@ def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, A
     return units
 
 
-def _measure(ds, s: dict[str, Any], work: Path, traj: Path, mu: int, name: str, seeds: int) -> dict[str, Any]:
-    what, distill_changes, student_changes = LEVERS[name]
+def _measure(
+    ls: LeverSet, ds, s: dict[str, Any], work: Path, traj: Path, mu: int, name: str, seeds: int
+) -> dict[str, Any]:
+    what, distill_changes, student_changes = ls.levers[name]
     with exclusive(work / "bundles" / f".{_ml._key(distill_changes)}.lock"):  # levers of one bundle wait
         t0 = time.perf_counter()
-        path, _ = _ml.bundle(ds, s, work, traj, mu, "lever", **{**BASE, **distill_changes})
+        path, _ = _ml.bundle(ds, s, work, traj, mu, "lever", **{**ls.base, **distill_changes})
         distill_s = time.perf_counter() - t0
     units = _students(ds, s, str(path), seeds, student_changes, work / "students" / name.replace(" ", "-"))
     return {
@@ -100,10 +121,10 @@ def _measure(ds, s: dict[str, Any], work: Path, traj: Path, mu: int, name: str, 
     }
 
 
-def _row(done: dict[str, dict], name: str, n_boot: int) -> dict[str, Any]:
+def _row(ls: LeverSet, done: dict[str, dict], name: str, n_boot: int) -> dict[str, Any]:
     row = {k: v for k, v in done[name].items() if k != "units"}
-    row["what"] = LEVERS[name][0]  # the current wording (a kept lever may carry an older one)
-    for metric in METRICS:
+    row["what"] = ls.levers[name][0]  # the current wording (a kept lever may carry an older one)
+    for metric in ls.metrics:
         mean, low, high = metric_interval(done[name]["units"], metric, n_boot=n_boot)
         row[metric] = {"mean": mean, "low": low, "high": high}
         for other in ("base", "init only"):
@@ -114,9 +135,9 @@ def _row(done: dict[str, dict], name: str, n_boot: int) -> dict[str, Any]:
     return row
 
 
-def _kept_for(s: dict[str, Any], mu: int) -> dict[str, Any]:
+def _kept_for(ls: LeverSet, s: dict[str, Any], mu: int) -> dict[str, Any]:
     """What the kept levers depend on, defaults included: base's distillation and the students' recipe."""
-    cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, **{**s["distill"], **BASE})
+    cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, **{**s["distill"], **ls.base})
     return {"settings": s, "base": dataclasses.asdict(cfg), "student": TrainConfig(**s["student"]).to_dict()}
 
 
@@ -127,15 +148,20 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     so a second ``python -m bench run fidelity-levers --work SAME`` started beside the first takes
     the levers nobody holds yet (one core each), and a rerun after a kill redoes only what is missing.
     """
-    s = _ml.base_settings(smoke)
+    return run_levers(ML, work, seeds, smoke)
+
+
+def run_levers(ls: LeverSet, work: Path, seeds: int, smoke: bool) -> dict[str, Any]:
+    """``run`` for one lever set (see :func:`run`)."""
+    s = ls.settings(smoke)
     with exclusive(work / ".setup.lock"):  # the dataset and Omega are shared: one process builds them
         ds = _ml.dataset(s, work)
         if ds is None:
-            return {"skipped": "ML-100k not found under ../shared/datasets"}
+            return {"skipped": f"{s['source']} not found under ../shared/datasets"}
         traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"])
-    mu = 4 if smoke else 50
+    mu = ls.budget(smoke)
     n_boot = 100 if smoke else 2000
-    names = list(SMOKE_LEVERS if smoke else LEVERS)
+    names = list(ls.smoke_levers if smoke else ls.levers)
     (work / "bundles").mkdir(exist_ok=True)
     partial = work / "fidelity-levers.partial.json"
     done: dict[str, dict] = {}
@@ -144,14 +170,17 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     def finished(key: str, result: dict[str, Any]) -> None:
         mine.append(result["lever"])
         done[result["lever"]] = result
-        rows = [_row(done, n, n_boot) for n in names if n in done]
+        rows = [_row(ls, done, n, n_boot) for n in names if n in done]
         partial.write_text(json.dumps({"rows": rows, "finished": False}, default=str))
 
-    jobs = [(f"{n.replace(' ', '-')}-{seeds}", partial_job(_measure, ds, s, work, traj, mu, n, seeds)) for n in names]
-    results = shared_jobs(work / "levers", jobs, on_done=finished, settings=_kept_for(s, mu))
+    jobs = [
+        (f"{n.replace(' ', '-')}-{seeds}", partial_job(_measure, ls, ds, s, work, traj, mu, n, seeds)) for n in names
+    ]
+    results = shared_jobs(work / "levers", jobs, on_done=finished, settings=_kept_for(ls, s, mu))
     done = {r["lever"]: r for r in results.values()}
-    rows = [_row(done, n, n_boot) for n in names]
-    users = len(done["base"]["units"][0]["rank"])
+    rows = [_row(ls, done, n, n_boot) for n in names]
+    first = done["base"]["units"][0]
+    users = len(first["rank"] if "rank" in first else first["tokens"])  # validation users or sentences
     return {
         "rows": rows,
         "seeds": seeds,

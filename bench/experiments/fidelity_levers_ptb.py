@@ -1,0 +1,82 @@
+"""Levers for language modeling (issue 9): the latent dimension and the temperature, on PTB.
+
+The offline PTB protocol (``ptb-cpu``, Transformer, 40x50) with two trajectory runs, measured as
+``fidelity_levers`` measures ML-100k: one bundle per lever (distillation seed 0), students on it
+with the bundle's recipe over the same student seeds, every figure on the **validation** split
+(corpus perplexity, lower is better), paired against "base" (today's defaults) and "init only".
+The question: is latent dimension 8 a rank bottleneck over PTB's 2,003 words?
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from bench.experiments.fidelity_levers import LeverSet, _diff, _verdict, run_levers
+from bench.experiments.sample_efficiency import SETTINGS
+from bench.report import fmt, md_table
+
+LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "init only": ("the initialization after 0 outer steps", {"outer_steps": 0}, {}),
+    "base": ("the defaults: latent dim 8, tau 1, inner Adam omega, starts normalized", {}, {}),
+    "latent 16": ("latent dimension 16", {"latent_dim": 16}, {}),
+    "latent 32": ("latent dimension 32", {"latent_dim": 32}, {}),
+    "tau 0.5": ("temperature 0.5 (sharper token distributions)", {"tau": 0.5}, {}),
+    "tau 2": ("temperature 2 (flatter token distributions)", {"tau": 2.0}, {}),
+    "learn tau": ("temperature learned as an outer parameter", {"learn_tau": True}, {}),
+}
+SMOKE_LEVERS = ("init only", "base", "latent 16")
+
+
+def base_settings(smoke: bool) -> dict[str, Any]:
+    """The PTB cpu setting with 2 trajectory runs instead of 3 (every lever fits in minutes)."""
+    if smoke:
+        return copy.deepcopy(SETTINGS["smoke-lm"])
+    s = copy.deepcopy(SETTINGS["ptb-cpu"])
+    s["trajectories"] = {**s["trajectories"], "runs": 2}
+    return s
+
+
+PTB = LeverSet(LEVERS, {}, ("ppl_corpus",), SMOKE_LEVERS, base_settings, lambda smoke: 4 if smoke else 40)
+
+
+def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
+    """Measure every lever (processes on one ``--work`` share them, as in ``fidelity-levers``)."""
+    return run_levers(PTB, work, seeds, smoke)
+
+
+def render(name: str, result: dict[str, Any], plots: Path) -> str:
+    if "skipped" in result:
+        return f"Not run: {result['skipped']}."
+    rows = []
+    for r in result["rows"]:
+        ppl = r["ppl_corpus"]
+        rows.append(
+            [
+                r["lever"],
+                LEVERS[r["lever"]][0] if r["lever"] in LEVERS else r["what"],
+                f"{fmt(ppl['mean'], 1)} [{fmt(ppl['low'], 1)}, {fmt(ppl['high'], 1)}]",
+                _diff(r.get("ppl_corpus - init only")),
+                _diff(r.get("ppl_corpus - base")),
+                _verdict(r.get("ppl_corpus - base"), lower_better=True),
+                fmt(r["distill_seconds"] / 60, 1) if r["distill_seconds"] >= 1 else "reused",
+            ]
+        )
+    done = {r["lever"] for r in result["rows"]}
+    missing = [n for n in LEVERS if n not in done]
+    cut = ["", f"**Cut short**: not measured: {', '.join(missing)}."] if missing and not result.get("smoke") else []
+    return "\n".join(
+        [
+            f"Offline PTB, Transformer, Farzi Data {result['mu']}x{result['settings']['xi']} (distillation seed 0), "
+            f"{result['seeds']} student seeds per lever; **validation** split ({result['users']} sentences; corpus "
+            "perplexity, lower is better). Differences are paired (same student seeds, same sentences), 95 % "
+            "bootstrap interval; 'vs base' is decided by that interval.",
+            "",
+            md_table(
+                ["lever", "what", "valid ppl [95 % CI]", "ppl - init only", "ppl - base", "vs base", "distill min"],
+                rows,
+            ),
+            *cut,
+        ]
+    )
