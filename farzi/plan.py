@@ -11,8 +11,10 @@ mean batch size (tokens x positions), more while they are cheap (up to ``PROBE_M
 ``PROBE_TARGET_SECONDS``); the median of their times per position, scaled to the mean over the drawn
 batches, is the step's time, so one step slowed by other work on a shared machine does not set it.
 One validation is timed on its own. A distillation times outer steps the same way (one warm-up,
-then at least ``probe_steps``). Where the machine was busy while timing (its load average above its
-cores), the plan says so in a note: the projection then holds only while the load stays as it was.
+then at least ``probe_steps``). Where the machine was busy while timing, the plan says so in a note
+(the projection then holds only while the load stays as it was): busy means runnable work waited
+for a CPU during at least ``BUSY_WAIT_SHARE`` of the probe (Linux's CPU pressure, ``/proc/pressure/cpu``,
+measured over the probe itself), or, where the OS has no such counter, a load average above the cores.
 
 The projection is an upper bound where a run can stop early (``--patience``); ``least_seconds``
 is then the shortest the run can take (it cannot stop before ``patience`` validations after the
@@ -53,6 +55,8 @@ PROBE_SECONDS = 10.0  # timed steps after the warm-up stop once they took this l
 PROBE_TARGET_SECONDS = 2.0  # ... and once they took this long and at least probe_steps ran
 PROBE_SHARE = 0.02  # ... or this share of the run they project (a short run gets a short probe)
 PROBE_MAX_STEPS = 25  # ... or once this many ran
+BUSY_WAIT_SHARE = 0.1  # a probe during which work waited for a CPU this share of the time was on a busy machine
+CPU_PRESSURE = Path("/proc/pressure/cpu")
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     least_seconds: float | None = None  # the shortest an early-stopping run can take (None: no early stop)
     load: float | None = None  # the 1-minute load average after timing (None where the OS has none)
+    cpu_wait: float | None = None  # share of the probe during which work waited for a CPU (None: unknown)
 
     @property
     def seconds(self) -> float:
@@ -130,6 +135,7 @@ class Plan:
             "notes": list(self.notes),
             "least_seconds": None if self.least_seconds is None else round(self.least_seconds, 3),
             "load": None if self.load is None else round(self.load, 2),
+            "cpu_wait": None if self.cpu_wait is None else round(self.cpu_wait, 3),
         }
 
 
@@ -265,33 +271,65 @@ def load_average() -> float | None:
         return None
 
 
-def busy_note(load: float | None, cores: int, threads: int) -> str | None:
-    """A note for a plan timed while other work held the cores (load above them), else None."""
-    if load is None or load <= cores + 0.5:
+def cpu_stall_seconds() -> float | None:
+    """Seconds (since boot) during which some runnable task waited for a CPU (None where the OS has
+    no CPU pressure counter)."""
+    try:
+        first = CPU_PRESSURE.read_text().splitlines()[0]  # "some avg10=... total=MICROSECONDS"
+        return int(first.rsplit("total=", 1)[1]) / 1e6
+    except (OSError, IndexError, ValueError):
         return None
-    note = (
-        f"the machine was busy while timing (load {load:.1f} on {cores} cores): the projection "
-        "holds only while the load stays as it is"
-    )
+
+
+@dataclass
+class _Started:
+    """When a probe started: wall clock and the CPU pressure counter."""
+
+    wall: float
+    stall: float | None
+
+
+def _start() -> _Started:
+    return _Started(time.perf_counter(), cpu_stall_seconds())
+
+
+def busy_note(load: float | None, cores: int, threads: int, cpu_wait: float | None = None) -> str | None:
+    """A note for a plan timed while other work held the cores, else None: by the share of the probe
+    during which work waited for a CPU where it is known, else by the load average against the cores."""
+    if cpu_wait is not None:
+        if cpu_wait < BUSY_WAIT_SHARE:
+            return None
+        why = f"work waited for a CPU {100 * min(cpu_wait, 1.0):.0f} % of the time"
+        if load is not None:
+            why += f", load {load:.1f} on {cores} cores"
+    elif load is None or load <= cores + 0.5:
+        return None
+    else:
+        why = f"load {load:.1f} on {cores} cores"
+    note = f"the machine was busy while timing ({why}): the projection holds only while the load stays as it is"
     if threads > 1:
         note += f"; beside other work --threads 1 may be faster than {threads} threads"
     return note
 
 
 def _finish(
-    command: str, stages: list[Stage], device: torch.device, started: float, extra_bytes: int, notes: list[str]
+    command: str, stages: list[Stage], device: torch.device, started: _Started, extra_bytes: int, notes: list[str]
 ) -> Plan:
     load, threads = load_average(), torch.get_num_threads()
-    busy = busy_note(load, os.cpu_count() or 1, threads) if device.type == "cpu" else None
+    wall = time.perf_counter() - started.wall
+    stall = cpu_stall_seconds()
+    cpu_wait = (stall - started.stall) / wall if stall is not None and started.stall is not None and wall > 0 else None
+    busy = busy_note(load, os.cpu_count() or 1, threads, cpu_wait) if device.type == "cpu" else None
     return Plan(
         command=command,
         stages=stages,
         peak_memory_bytes=peak_rss_bytes() + _device_peak(device) + extra_bytes,
-        probe_seconds=time.perf_counter() - started,
+        probe_seconds=wall,
         threads=threads,
         device=str(device),
         notes=[*notes, *([busy] if busy else [])],
         load=load,
+        cpu_wait=cpu_wait,
     )
 
 
@@ -352,7 +390,7 @@ def plan_trajectories(
     probe_steps: int = 3,
 ) -> Plan:
     """The cost of ``train_trajectories`` with these arguments."""
-    started = time.perf_counter()
+    started = _start()
     dev = resolve_device(device)
     if runs < 1:
         raise ConfigError(f"--runs {runs} must be at least 1", "pass e.g. --runs 5")
@@ -405,7 +443,7 @@ def plan_student(
     """The cost of ``train_student`` with these arguments (a bundle's recipe applied as it would be)."""
     from farzi.student import apply_recipe, parse_spec, training_set
 
-    started = time.perf_counter()
+    started = _start()
     spec = parse_spec(spec_text)
     dev = resolve_device(device)
     cfg = _check_model(ds, model_name, model_overrides)
@@ -444,7 +482,7 @@ def plan_distill(
     from farzi.distill.select import as_bundle, recipe, recipe_config
     from farzi.distill.teacher import load_teacher
 
-    started = time.perf_counter()
+    started = _start()
     cfg.validate(ds)
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(ds, cfg, trajectories)
@@ -555,7 +593,7 @@ def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: C
     from farzi.distill.config import DistillConfig
     from farzi.trajectories import train_trajectories
 
-    started = time.perf_counter()
+    started = _start()
     stages: list[Stage] = []
     notes: list[str] = []
     peak = 0

@@ -90,16 +90,40 @@ def test_a_plan_timed_on_a_busy_machine_says_so(tiny_rec, monkeypatch) -> None:
     from farzi import plan
     from farzi.train import TrainConfig
 
+    # without a CPU pressure counter: by the load average against the cores
     assert plan.busy_note(None, 2, 2) is None and plan.busy_note(2.4, 2, 2) is None
     note = plan.busy_note(4.13, 2, 2)
     assert note is not None and "load 4.1 on 2 cores" in note and "--threads 1" in note
     single = plan.busy_note(4.13, 2, 1)
     assert single is not None and "--threads" not in single  # one thread already: nothing to lower
-    monkeypatch.setattr(plan.os, "getloadavg", lambda: (64.0, 1.0, 1.0))
+    # with one: by the share of the probe during which work waited for a CPU (the load does not decide)
+    assert plan.busy_note(9.0, 2, 2, cpu_wait=0.05) is None
+    waited = plan.busy_note(0.5, 2, 2, cpu_wait=0.5)
+    assert waited is not None and "waited for a CPU 50 % of the time, load 0.5 on 2 cores" in waited
+
     monkeypatch.setattr(plan.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(plan, "cpu_stall_seconds", lambda: None)
+    monkeypatch.setattr(plan.os, "getloadavg", lambda: (64.0, 1.0, 1.0))
     busy = plan_student(tiny_rec, "sasrec", "random:20", TrainConfig(max_steps=10, batch_size=8), TINY)
-    assert busy.load == 64.0 and busy.to_dict()["load"] == 64.0
+    assert busy.load == 64.0 and busy.to_dict()["load"] == 64.0 and busy.cpu_wait is None
     assert any("busy while timing (load 64.0 on 2 cores)" in n for n in busy.notes)
     monkeypatch.setattr(plan.os, "getloadavg", lambda: (0.5, 1.0, 1.0))
     quiet = plan_student(tiny_rec, "sasrec", "random:20", TrainConfig(max_steps=10, batch_size=8), TINY)
     assert not any("busy" in n for n in quiet.notes)
+    # a stall counter that grows by 1000 s over the probe: work waited all the time
+    counter = iter([0.0, 1000.0])
+    monkeypatch.setattr(plan, "cpu_stall_seconds", lambda: next(counter))
+    stalled = plan_student(tiny_rec, "sasrec", "random:20", TrainConfig(max_steps=10, batch_size=8), TINY)
+    assert stalled.cpu_wait is not None and stalled.cpu_wait > 1 and "cpu_wait" in stalled.to_dict()
+    assert any("waited for a CPU 100 % of the time" in n for n in stalled.notes)
+
+
+def test_the_cpu_pressure_counter_is_read_where_linux_has_one(tmp_path: Path, monkeypatch) -> None:
+    from farzi import plan
+
+    fake = tmp_path / "cpu"
+    fake.write_text("some avg10=6.66 avg60=8.53 avg300=4.23 total=9559510254\nfull avg10=0.00 total=0\n")
+    monkeypatch.setattr(plan, "CPU_PRESSURE", fake)
+    assert plan.cpu_stall_seconds() == 9559.510254
+    monkeypatch.setattr(plan, "CPU_PRESSURE", tmp_path / "missing")
+    assert plan.cpu_stall_seconds() is None
