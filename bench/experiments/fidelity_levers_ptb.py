@@ -20,6 +20,7 @@ from bench.report import fmt, md_table
 LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "init only": ("the initialization after 0 outer steps", {"outer_steps": 0}, {}),
     "base": ("the defaults: latent dim 8, tau 1, inner Adam omega, starts normalized", {}, {}),
+    "latent 4": ("latent dimension 4", {"latent_dim": 4}, {}),
     "latent 16": ("latent dimension 16", {"latent_dim": 16}, {}),
     "latent 32": ("latent dimension 32", {"latent_dim": 32}, {}),
     "tau 0.5": ("temperature 0.5 (sharper token distributions)", {"tau": 0.5}, {}),
