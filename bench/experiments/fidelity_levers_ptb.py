@@ -64,6 +64,15 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
                 fmt(r["distill_seconds"] / 60, 1) if r["distill_seconds"] >= 1 else "reused",
             ]
         )
+    verdicts = {r["lever"]: _verdict(r.get("ppl_corpus - base"), lower_better=True) for r in result["rows"]}
+    better = [n for n, v in verdicts.items() if v == "better"] or ["none"]
+    worse = [n for n, v in verdicts.items() if v == "worse" and n != "init only"] or ["none"]
+    summary = [
+        "",
+        f"Better than base on validation perplexity (interval below 0): {', '.join(better)}; worse: "
+        f"{', '.join(worse)}."
+        + (" No lever beats the defaults (latent dimension 8, tau 1)." if better == ["none"] else ""),
+    ]
     done = {r["lever"] for r in result["rows"]}
     missing = [n for n in LEVERS if n not in done]
     cut = ["", f"**Cut short**: not measured: {', '.join(missing)}."] if missing and not result.get("smoke") else []
@@ -78,6 +87,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
                 ["lever", "what", "valid ppl [95 % CI]", "ppl - init only", "ppl - base", "vs base", "distill min"],
                 rows,
             ),
+            *([] if result.get("smoke") else summary),
             *cut,
         ]
     )
