@@ -157,14 +157,14 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
         "distill": [dataclasses.asdict(cfg) for cfg in configs],
         "student": TrainConfig(**s["student"]).to_dict(),
     }
-    sampled: list[tuple[str, str, int | None]] = []  # data that needs no Omega
-    if extra_specs:
-        for mu in s["budgets"]:
-            sampled += [(f"random:{mu}", f"random:{mu}", None), (f"head:{mu}", f"head:{mu}", None)]
+    sampled: dict[int, list[tuple[str, str, int | None]]] = {  # per budget, the data that needs no Omega
+        mu: [(f"{kind}:{mu}", f"{kind}:{mu}", None) for kind in ("random", "head")] if extra_specs else []
+        for mu in s["budgets"]
+    }
     lock = work / ".setup.lock"
     if not (traj / "manifest.json").is_file() and held_elsewhere(lock):
         t0 = time.perf_counter()
-        early = _student_jobs(ds, s, work, seeds, [("full", "full", None), *sampled])
+        early = _student_jobs(ds, s, work, seeds, [("full", "full", None), *(x for v in sampled.values() for x in v)])
         shared_jobs(work / "jobs", early, settings=kept_for)
         timings["students"] += time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -188,7 +188,7 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
     specs: list[tuple[str, str, int | None]] = [("full", "full", None)]
     for mu in s["budgets"]:
         specs += [(b["path"], b["label"], b["distill_seed"]) for b in bundles if b["mu"] == mu]
-        specs += [x for x in sampled if x[0].endswith(f":{mu}")]
+        specs += sampled[mu]
     rows = list(shared_jobs(work / "jobs", _student_jobs(ds, s, work, seeds, specs), settings=kept_for).values())
     timings["students"] += time.perf_counter() - t0
     return {
