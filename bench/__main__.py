@@ -3,17 +3,20 @@
     python -m bench list
     python -m bench run EXPERIMENT [--protocol cpu|paper] [--seeds N] [--smoke]
     python -m bench report
+    python -m bench pair A.json B.json --data LABEL [--metric M ...]
 
 ``run`` executes one experiment from scratch (through the farzi library, the
 same code the CLI calls), writes ``bench/results/EXPERIMENT.json`` (every
 figure with its settings, seeds, machine and wall time) and re-renders
-``bench/REPORT.md`` and its plots from all results present.
+``bench/REPORT.md`` and its plots from all results present. ``pair`` compares the runs of one
+kind of data in two sample-efficiency results (say, a protocol and a variant of it), paired by seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 import time
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, write_result
-from bench.report import EXPERIMENTS, render_report
+from bench.report import EXPERIMENTS, fmt, md_table, render_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--threads", type=int, default=2)
     rep = sub.add_parser("report", help="re-render bench/REPORT.md from bench/results/")
     rep.add_argument("--results", type=Path, default=RESULTS)
+    pair = sub.add_parser("pair", help="pair one kind of data across two sample-efficiency results")
+    pair.add_argument("a", type=Path)
+    pair.add_argument("b", type=Path)
+    pair.add_argument("--data", required=True, help="the label of the runs, e.g. 'farzi 50x50'")
+    pair.add_argument("--metric", action="append", help="default: the experiment's metrics")
     args = ap.parse_args(argv)
+    if args.cmd == "pair":
+        return _pair(args)
     if args.cmd == "list":
         for name, (_module, title) in sorted(EXPERIMENTS.items()):
             print(f"{name:22s} {title}")
@@ -63,6 +73,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smoke:
         print(render_report(args.results, args.results.parent / "REPORT.md"))
     return 0
+
+
+def _pair(args: argparse.Namespace) -> int:
+    from bench.experiments.sample_efficiency import POSITION_METRICS, pair_results
+
+    try:
+        a, b = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
+        rec = a["settings"]["metrics"][0].startswith("hr")
+        metrics = args.metric or [*a["settings"]["metrics"], *(POSITION_METRICS if rec else ())]
+        rows = pair_results(a, b, args.data, metrics)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: cannot pair {args.a} and {args.b}: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.data}: {args.a.name} (a) - {args.b.name} (b), {rows[0]['pairs']} pairs, 95 % bootstrap interval")
+    print(md_table(["metric", "a", "b", "a - b"], [_pair_row(r) for r in rows]))
+    return 0
+
+
+def _pair_row(r: dict) -> list[str]:
+    return [r["metric"], fmt(r["a"], 3), fmt(r["b"], 3), f"{fmt(r['diff'], 3)} [{fmt(r['lo'], 3)}, {fmt(r['hi'], 3)}]"]
 
 
 if __name__ == "__main__":

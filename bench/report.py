@@ -21,7 +21,10 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "sample-efficiency-ptb": ("sample_efficiency", "Sample efficiency on PTB, offline protocol (paper Table 6)"),
     "student-selection": ("student_selection", "Which validation signal students stop on (issue 9)"),
     "fidelity-levers": ("fidelity_levers", "Levers of the outer loop, losers included (issue 9)"),
-    "fidelity-levers-ptb": ("fidelity_levers_ptb", "Levers for language modeling: latent dimension, tau (issue 9)"),
+    "fidelity-levers-ptb": (
+        "fidelity_levers_ptb",
+        "Levers for language modeling: latent dimension, tau, steps, student lr (issue 9)",
+    ),
     "meta-objectives": ("meta_objectives", "Meta-objectives and the inner optimizer (paper Table 2)"),
     "cross-architecture": ("cross_architecture", "Cross-architecture generalization (paper Table 1)"),
     "omega-size": ("omega_size", "Number of pretrained trajectories |Omega| (paper Figure 6b)"),

@@ -34,10 +34,14 @@ def student_run(
     ks: tuple[int, ...] = (10, 100),
     stratify: str | None = None,
     device: str = "cpu",
+    recipe_fills: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Train one student and evaluate it on the test split; one result row."""
+    """Train one student and evaluate it on the test split; one result row. On a bundle, the fields
+    of ``config`` named in ``recipe_fills`` come from the recipe it records (``train_student``)."""
     start = time.perf_counter()
-    result, info = train_student(ds, model, spec, config, out, overrides, device=device, progress=progress)
+    result, info = train_student(
+        ds, model, spec, config, out, overrides, device=device, progress=progress, recipe_fills=recipe_fills
+    )
     train_seconds = time.perf_counter() - start
     metrics = evaluate(result.model, ds, "test", ks=ks, stratify=stratify, device=device, per_unit=True)
     units = metrics.pop("per_unit")
@@ -56,6 +60,8 @@ def student_run(
         "test": metrics,
         "units": units,  # per test user / sentence, for paired comparisons (paired_difference)
         "selection_metric": result.metric,
+        "lr": info["train"]["lr"],
+        "from_recipe": info["train"]["from_recipe"],
         "curve": result.curve,
         "path": str(out),
     }

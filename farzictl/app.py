@@ -41,6 +41,7 @@ from farzi.evaluate import evaluate
 from farzi.export import DECODINGS, FORMATS, ExportConfig, export_bundle
 from farzi.models import DEFAULT_MODEL
 from farzi.plan import plan_demo, plan_distill, plan_student, plan_trajectories
+from farzi.presets import RECIPE_OVER_PRESET
 from farzi.student import parse_spec, train_student
 from farzi.train import TrainConfig
 from farzi.trajectories import train_trajectories
@@ -362,6 +363,8 @@ def train_student_cmd(
     values = {k: (getattr(defaults, k) if v is None else v) for k, v in given.items()}
     cfg = _train_config(weight_decay=weight_decay, seed=seed, **values)
     fills = {k for k, x in given.items() if x is None}
+    if preset is not None:  # the preset's values yield to a bundle's recipe on these
+        fills |= {k for k in RECIPE_OVER_PRESET if not session.given(ctx, k)}
     cost = plan_student(ds, name, data, cfg, opts["model_overrides"], discrete, device, fills)
     with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
         result, info = train_student(

@@ -27,7 +27,7 @@ from farzi.compare import aggregate, metric_interval, paired_difference, student
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.distill.engine import DistillConfig, distill
 from farzi.plots import line_panels
-from farzi.presets import PROTOCOLS
+from farzi.presets import PROTOCOLS, RECIPE_OVER_PRESET
 from farzi.train import TrainConfig
 from farzi.trajectories import train_trajectories
 
@@ -42,6 +42,10 @@ PAPER = {
         "91.9 on Farzi Data of 1 % (the paper's sentence-mean perplexity)"
     },
 }
+
+# Students on a bundle take these fields from the recipe it records (the distill settings' recipe_lr),
+# as `farzictl train-student --preset` does: PTB's from fidelity-levers-ptb's 'student lr' rows.
+BUNDLE_RECIPE = RECIPE_OVER_PRESET
 
 # toy size for the smoke tests: synthetic data, seconds per experiment
 _SMOKE: dict[str, Any] = {
@@ -108,7 +112,8 @@ def _bundle_job(ds, cfg: DistillConfig, out: Path, traj: Path, meta: dict[str, A
 
 
 def _student_job(ds, s: dict[str, Any], spec: str, label: str, dseed: int | None, seed: int, out: Path) -> dict:
-    row = student_run(ds, s["model"], spec, TrainConfig(seed=seed, **s["student"]), out, s["model_overrides"], label)
+    cfg = TrainConfig(seed=seed, **s["student"])
+    row = student_run(ds, s["model"], spec, cfg, out, s["model_overrides"], label, recipe_fills=BUNDLE_RECIPE)
     return {**row, "distill_seed": dseed}
 
 
@@ -156,6 +161,7 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
         "settings": {k: s.get(k) for k in ("source", "model", "model_overrides", "trajectories", "xi")},
         "distill": [dataclasses.asdict(cfg) for cfg in configs],
         "student": TrainConfig(**s["student"]).to_dict(),
+        "bundle students take from the recipe": list(BUNDLE_RECIPE),
     }
     sampled: dict[int, list[tuple[str, str, int | None]]] = {  # per budget, the data that needs no Omega
         mu: [(f"{kind}:{mu}", f"{kind}:{mu}", None) for kind in ("random", "head")] if extra_specs else []
@@ -216,6 +222,20 @@ def pairs(runs: list[dict[str, Any]], a: str, b: str) -> tuple[list[dict], list[
                 out_a.append(ra["units"])
                 out_b.append(rb["units"])
     return out_a, out_b
+
+
+def pair_results(
+    a: dict[str, Any], b: dict[str, Any], label: str, metrics: list[str], n_boot: int = 2000
+) -> list[dict[str, Any]]:
+    """The ``label`` runs of two results of one experiment (run with different settings) paired by
+    student and distillation seed: per metric, a - b with its 95 % bootstrap interval."""
+    runs_a = {(r["seed"], r.get("distill_seed")): r["units"] for r in a["runs"] if r["data"] == label}
+    runs_b = {(r["seed"], r.get("distill_seed")): r["units"] for r in b["runs"] if r["data"] == label}
+    keys = sorted(set(runs_a) & set(runs_b), key=str)
+    if not keys:
+        raise ValueError(f"no {label!r} runs with the same seeds in both results; name a label both have")
+    side_a, side_b = [runs_a[k] for k in keys], [runs_b[k] for k in keys]
+    return [paired_difference(side_a, side_b, m, n_boot=n_boot) for m in metrics]
 
 
 # recommendation: figures over every position of the test users' most recent items (farzi.evaluate)
@@ -366,6 +386,15 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
     ]
     dseeds = s.get("distill_seeds", 1)
     sel = sorted({r.get("selection_metric", "?") for r in result["runs"]})
+    lrs = {r["data"]: r["lr"] for r in result["runs"] if "lr" in r}
+    recipe = [r["data"] for r in result["runs"] if r.get("from_recipe")]
+    lr_note = (
+        " Learning rate: "
+        + ", ".join(f"{d} {lrs[d]:g}" for d in dict.fromkeys(lrs))
+        + (f" ({', '.join(dict.fromkeys(recipe))} from the recipe their bundles record)." if recipe else ".")
+        if len(set(lrs.values())) > 1
+        else ""
+    )
     if "intervals" not in result:  # a result from before the paired intervals and the init-only rows
         lines.append(
             f"Test split, mean ± std over {result['seeds']} student seeds (one distillation, seed 0; students "
@@ -378,7 +407,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
             f"{'users' if metrics[0].startswith('hr') else 'sentences'} resampled) over {result['seeds']} student "
             f"seeds, and for Farzi Data and its 'init only' twin (the same initialization, 0 outer steps) over "
             f"{dseeds} distillation seeds each; students keep their best validation state by {', '.join(sel)}; "
-            f"{result['train_sequences']} training sequences."
+            f"{result['train_sequences']} training sequences.{lr_note}"
         )
     lines.append("")
     lines.append(md_table(cols, rows))

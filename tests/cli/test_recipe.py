@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 from cli_runner import farzictl
 
+from farzi.compare import student_run
+from farzi.data.prepare import PrepareOptions, prepare
+from farzi.train import TrainConfig
+
 TINY = ["--d-model", "8", "--n-layers", "1", "--max-len", "16"]
 
 
@@ -62,3 +66,26 @@ def test_inspect_shows_the_recipe_and_the_log_by_stage(tmp_path: Path) -> None:
     assert report["history"]["log"]["outer_steps"] == 3
     text = farzictl("inspect", out, home=home, env={"COLUMNS": "200"}).ok().stdout
     assert "selected outer step" in text and "distillation log by checkpoint stage" in text
+
+
+def test_student_run_takes_only_the_named_recipe_fields(bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    """The benchmarks' students on a bundle take its learning rate and keep their own budget."""
+    home, b = bundle
+    ds = prepare("synthetic-rec", PrepareOptions(synthetic_vocab=20, synthetic_sequences=30), home=home)
+    cfg = TrainConfig(lr=1e-3, batch_size=8, max_steps=3, eval_every=3, patience=0, seed=0)
+    tiny = {"d_model": 8, "n_layers": 1, "max_len": 16}
+    row = student_run(ds, "sasrec", str(b), cfg, tmp_path / "m", tiny, recipe_fills=("lr",))
+    assert (row["lr"], row["from_recipe"], row["steps"]) == (0.004, ["lr"], 3)
+    sample = student_run(ds, "sasrec", "head:5", cfg, tmp_path / "h", tiny, recipe_fills=("lr",))
+    assert (sample["lr"], sample["from_recipe"]) == (1e-3, [])
+
+
+def test_under_a_preset_a_bundle_still_takes_its_recipe_lr(bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    """The preset's student lr (1e-3 for cpu) yields to the bundle's recipe (0.004); its budget does not."""
+    home, b = bundle
+    flags = ["--preset", "cpu", "--max-steps", "2", "--eval-every", "1"]
+    train = _train(home, tmp_path / "m", "--data", str(b), *flags)
+    assert (train["lr"], train["max_steps"], sorted(train["from_recipe"])) == (0.004, 2, ["lr", "metric"])
+    assert train["patience"] == 15 and train["batch_size"] == 128  # the preset's
+    assert _train(home, tmp_path / "f", "--data", str(b), *flags, "--lr", "0.02")["lr"] == 0.02
+    assert _train(home, tmp_path / "h", "--data", "head:5", *flags)["lr"] == 1e-3  # no recipe on a sample
