@@ -55,7 +55,10 @@ def line_panels(path: Path, panels: list[dict[str, Any]], title: str) -> Path:
             ax.set_xscale("log")
         if panel.get("logy"):
             ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if panel["series"]:
+            ax.legend(fontsize=8)
+        else:  # nothing measured for this panel (e.g. an optional peer not installed)
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     with atomic_file(Path(path)) as tmp:
