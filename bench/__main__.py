@@ -76,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pair(args: argparse.Namespace) -> int:
-    from bench.experiments.sample_efficiency import POSITION_METRICS, pair_results
+    from bench.experiments.sample_efficiency import POSITION_METRICS, has_position_metrics, pair_results
 
     try:
         a, b = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
-        rec = a["settings"]["metrics"][0].startswith("hr")
-        metrics = args.metric or [*a["settings"]["metrics"], *(POSITION_METRICS if rec else ())]
+        extra = POSITION_METRICS if has_position_metrics(a["runs"]) else ()
+        metrics = args.metric or [*a["settings"]["metrics"], *extra]
         rows = pair_results(a, b, args.data, metrics)
     except (OSError, ValueError, KeyError) as e:
-        print(f"error: cannot pair {args.a} and {args.b}: {e}", file=sys.stderr)
+        fix = "" if isinstance(e, ValueError) else " (give two results of `python -m bench run sample-efficiency-*`)"
+        print(f"error: cannot pair {args.a} and {args.b}: {e}{fix}", file=sys.stderr)
         return 2
     print(f"{args.data}: {args.a.name} (a) - {args.b.name} (b), {rows[0]['pairs']} pairs, 95 % bootstrap interval")
     print(md_table(["metric", "a", "b", "a - b"], [_pair_row(r) for r in rows]))

@@ -43,10 +43,6 @@ PAPER = {
     },
 }
 
-# Students on a bundle take these fields from the recipe it records (the distill settings' recipe_lr),
-# as `farzictl train-student --preset` does: PTB's from fidelity-levers-ptb's 'student lr' rows.
-BUNDLE_RECIPE = RECIPE_OVER_PRESET
-
 # toy size for the smoke tests: synthetic data, seconds per experiment
 _SMOKE: dict[str, Any] = {
     "prepare": {"synthetic_vocab": 30, "synthetic_sequences": 60},
@@ -113,7 +109,8 @@ def _bundle_job(ds, cfg: DistillConfig, out: Path, traj: Path, meta: dict[str, A
 
 def _student_job(ds, s: dict[str, Any], spec: str, label: str, dseed: int | None, seed: int, out: Path) -> dict:
     cfg = TrainConfig(seed=seed, **s["student"])
-    row = student_run(ds, s["model"], spec, cfg, out, s["model_overrides"], label, recipe_fills=BUNDLE_RECIPE)
+    # on a bundle the learning rate comes from its recipe, as under `farzictl train-student --preset`
+    row = student_run(ds, s["model"], spec, cfg, out, s["model_overrides"], label, recipe_fills=RECIPE_OVER_PRESET)
     return {**row, "distill_seed": dseed}
 
 
@@ -161,7 +158,7 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
         "settings": {k: s.get(k) for k in ("source", "model", "model_overrides", "trajectories", "xi")},
         "distill": [dataclasses.asdict(cfg) for cfg in configs],
         "student": TrainConfig(**s["student"]).to_dict(),
-        "bundle students take from the recipe": list(BUNDLE_RECIPE),
+        "bundle students take from the recipe": list(RECIPE_OVER_PRESET),
     }
     sampled: dict[int, list[tuple[str, str, int | None]]] = {  # per budget, the data that needs no Omega
         mu: [(f"{kind}:{mu}", f"{kind}:{mu}", None) for kind in ("random", "head")] if extra_specs else []
@@ -229,13 +226,16 @@ def pair_results(
 ) -> list[dict[str, Any]]:
     """The ``label`` runs of two results of one experiment (run with different settings) paired by
     student and distillation seed: per metric, a - b with its 95 % bootstrap interval."""
-    runs_a = {(r["seed"], r.get("distill_seed")): r["units"] for r in a["runs"] if r["data"] == label}
-    runs_b = {(r["seed"], r.get("distill_seed")): r["units"] for r in b["runs"] if r["data"] == label}
-    keys = sorted(set(runs_a) & set(runs_b), key=str)
-    if not keys:
+    runs = [{**r, "data": side} for side, res in (("a", a), ("b", b)) for r in res["runs"] if r["data"] == label]
+    side_a, side_b = pairs(runs, "a", "b")
+    if not side_a:
         raise ValueError(f"no {label!r} runs with the same seeds in both results; name a label both have")
-    side_a, side_b = [runs_a[k] for k in keys], [runs_b[k] for k in keys]
     return [paired_difference(side_a, side_b, m, n_boot=n_boot) for m in metrics]
+
+
+def has_position_metrics(runs: list[dict[str, Any]]) -> bool:
+    """Whether the runs carry the every-position figures (recommendation since they were added)."""
+    return bool(runs) and all(m in runs[0].get("test", {}) for m in POSITION_METRICS)
 
 
 # recommendation: figures over every position of the test users' most recent items (farzi.evaluate)
@@ -437,7 +437,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         )
         lines.append("")
     runs = result.get("runs", [])
-    if comps and runs and all(m in runs[0].get("test", {}) for m in POSITION_METRICS):
+    if comps and has_position_metrics(runs):
         by_metric = {m: comparisons(result["settings"], runs, m) for m in POSITION_METRICS}
         lines.append(
             "The same pairs over every position of the test users' most recent items (cross-entropy, lower is "
