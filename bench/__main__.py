@@ -1,7 +1,7 @@
 """The benchmark harness.
 
     python -m bench list
-    python -m bench run EXPERIMENT [--protocol cpu|paper] [--seeds N] [--smoke]
+    python -m bench run EXPERIMENT [--protocol cpu|paper] [--seeds N] [--smoke] [--carry]
     python -m bench report
     python -m bench pair A.json B.json --data LABEL [--metric M ...]
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 import tempfile
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
     run.add_argument("--results", type=Path, default=RESULTS)
     run.add_argument("--threads", type=int, default=2)
+    run.add_argument(
+        "--carry",
+        action="store_true",
+        help="lever experiments: take over the rows of RESULTS/EXPERIMENT.json measured with the same settings "
+        "and seeds, measuring only new levers (and the references, checked against the earlier figures)",
+    )
     rep = sub.add_parser("report", help="re-render bench/REPORT.md from bench/results/")
     rep.add_argument("--results", type=Path, default=RESULTS)
     pair = sub.add_parser("pair", help="pair one kind of data across two sample-efficiency results")
@@ -59,15 +66,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     module = importlib.import_module(f"bench.experiments.{EXPERIMENTS[args.experiment][0]}")
+    name = args.experiment + ("-smoke" if args.smoke else "") + ("-paper" if args.protocol == "paper" else "")
+    extra = {}
+    if args.carry:
+        if "earlier" not in inspect.signature(module.run).parameters:
+            print(f"error: {args.experiment} has no rows to carry over; run it without --carry", file=sys.stderr)
+            return 2
+        previous = args.results / f"{name}.json"
+        try:
+            extra["earlier"] = json.loads(previous.read_text()) if previous.is_file() else None
+        except (OSError, ValueError) as e:
+            print(f"error: cannot read {previous} to carry its rows: {e} (run without --carry)", file=sys.stderr)
+            return 2
     work = args.work or Path(tempfile.mkdtemp(prefix=f"bench-{args.experiment}-"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    payload = module.run(args.protocol, work, args.seeds, smoke=args.smoke, experiment=args.experiment)
+    payload = module.run(args.protocol, work, args.seeds, smoke=args.smoke, experiment=args.experiment, **extra)
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["protocol"] = args.protocol
     payload["smoke"] = args.smoke
     payload["seeds"] = args.seeds
-    name = args.experiment + ("-smoke" if args.smoke else "") + ("-paper" if args.protocol == "paper" else "")
     path = write_result(name, payload, args.results)
     print(f"wrote {path}")
     if not args.smoke:

@@ -23,7 +23,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "fidelity-levers": ("fidelity_levers", "Levers of the outer loop, losers included (issue 9)"),
     "fidelity-levers-ptb": (
         "fidelity_levers_ptb",
-        "Levers for language modeling: latent dimension, tau, steps, student lr (issue 9)",
+        "Levers for language modeling: latent dimension, tau, steps, init, student lr (issue 9)",
     ),
     "meta-objectives": ("meta_objectives", "Meta-objectives and the inner optimizer (paper Table 2)"),
     "cross-architecture": ("cross_architecture", "Cross-architecture generalization (paper Table 1)"),

@@ -82,6 +82,17 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"inner_state": "omega", "start_weighting": "normalize", "outer_steps": 300},
         {},
     ),
+    # the teacher init's mix of the real token (0.2 by default; on PTB 0 was the better direction)
+    "defaults + init mix 0": (
+        "inner state omega, starts normalized, teacher init with the teacher's prediction alone",
+        {"inner_state": "omega", "start_weighting": "normalize", "init_mix": 0.0},
+        {},
+    ),
+    "defaults + init mix 0.5": (
+        "inner state omega, starts normalized, teacher init weighting real token and prediction equally",
+        {"inner_state": "omega", "start_weighting": "normalize", "init_mix": 0.5},
+        {},
+    ),
 }
 METRICS = ("xent", "hr_all@10", "hr@10")
 SMOKE_LEVERS = ("init only", "base", "meta-batch 4, 25 steps", "recipe lr 5e-4")
@@ -162,18 +173,60 @@ def _kept_for(ls: LeverSet, s: dict[str, Any], mu: int) -> dict[str, Any]:
     return {"settings": s, "base": dataclasses.asdict(cfg), "student": TrainConfig(**s["student"]).to_dict()}
 
 
-def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
+def run(
+    protocol: str,
+    work: Path,
+    seeds: int,
+    smoke: bool = False,
+    experiment: str = "",
+    earlier: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Measure every lever; several processes on the same ``--work`` share the levers between them.
 
     Each finished lever is kept in ``WORK/levers/NAME.json`` (its settings and per-user figures),
     so a second ``python -m bench run fidelity-levers --work SAME`` started beside the first takes
     the levers nobody holds yet (one core each), and a rerun after a kill redoes only what is missing.
+    ``earlier`` (``--carry``): the result file's previous contents, whose rows are taken over for the
+    levers this work directory has not measured (paired with that run's references, as they were).
     """
-    return run_levers(ML, work, seeds, smoke)
+    return run_levers(ML, work, seeds, smoke, earlier)
 
 
-def run_levers(ls: LeverSet, work: Path, seeds: int, smoke: bool) -> dict[str, Any]:
-    """``run`` for one lever set (see :func:`run`)."""
+def carried_rows(ls: LeverSet, earlier: dict[str, Any] | None, s: dict[str, Any], seeds: int) -> dict[str, dict]:
+    """The rows of an earlier run that this one may take over unmeasured, by lever (``--carry``).
+
+    Only from a full (not smoke) run with the same settings and seeds, and never a reference lever:
+    those are measured again, and :func:`reproduced` says whether they came out as before. A carried
+    row keeps its pairing with the earlier run's references (same units, so still a paired difference).
+    """
+    if not earlier or earlier.get("smoke") or earlier.get("seeds") != seeds:
+        return {}
+    if _json(earlier.get("settings")) != _json(s):
+        return {}
+    refs = ls.references()
+    return {r["lever"]: r for r in earlier.get("rows", []) if r["lever"] in ls.levers and r["lever"] not in refs}
+
+
+def reproduced(ls: LeverSet, earlier: dict[str, Any], rows: dict[str, dict]) -> list[str]:
+    """The reference levers whose re-measured figures (every metric's mean and interval) differ from
+    the earlier run's, or that it lacks (empty: all agree)."""
+    before = {r["lever"]: r for r in earlier.get("rows", [])}
+
+    def figures(row: dict[str, Any]) -> list[float]:
+        return [round(float(row[m][k]), 9) for m in ls.metrics for k in ("mean", "low", "high")]
+
+    return [n for n in ls.references() if n in rows and (n not in before or figures(before[n]) != figures(rows[n]))]
+
+
+def _json(x: Any) -> Any:
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+def run_levers(
+    ls: LeverSet, work: Path, seeds: int, smoke: bool, earlier: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``run`` for one lever set (see :func:`run`); ``earlier``: a previous result whose rows may be
+    carried over (:func:`carried_rows`); the result says whether the re-measured references reproduce it."""
     s = ls.settings(smoke)
     with exclusive(work / ".setup.lock"):  # the dataset and Omega are shared: one process builds them
         ds = _ml.dataset(s, work)
@@ -194,12 +247,20 @@ def run_levers(ls: LeverSet, work: Path, seeds: int, smoke: bool) -> dict[str, A
         rows = [_row(ls, done, n, n_boot) for n in names if n in done]
         partial.write_text(json.dumps({"rows": rows, "finished": False}, default=str))
 
-    jobs = [
-        (f"{n.replace(' ', '-')}-{seeds}", partial_job(_measure, ls, ds, s, work, traj, mu, n, seeds)) for n in names
-    ]
-    results = shared_jobs(work / "levers", jobs, on_done=finished, settings=_kept_for(ls, s, mu))
+    def job(n: str) -> tuple[str, Callable[[], dict[str, Any]]]:
+        return f"{n.replace(' ', '-')}-{seeds}", partial_job(_measure, ls, ds, s, work, traj, mu, n, seeds)
+
+    store, kept = work / "levers", _kept_for(ls, s, mu)
+    carry = carried_rows(ls, earlier, s, seeds)
+    carry = {n: r for n, r in carry.items() if not (store / f"{job(n)[0]}.json").is_file()}  # kept: use it
+    results = shared_jobs(store, [job(n) for n in names if n not in carry], on_done=finished, settings=kept)
     done = {r["lever"]: r for r in results.values()}
-    rows = [_row(ls, done, n, n_boot) for n in names]
+    rows_by = {n: _row(ls, done, n, n_boot) for n in done}
+    moved = reproduced(ls, earlier or {}, rows_by) if carry else []
+    then = {r["lever"]: r for r in (earlier or {}).get("rows", []) if r["lever"] in ls.references()}
+    when = (earlier or {}).get("finished", "an earlier run")
+    rows_by.update({n: {**r, "carried_from": r.get("carried_from", when)} for n, r in carry.items()})
+    rows = [rows_by[n] for n in names]
     first = done["base"]["units"][0]
     users = len(first["rank"] if "rank" in first else first["tokens"])  # validation users or sentences
     return {
@@ -210,20 +271,59 @@ def run_levers(ls: LeverSet, work: Path, seeds: int, smoke: bool) -> dict[str, A
         "settings": s,
         "reused": list(_ml.REUSED),
         "measured_here": mine,
+        "carried": sorted(carry),
+        # the carried rows are paired with the earlier run's references: their figures then, and which moved
+        "references_then": {n: {m: then[n][m] for m in ls.metrics} for n in then} if carry else {},
+        "references_moved": moved,
+        "carried_machine": ((earlier or {}).get("machine") or {}).get("cpu") if carry else None,
+        "metric": ls.metrics[0],
     }
 
 
 def shared_note(result: dict[str, Any]) -> list[str]:
     """The lines saying which levers this process measured, where others came from the kept store."""
-    here = result.get("measured_here")
-    if here is None or not 0 < len(here) < len(result["rows"]) or result.get("smoke"):
+    here, carried = result.get("measured_here"), result.get("carried") or []
+    if here is None or result.get("smoke"):
         return []
-    return [
-        "",
-        f"This process measured {len(here)} of the {len(result['rows'])} levers ({', '.join(here)}); "
-        "the rest were measured by another process on the same work directory (one core each) or by an "
-        "earlier run on it, and kept there (the distillation minutes are each lever's own).",
-    ]
+    lines = []
+    fresh = len(result["rows"]) - len(carried)
+    if len(here) < fresh:
+        lines += [
+            "",
+            f"This process measured {len(here)} of the {fresh} levers measured on its work directory"
+            + (f" ({', '.join(here)})" if here else "")
+            + "; the rest were measured by another process on it (one core each) or by an earlier run on it, "
+            "and kept there (the distillation minutes are each lever's own; the wall time above is this "
+            "process's).",
+        ]
+    if carried:
+        when = sorted({r["carried_from"] for r in result["rows"] if r.get("carried_from")})
+        then = result.get("references_then") or {}
+        metric = result.get("metric")
+        moved = result.get("references_moved") or []
+        now = {r["lever"]: r for r in result["rows"]}
+        if moved and metric:
+            figures = "; ".join(
+                f"{n} {fmt(then[n][metric]['mean'], 3)} then, {fmt(now[n][metric]['mean'], 3)} now"
+                for n in moved
+                if n in then
+            )
+            cpu = result.get("carried_machine")
+            where = f"; that run on {cpu}, this one on {(result.get('machine') or {}).get('cpu')}" if cpu else ""
+            check = (
+                f"The references re-measured here do **not** reproduce that run's figures ({metric}: "
+                f"{figures}{where}), so compare a carried row only with that run's references (its 'vs' columns are), "
+                "not with the rows measured here."
+            )
+        else:
+            check = "The references re-measured here reproduce that run's figures."
+        lines += [
+            "",
+            f"Carried over from the run{'s' if len(when) > 1 else ''} that finished {', '.join(when)} (`--carry`: "
+            f"the same settings and seeds; each carried row stays paired with that run's references): "
+            f"{', '.join(carried)}. {check}",
+        ]
+    return lines
 
 
 def _diff(d: dict[str, float] | None) -> str:
@@ -268,6 +368,11 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
     beat = [
         r["lever"] for r in result["rows"] if _verdict(r.get(f"xent - {ML.defaults}"), lower_better=True) == "better"
     ]
+    worse_than = [
+        r["lever"]
+        for r in result["rows"]
+        if r["lever"] not in ML.references() and _verdict(r.get(f"xent - {ML.defaults}"), True) == "worse"
+    ]
     hr_vs_defaults = {r["lever"]: r.get(f"hr_all@10 - {ML.defaults}") for r in result["rows"]}
     won = (
         [
@@ -285,7 +390,9 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
             "300 outer steps did not (run at 300 and paired with the 100-step run, same seeds: lower test "
             "cross-entropy, no gain in HR@10 or hr_all@10, at 3x the distillation time: `python -m bench pair "
             "bench/results/variants/sample-efficiency-ml100k-outer300.json bench/results/sample-efficiency-ml100k.json "
-            "--data 'farzi 50x50'`), so the protocol keeps 100.",
+            "--data 'farzi 50x50'`), so the protocol keeps 100. Worse than today's defaults: "
+            + (", ".join(worse_than) or "none")
+            + ".",
         ]
         if not result.get("smoke")
         else []

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.experiments.fidelity_levers import ML, LeverSet, _row
+from bench.__main__ import main
+from bench.experiments.fidelity_levers import ML, LeverSet, _row, carried_rows, reproduced, shared_note
 
 
 def _lever(name: str, ranks: list[int]) -> dict:
@@ -31,3 +32,60 @@ def test_rows_pair_with_the_defaults_lever_where_it_is_not_base() -> None:
 def test_a_set_whose_defaults_are_base_pairs_twice() -> None:
     ls = LeverSet({}, {}, ("hr@10",), (), ML.settings, ML.budget)
     assert ls.references() == ("base", "init only")
+
+
+def _set(names: list[str]) -> LeverSet:
+    return LeverSet({n: ("", {}, {}) for n in names}, {}, ("hr@10",), (), ML.settings, ML.budget)
+
+
+def _figures(lever: str, mean: float) -> dict:
+    return {"lever": lever, "hr@10": {"mean": mean, "low": mean - 1, "high": mean + 1}}
+
+
+def test_carried_rows_need_the_same_settings_and_seeds_and_skip_references() -> None:
+    ls = _set(["init only", "base", "longer", "wider"])
+    earlier = {
+        "seeds": 3,
+        "settings": {"xi": 50, "distill": {"tau": 1.0}},
+        "rows": [_figures("init only", 10), _figures("base", 20), _figures("longer", 30), _figures("gone", 5)],
+    }
+    s = {"distill": {"tau": 1.0}, "xi": 50}  # key order does not matter
+    assert set(carried_rows(ls, earlier, s, 3)) == {"longer"}  # references and levers no longer listed: not carried
+    assert carried_rows(ls, earlier, s, 5) == {}
+    assert carried_rows(ls, earlier, {"xi": 50, "distill": {"tau": 2.0}}, 3) == {}
+    assert carried_rows(ls, {**earlier, "smoke": True}, s, 3) == {}
+    assert carried_rows(ls, None, s, 3) == {}
+
+
+def test_reproduced_names_the_references_whose_figures_moved() -> None:
+    ls = _set(["init only", "base", "longer"])
+    earlier = {"rows": [_figures("init only", 10), _figures("base", 20), _figures("longer", 30)]}
+    now = {"init only": _figures("init only", 10), "base": _figures("base", 20)}
+    assert reproduced(ls, earlier, now) == []
+    assert reproduced(ls, earlier, {**now, "base": _figures("base", 20.5)}) == ["base"]
+    assert reproduced(ls, {"rows": earlier["rows"][1:]}, now) == ["init only"]  # the earlier run lacks it
+
+
+def test_carry_on_an_experiment_without_levers_exits_2(tmp_path, capsys) -> None:
+    assert main(["run", "speedup", "--smoke", "--carry", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "without --carry" in err
+
+
+def test_the_note_on_carried_rows_says_whether_the_references_reproduced() -> None:
+    rows = [_figures("base", 21.0), {**_figures("longer", 30.0), "carried_from": "2026-12-01T00:00:00Z"}]
+    result = {
+        "rows": rows,
+        "measured_here": ["base"],
+        "carried": ["longer"],
+        "references_then": {"base": {"hr@10": _figures("base", 20.0)["hr@10"]}},
+        "references_moved": ["base"],
+        "metric": "hr@10",
+    }
+    text = " ".join(shared_note(result))
+    assert "finished 2026-12-01T00:00:00Z" in text and ": longer." in text
+    assert "do **not** reproduce" in text and "base 20.000 then, 21.000 now" in text
+    assert "reproduce that run's figures." in " ".join(shared_note({**result, "references_moved": []}))
+    on = {**result, "carried_machine": "AMD EPYC", "machine": {"cpu": "Intel Xeon"}}
+    assert "now; that run on AMD EPYC, this one on Intel Xeon)" in " ".join(shared_note(on))
+    assert "measured 0 of the 1 levers" in " ".join(shared_note({**result, "measured_here": []}))
