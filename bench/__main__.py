@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = args.results / f"{name}.json"
         try:
             extra["earlier"] = json.loads(previous.read_text()) if previous.is_file() else None
+            if extra["earlier"] is not None and not isinstance(extra["earlier"], dict):
+                raise ValueError("it is not a result object")
         except (OSError, ValueError) as e:
             print(f"error: cannot read {previous} to carry its rows: {e} (run without --carry)", file=sys.stderr)
             return 2

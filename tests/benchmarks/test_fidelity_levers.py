@@ -89,3 +89,11 @@ def test_the_note_on_carried_rows_says_whether_the_references_reproduced() -> No
     on = {**result, "carried_machine": "AMD EPYC", "machine": {"cpu": "Intel Xeon"}}
     assert "now; that run on AMD EPYC, this one on Intel Xeon)" in " ".join(shared_note(on))
     assert "measured 0 of the 1 levers" in " ".join(shared_note({**result, "measured_here": []}))
+
+
+def test_carry_from_a_result_file_that_is_not_one_exits_2(tmp_path, capsys) -> None:
+    (tmp_path / "fidelity-levers-ptb.json").write_text("[]")
+    assert main(["run", "fidelity-levers-ptb", "--carry", "--results", str(tmp_path), "--work", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a result object" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fidelity-levers-ptb.json"]  # nothing written
