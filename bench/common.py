@@ -155,6 +155,12 @@ def _claim(path: Path) -> bool:
     return False
 
 
+def as_json(x: Any) -> Any:
+    """``x`` as it reads back from JSON (keys sorted, tuples as lists, other objects as strings): what
+    two sets of settings are compared as."""
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
 def shared_jobs(
     store: Path,
     jobs: list[tuple[str, Callable[[], dict[str, Any]]]],
@@ -174,7 +180,7 @@ def shared_jobs(
     """
     store.mkdir(parents=True, exist_ok=True)
     if settings is not None:
-        wanted = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        wanted = as_json(settings)
         kept = store / "settings.json"
         if not kept.is_file():
             tmp = store / f".settings.{os.getpid()}.tmp"

@@ -22,7 +22,7 @@ from functools import partial as partial_job
 from pathlib import Path
 from typing import Any
 
-from bench.common import exclusive, shared_jobs
+from bench.common import as_json, exclusive, shared_jobs
 from bench.experiments import _ml
 from bench.report import fmt, md_table
 from farzi.compare import metric_interval, paired_difference
@@ -173,25 +173,6 @@ def _kept_for(ls: LeverSet, s: dict[str, Any], mu: int) -> dict[str, Any]:
     return {"settings": s, "base": dataclasses.asdict(cfg), "student": TrainConfig(**s["student"]).to_dict()}
 
 
-def run(
-    protocol: str,
-    work: Path,
-    seeds: int,
-    smoke: bool = False,
-    experiment: str = "",
-    earlier: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Measure every lever; several processes on the same ``--work`` share the levers between them.
-
-    Each finished lever is kept in ``WORK/levers/NAME.json`` (its settings and per-user figures),
-    so a second ``python -m bench run fidelity-levers --work SAME`` started beside the first takes
-    the levers nobody holds yet (one core each), and a rerun after a kill redoes only what is missing.
-    ``earlier`` (``--carry``): the result file's previous contents, whose rows are taken over for the
-    levers this work directory has not measured (paired with that run's references, as they were).
-    """
-    return run_levers(ML, work, seeds, smoke, earlier)
-
-
 def carried_rows(ls: LeverSet, earlier: dict[str, Any] | None, s: dict[str, Any], seeds: int) -> dict[str, dict]:
     """The rows of an earlier run that this one may take over unmeasured, by lever (``--carry``).
 
@@ -201,7 +182,7 @@ def carried_rows(ls: LeverSet, earlier: dict[str, Any] | None, s: dict[str, Any]
     """
     if not earlier or earlier.get("smoke") or earlier.get("seeds") != seeds:
         return {}
-    if _json(earlier.get("settings")) != _json(s):
+    if as_json(earlier.get("settings")) != as_json(s):
         return {}
     refs = ls.references()
     return {r["lever"]: r for r in earlier.get("rows", []) if r["lever"] in ls.levers and r["lever"] not in refs}
@@ -218,15 +199,18 @@ def reproduced(ls: LeverSet, earlier: dict[str, Any], rows: dict[str, dict]) -> 
     return [n for n in ls.references() if n in rows and (n not in before or figures(before[n]) != figures(rows[n]))]
 
 
-def _json(x: Any) -> Any:
-    return json.loads(json.dumps(x, sort_keys=True, default=str))
-
-
 def run_levers(
     ls: LeverSet, work: Path, seeds: int, smoke: bool, earlier: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``run`` for one lever set (see :func:`run`); ``earlier``: a previous result whose rows may be
-    carried over (:func:`carried_rows`); the result says whether the re-measured references reproduce it."""
+    """Measure every lever; several processes on the same ``--work`` share the levers between them.
+
+    Each finished lever is kept in ``WORK/levers/NAME.json`` (its settings and per-user figures),
+    so a second ``python -m bench run fidelity-levers --work SAME`` started beside the first takes
+    the levers nobody holds yet (one core each), and a rerun after a kill redoes only what is missing.
+    ``earlier`` (``--carry``): the result file's previous contents, whose rows are taken over for the
+    levers this work directory has not measured (paired with that run's references, as they were;
+    :func:`carried_rows`), and the result says whether the re-measured references reproduce it.
+    """
     s = ls.settings(smoke)
     with exclusive(work / ".setup.lock"):  # the dataset and Omega are shared: one process builds them
         ds = _ml.dataset(s, work)
@@ -278,6 +262,25 @@ def run_levers(
         "carried_machine": ((earlier or {}).get("machine") or {}).get("cpu") if carry else None,
         "metric": ls.metrics[0],
     }
+
+
+def runner(ls: LeverSet) -> Callable[..., dict[str, Any]]:
+    """An experiment's ``run`` for one lever set (:func:`run_levers`)."""
+
+    def run(
+        protocol: str,
+        work: Path,
+        seeds: int,
+        smoke: bool = False,
+        experiment: str = "",
+        earlier: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return run_levers(ls, work, seeds, smoke, earlier)
+
+    return run
+
+
+run = runner(ML)
 
 
 def shared_note(result: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from bench.experiments.fidelity_levers import LeverSet, _diff, _verdict, run_levers, shared_note
+from bench.experiments.fidelity_levers import LeverSet, _diff, _verdict, runner, shared_note
 from bench.experiments.sample_efficiency import SETTINGS
 from bench.report import fmt, md_table
 
@@ -58,17 +58,7 @@ def base_settings(smoke: bool) -> dict[str, Any]:
 PTB = LeverSet(LEVERS, {}, ("ppl_corpus",), SMOKE_LEVERS, base_settings, lambda smoke: 4 if smoke else 40)
 
 
-def run(
-    protocol: str,
-    work: Path,
-    seeds: int,
-    smoke: bool = False,
-    experiment: str = "",
-    earlier: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Measure every lever (processes on one ``--work`` share them, and ``--carry`` takes over an
-    earlier run's rows, as in ``fidelity-levers``)."""
-    return run_levers(PTB, work, seeds, smoke, earlier)
+run = runner(PTB)  # processes on one ``--work`` share the levers, and ``--carry`` takes over earlier rows
 
 
 def render(name: str, result: dict[str, Any], plots: Path) -> str:
