@@ -100,7 +100,8 @@ SMOKE_LEVERS = ("init only", "base", "meta-batch 4, 25 steps", "recipe lr 5e-4")
 
 @dataclass(frozen=True)
 class LeverSet:
-    """One lever experiment: the levers (name: what, distillation changes, student changes; "init
+    """One lever experiment: the levers (name: what, distillation changes, student changes (TrainConfig
+    fields, and under "model" the student model's settings); "init
     only" and "base" among them), the settings they change (``base``), the validation metrics (the
     first decides, lower is better), and the setting and budget for a run (toy ones when smoke).
     ``defaults`` names the lever that is today's defaults where that is not "base" (every row is
@@ -126,9 +127,11 @@ ML = LeverSet(
 
 def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, Any], work: Path) -> list[dict]:
     units = []
+    student = dict(student)
+    model = {**s["model_overrides"], **student.pop("model", {})}  # a lever may change the student model too
     for seed in range(seeds):
         cfg = TrainConfig(seed=seed, **{**s["student"], **student})
-        result, _ = train_student(ds, s["model"], spec, cfg, work / f"s{seed}", s["model_overrides"])
+        result, _ = train_student(ds, s["model"], spec, cfg, work / f"s{seed}", model)
         units.append(evaluate(result.model, ds, "valid", per_unit=True)["per_unit"])
     return units
 

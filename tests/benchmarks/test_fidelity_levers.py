@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 from bench.__main__ import main
-from bench.experiments.fidelity_levers import ML, LeverSet, _row, carried_rows, reproduced, shared_note
+from bench.experiments.fidelity_levers import ML, LeverSet, _row, _students, carried_rows, reproduced, shared_note
+from bench.experiments.sample_efficiency import SETTINGS
 
 
 def _lever(name: str, ranks: list[int]) -> dict:
@@ -97,3 +101,16 @@ def test_carry_from_a_result_file_that_is_not_one_exits_2(tmp_path, capsys) -> N
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a result object" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fidelity-levers-ptb.json"]  # nothing written
+
+
+def test_a_lever_sets_the_student_model_and_recipe_without_touching_the_settings(tiny_lm, tmp_path) -> None:
+    s = copy.deepcopy(SETTINGS["smoke-lm"])
+    s["student"] = {**s["student"], "max_steps": 2, "eval_every": 1, "patience": 0}
+    before = copy.deepcopy(s)
+    change = {"model": {"dropout": 0.35}, "weight_decay": 1e-3}
+    units = _students(tiny_lm, s, "head:4", 1, change, tmp_path)
+    saved = json.loads((tmp_path / "s0" / "model.json").read_text())
+    assert saved["config"]["dropout"] == 0.35  # the settings' 0.1, changed by the lever
+    assert saved["config"]["d_model"] == s["model_overrides"]["d_model"]  # the rest as the settings have it
+    assert saved["train"]["weight_decay"] == 1e-3
+    assert len(units) == 1 and s == before and change == {"model": {"dropout": 0.35}, "weight_decay": 1e-3}
