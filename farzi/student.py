@@ -116,7 +116,7 @@ def training_set(
     return SequenceTrainSet(seqs, max_len), info
 
 
-RECIPE_FIELDS = ("lr", "batch_size", "max_steps", "eval_every", "patience", "metric")
+RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "max_steps", "eval_every", "patience", "metric")
 
 
 def apply_recipe(

@@ -315,7 +315,9 @@ def train_student_cmd(
     n_heads: NHeads = None,
     dropout: Dropout = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 1e-3, or the bundle's recipe).")] = None,
-    weight_decay: WeightDecay = 0.0,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Adam (L2) weight decay (default 0, or the bundle's recipe).")
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Sequences per batch (default 128, or the bundle's recipe).")
     ] = None,
@@ -349,19 +351,19 @@ def train_student_cmd(
         "train-student",
         {**locals(), "model_overrides": _overrides(max_len, d_model, n_layers, n_heads, dropout)},
     )
-    lr, batch_size, max_steps, patience, eval_every = (
-        opts[k] for k in ("lr", "batch_size", "max_steps", "patience", "eval_every")
+    lr, weight_decay, batch_size, max_steps, patience, eval_every = (
+        opts[k] for k in ("lr", "weight_decay", "batch_size", "max_steps", "patience", "eval_every")
     )
     model, device = opts["model"], opts["device"]
     name = _model_name(model, ds.task)
     label = parse_spec(data).label().replace(":", "-")
     target = out or models_dir(ds.name, home) / f"{name}-{label}-s{seed}"
     # flags the user set win; on a bundle the rest come from its recipe, elsewhere from the defaults
-    given = {"lr": lr, "batch_size": batch_size, "max_steps": max_steps, "patience": patience}
-    given.update(eval_every=eval_every, metric=metric)
+    given = {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "max_steps": max_steps}
+    given.update(patience=patience, eval_every=eval_every, metric=metric)
     defaults = TrainConfig(lr=1e-3, batch_size=128, max_steps=2000, patience=10, eval_every=0, metric="")
     values = {k: (getattr(defaults, k) if v is None else v) for k, v in given.items()}
-    cfg = _train_config(weight_decay=weight_decay, seed=seed, **values)
+    cfg = _train_config(seed=seed, **values)
     fills = {k for k, x in given.items() if x is None}
     if preset is not None:  # the preset's values yield to a bundle's recipe on these
         fills |= {k for k in RECIPE_OVER_PRESET if not session.given(ctx, k)}
@@ -492,6 +494,7 @@ def distill_cmd(
     learn_tau: Annotated[bool, _d("learn_tau")] = _DISTILL.learn_tau,
     learn_inner_lr: Annotated[bool, _d("learn_inner_lr")] = _DISTILL.learn_inner_lr,
     recipe_lr: Annotated[float, _d("recipe_lr")] = _DISTILL.recipe_lr,
+    recipe_weight_decay: Annotated[float, _d("recipe_weight_decay")] = _DISTILL.recipe_weight_decay,
     recipe_steps: Annotated[int, _d("recipe_steps")] = _DISTILL.recipe_steps,
     recipe_batch: Annotated[int, _d("recipe_batch")] = _DISTILL.recipe_batch,
     select_every: Annotated[int, _d("select_every")] = _DISTILL.select_every,

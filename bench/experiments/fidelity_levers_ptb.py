@@ -65,6 +65,7 @@ def base_settings(smoke: bool) -> dict[str, Any]:
     # the recipe the levers were measured with (the protocol's students now take 1e-3 from it, from the
     # 'student lr 1e-3' row); pinned so that the kept levers stay valid
     s["distill"]["recipe_lr"] = 2e-3
+    del s["distill"]["recipe_weight_decay"]  # likewise: the protocol's 1e-3 came from the 'lr 1e-3 + wd 1e-3' row
     del s["distill"]["init_mix"]  # likewise (DistillConfig's 0.2): the protocol's 0 came from the 'init mix 0' row
     return s
 

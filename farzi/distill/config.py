@@ -157,6 +157,9 @@ class DistillConfig:
         default=False, metadata=_help("Learn the inner learning rate as an outer parameter (from --inner-lr).")
     )
     recipe_lr: float = field(default=1e-3, metadata=_help("Recipe the data is for: the student's Adam learning rate."))
+    recipe_weight_decay: float = field(
+        default=0.0, metadata=_help("Recipe the data is for: the student's Adam (L2) weight decay.")
+    )
     recipe_steps: int = field(default=600, metadata=_help("Recipe the data is for: the student's most steps."))
     recipe_batch: int = field(default=0, metadata=_help("Recipe the data is for: sequences per step (0 = all mu)."))
     select_every: int = field(
@@ -248,6 +251,7 @@ class DistillConfig:
         for flag, value in (
             ("--inner-weight-decay", self.inner_weight_decay),
             ("--outer-weight-decay", self.outer_weight_decay),
+            ("--recipe-weight-decay", self.recipe_weight_decay),
             ("--grad-clip", self.grad_clip),
         ):
             if not (math.isfinite(value) and value >= 0):

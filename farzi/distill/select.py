@@ -1,8 +1,8 @@
 """Summary selection and the recipe: what the distilled data is for, and which summary serves it best.
 
-The *recipe* is how a student will train on the bundle (Adam at ``recipe_lr``, batches of
-``recipe_batch`` sequences, ``recipe_steps`` steps, validation along the way); the bundle records it
-and ``train-student`` follows it unless flags say otherwise.
+The *recipe* is how a student will train on the bundle (Adam at ``recipe_lr`` with L2 weight decay
+``recipe_weight_decay``, batches of ``recipe_batch`` sequences, ``recipe_steps`` steps, validation
+along the way); the bundle records it and ``train-student`` follows it unless flags say otherwise.
 
 With ``select_every`` = N, the initial summary and the summary after every N outer steps (and the
 last) are *candidates*: each trains one student with the recipe (same seed, so the candidates are
@@ -40,6 +40,7 @@ def recipe(cfg: DistillConfig, task: str) -> dict[str, Any]:
     return {
         "optimizer": "adam",
         "lr": cfg.recipe_lr,
+        "weight_decay": cfg.recipe_weight_decay,
         "batch_size": cfg.recipe_batch or cfg.mu,
         "max_steps": steps,
         "eval_every": max(1, steps // 15),
@@ -51,6 +52,7 @@ def recipe(cfg: DistillConfig, task: str) -> dict[str, Any]:
 def recipe_config(rec: dict[str, Any], seed: int) -> TrainConfig:
     return TrainConfig(
         lr=float(rec["lr"]),
+        weight_decay=float(rec.get("weight_decay", 0.0)),  # bundles written before it was recorded: none
         batch_size=int(rec["batch_size"]),
         max_steps=int(rec["max_steps"]),
         eval_every=int(rec["eval_every"]),

@@ -99,6 +99,7 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
         "omega_min_step": 0,
         "start_weighting": "none",
         "recipe_lr": 0.003,
+        "recipe_weight_decay": 0.002,
         "learn_tau": True,
         "learn_inner_lr": True,
         "recipe_steps": 3,

@@ -335,11 +335,12 @@ def test_selection_with_a_real_student_and_resume(tiny_lm, tiny_omega, tmp_path,
 
 
 def test_the_bundle_records_its_recipe_and_log_summary(tiny_lm, tiny_omega, tmp_path) -> None:
-    cfg = _cfg(recipe_lr=0.004, recipe_steps=30, recipe_batch=2)
+    cfg = _cfg(recipe_lr=0.004, recipe_weight_decay=0.002, recipe_steps=30, recipe_batch=2)
     result = distill(tiny_lm, cfg, tmp_path / "b.safetensors", trajectories=tiny_omega)
     assert result.bundle.recipe == {
         "optimizer": "adam",
         "lr": 0.004,
+        "weight_decay": 0.002,
         "batch_size": 2,
         "max_steps": 30,
         "eval_every": 2,
