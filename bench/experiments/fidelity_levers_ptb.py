@@ -50,8 +50,25 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "lr 1e-3 + wd 1e-2": ("students at lr 1e-3 with Adam weight decay 1e-2", {}, {"lr": 1e-3, "weight_decay": 1e-2}),
     "lr 1e-3 + dropout 0.35": ("students at lr 1e-3, dropout 0.35", {}, {"lr": 1e-3, "model": {"dropout": 0.35}}),
     "lr 1e-3 + batch 16": ("students at lr 1e-3, 16 of the 40 sequences per step", {}, {"lr": 1e-3, "batch_size": 16}),
+    # the three that were better on their own, combined with weight decay 1e-3 (the best alone)
+    "lr 1e-3 + wd 1e-3 + dropout 0.35": (
+        "students at lr 1e-3, weight decay 1e-3, dropout 0.35",
+        {},
+        {"lr": 1e-3, "weight_decay": 1e-3, "model": {"dropout": 0.35}},
+    ),
+    "lr 1e-3 + wd 1e-3 + batch 16": (
+        "students at lr 1e-3, weight decay 1e-3, batches of 16",
+        {},
+        {"lr": 1e-3, "weight_decay": 1e-3, "batch_size": 16},
+    ),
+    "lr 1e-3 + wd 1e-3 + dropout 0.35 + batch 16": (
+        "students at lr 1e-3, weight decay 1e-3, dropout 0.35, batches of 16",
+        {},
+        {"lr": 1e-3, "weight_decay": 1e-3, "batch_size": 16, "model": {"dropout": 0.35}},
+    ),
 }
-STUDENT_LEVERS = tuple(n for n in LEVERS if n.startswith("lr 1e-3 + "))  # one change each from the reference
+# changes from the reference: one each, then the winners combined
+STUDENT_LEVERS = tuple(n for n in LEVERS if n.startswith("lr 1e-3 + "))
 STUDENT_REFERENCE = "student lr 1e-3"  # the protocol's students: the new student levers change one thing from it
 SMOKE_LEVERS = ("init only", "base", "latent 16")
 
