@@ -351,17 +351,14 @@ def train_student_cmd(
         "train-student",
         {**locals(), "model_overrides": _overrides(max_len, d_model, n_layers, n_heads, dropout)},
     )
-    lr, weight_decay, batch_size, max_steps, patience, eval_every = (
-        opts[k] for k in ("lr", "weight_decay", "batch_size", "max_steps", "patience", "eval_every")
-    )
     model, device = opts["model"], opts["device"]
     name = _model_name(model, ds.task)
     label = parse_spec(data).label().replace(":", "-")
     target = out or models_dir(ds.name, home) / f"{name}-{label}-s{seed}"
     # flags the user set win; on a bundle the rest come from its recipe, elsewhere from the defaults
-    given = {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "max_steps": max_steps}
-    given.update(patience=patience, eval_every=eval_every, metric=metric)
-    defaults = TrainConfig(lr=1e-3, batch_size=128, max_steps=2000, patience=10, eval_every=0, metric="")
+    given = {k: opts[k] for k in ("lr", "weight_decay", "batch_size", "max_steps", "patience", "eval_every")}
+    given["metric"] = metric
+    defaults = TrainConfig()  # lr 1e-3, no weight decay, batch 128, 2000 steps, patience 10, per-epoch eval
     values = {k: (getattr(defaults, k) if v is None else v) for k, v in given.items()}
     cfg = _train_config(seed=seed, **values)
     fills = {k for k, x in given.items() if x is None}

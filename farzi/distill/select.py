@@ -29,6 +29,7 @@ from farzi.distill.summary import Summary
 from farzi.distill.teacher import Teacher
 from farzi.evaluate import metric_is_higher_better
 from farzi.models import build_model
+from farzi.student import RECIPE_FIELDS, apply_recipe
 from farzi.train import TrainConfig, train_model
 
 SELECT_METRIC = {"rec": "xent", "lm": "ppl_corpus"}  # chosen by measurement: bench/REPORT.md, selection metric
@@ -50,16 +51,8 @@ def recipe(cfg: DistillConfig, task: str) -> dict[str, Any]:
 
 
 def recipe_config(rec: dict[str, Any], seed: int) -> TrainConfig:
-    return TrainConfig(
-        lr=float(rec["lr"]),
-        weight_decay=float(rec.get("weight_decay", 0.0)),  # bundles written before it was recorded: none
-        batch_size=int(rec["batch_size"]),
-        max_steps=int(rec["max_steps"]),
-        eval_every=int(rec["eval_every"]),
-        patience=int(rec["patience"]),
-        metric=str(rec["metric"]),
-        seed=seed,
-    )
+    """The student config a recipe names (a field it lacks, e.g. weight decay in older bundles: the default)."""
+    return apply_recipe(TrainConfig(seed=seed), rec, RECIPE_FIELDS)[0]
 
 
 def as_bundle(summary: Summary, task: str, pad: int) -> FarziData:
