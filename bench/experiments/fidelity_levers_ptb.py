@@ -38,6 +38,20 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "inner lr 3e-3": ("inner Adam at 3e-3 (nearer the trajectories' and students' 2e-3)", {"inner_lr": 3e-3}, {}),
     "omega min step 120": ("start only from checkpoints trained >= 120 steps", {"omega_min_step": 120}, {}),
     "outer lr 0.03": ("outer Adam at 3x the learning rate", {"outer_lr": 0.03}, {}),
+    # the meta-objective's signal and the inner loop, not yet tried on PTB
+    "inner lr 0.03": ("inner Adam at 3x the learning rate (3e-3 was worse)", {"inner_lr": 0.03}, {}),
+    "learn inner lr": ("inner learning rate learned as an outer parameter", {"learn_inner_lr": True}, {}),
+    "real batch 512": ("512 real sequences in the meta-objective (4x: a less noisy signal)", {"real_batch": 512}, {}),
+    "T 5, 300 steps": (
+        "fewer inner steps, more outer steps, at the same wall time",
+        {"inner_steps": 5, "outer_steps": 300},
+        {},
+    ),
+    "meta-batch 2": (
+        "2 start points (checkpoint + real batch) averaged per outer step (2x the time)",
+        {"meta_batch": 2},
+        {},
+    ),
     # the ptb-cpu protocol's bundle (mix 0) and students (lr 1e-3), for the rows below
     "protocol": (
         "the ptb-cpu distillation: teacher init from the prediction alone; students at lr 1e-3",

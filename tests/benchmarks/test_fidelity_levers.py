@@ -7,7 +7,11 @@ import json
 
 from bench.__main__ import main
 from bench.experiments.fidelity_levers import ML, LeverSet, _row, _students, carried_rows, reproduced, shared_note
+from bench.experiments.fidelity_levers_ptb import PTB
 from bench.experiments.sample_efficiency import SETTINGS
+from farzi.distill.config import DistillConfig
+from farzi.models import make_config
+from farzi.train import TrainConfig
 
 
 def _lever(name: str, ranks: list[int]) -> dict:
@@ -114,3 +118,15 @@ def test_a_lever_sets_the_student_model_and_recipe_without_touching_the_settings
     assert saved["config"]["d_model"] == s["model_overrides"]["d_model"]  # the rest as the settings have it
     assert saved["train"]["weight_decay"] == 1e-3
     assert len(units) == 1 and s == before and change == {"model": {"dropout": 0.35}, "weight_decay": 1e-3}
+
+
+def test_every_lever_of_both_sets_is_a_valid_distillation_and_student_recipe() -> None:
+    """A typo in a lever's settings fails here, not after an hour of the levers before it."""
+    for ls in (ML, PTB):
+        s = ls.settings(False)
+        for _, distill, student in ls.levers.values():
+            cfg = DistillConfig(mu=40, xi=s["xi"], model=s["model"], seed=0, **{**s["distill"], **ls.base, **distill})
+            cfg.validate()
+            recipe = {k: v for k, v in student.items() if k != "model"}
+            TrainConfig(**{**s["student"], **recipe}).validate()
+            make_config(s["model"], 100, **{**s["model_overrides"], **student.get("model", {})})
