@@ -125,12 +125,23 @@ ML = LeverSet(
 )
 
 
+def student_setup(s: dict[str, Any], student: dict[str, Any], seed: int = 0) -> tuple[TrainConfig, dict[str, Any]]:
+    """A lever's students: the settings' recipe with the lever's changes, and the model settings (a lever
+    may change the student model too, under "model")."""
+    student = dict(student)
+    model = {**s["model_overrides"], **student.pop("model", {})}
+    return TrainConfig(seed=seed, **{**s["student"], **student}), model
+
+
+def distill_config(ls: LeverSet, s: dict[str, Any], mu: int, changes: dict[str, Any] | None = None) -> DistillConfig:
+    """The distillation of a lever's bundle (distillation seed 0): the settings', base's and its changes."""
+    return DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, **{**s["distill"], **ls.base, **(changes or {})})
+
+
 def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, Any], work: Path) -> list[dict]:
     units = []
-    student = dict(student)
-    model = {**s["model_overrides"], **student.pop("model", {})}  # a lever may change the student model too
     for seed in range(seeds):
-        cfg = TrainConfig(seed=seed, **{**s["student"], **student})
+        cfg, model = student_setup(s, student, seed)
         result, _ = train_student(ds, s["model"], spec, cfg, work / f"s{seed}", model)
         units.append(evaluate(result.model, ds, "valid", per_unit=True)["per_unit"])
     return units
@@ -172,7 +183,7 @@ def _row(ls: LeverSet, done: dict[str, dict], name: str, n_boot: int) -> dict[st
 
 def _kept_for(ls: LeverSet, s: dict[str, Any], mu: int) -> dict[str, Any]:
     """What the kept levers depend on, defaults included: base's distillation and the students' recipe."""
-    cfg = DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, **{**s["distill"], **ls.base})
+    cfg = distill_config(ls, s, mu)
     return {"settings": s, "base": dataclasses.asdict(cfg), "student": TrainConfig(**s["student"]).to_dict()}
 
 

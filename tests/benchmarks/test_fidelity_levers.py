@@ -6,12 +6,20 @@ import copy
 import json
 
 from bench.__main__ import main
-from bench.experiments.fidelity_levers import ML, LeverSet, _row, _students, carried_rows, reproduced, shared_note
+from bench.experiments.fidelity_levers import (
+    ML,
+    LeverSet,
+    _row,
+    _students,
+    carried_rows,
+    distill_config,
+    reproduced,
+    shared_note,
+    student_setup,
+)
 from bench.experiments.fidelity_levers_ptb import PTB
 from bench.experiments.sample_efficiency import SETTINGS
-from farzi.distill.config import DistillConfig
 from farzi.models import make_config
-from farzi.train import TrainConfig
 
 
 def _lever(name: str, ranks: list[int]) -> dict:
@@ -125,8 +133,7 @@ def test_every_lever_of_both_sets_is_a_valid_distillation_and_student_recipe() -
     for ls in (ML, PTB):
         s = ls.settings(False)
         for _, distill, student in ls.levers.values():
-            cfg = DistillConfig(mu=40, xi=s["xi"], model=s["model"], seed=0, **{**s["distill"], **ls.base, **distill})
-            cfg.validate()
-            recipe = {k: v for k, v in student.items() if k != "model"}
-            TrainConfig(**{**s["student"], **recipe}).validate()
-            make_config(s["model"], 100, **{**s["model_overrides"], **student.get("model", {})})
+            distill_config(ls, s, 40, distill).validate()
+            train, model = student_setup(s, student)
+            train.validate()
+            make_config(s["model"], 100, **model)
