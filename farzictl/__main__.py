@@ -1,3 +1,3 @@
-from farzictl.app import main
+from farzictl.app import entry
 
-main()
+entry()

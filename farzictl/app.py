@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,7 +37,8 @@ from farzi.distill.config import (
 from farzi.distill.engine import distill
 from farzi.distill.inspect import inspect_bundle
 from farzi.distributed import DEFAULT_TIMEOUT as DEFAULT_RANK_TIMEOUT
-from farzi.errors import DataError
+from farzi.distributed import launched
+from farzi.errors import DataError, FarziError
 from farzi.evaluate import evaluate
 from farzi.export import DECODINGS, FORMATS, ExportConfig, export_bundle
 from farzi.models import DEFAULT_MODEL
@@ -785,3 +787,28 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(threads)
         session.reset()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def entry() -> None:
+    """The ``farzictl`` script and ``python -m farzictl``: :func:`main`, and a rank of a job (``--nproc``,
+    torchrun) leaves without the interpreter's teardown. A process group's worker threads can abort
+    a process there (SIGABRT, "terminate called without an active exception") after the command has
+    ended and said what it had to, turning a clean exit or one error line into a rank that "died".
+    The command left its process group already (:func:`farzictl.launch.rank_scope`)."""
+    try:
+        rank = launched()
+    except FarziError:
+        rank = False  # a malformed WORLD_SIZE or RANK: the command reports it in one line
+    if not rank:
+        main()
+        return
+    code: Any = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)  # sys.exit("message"), as the interpreter prints it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)

@@ -11,6 +11,8 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -274,6 +276,21 @@ def test_nproc_reports_a_ranks_error_in_one_line(tiny_lm, tmp_path) -> None:
     res = farzictl("distill", tiny_lm.path, *CLI_RUN, "--outer-steps", "2", "--out", out, "--nproc", "2", "--resume")
     assert res.one_error_line().startswith("error: nothing to resume")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rank_leaves_without_the_interpreters_teardown(tmp_path) -> None:
+    # a process group's threads can abort a rank at interpreter teardown, after its one error line
+    # (seen in CI: SIGABRT, "terminate called without an active exception"); an atexit abort stands
+    # in for that: a rank's exit status is still the command's own
+    code = "import atexit, os; atexit.register(os.abort); from farzictl.app import entry; entry()"
+    argv = [sys.executable, "-c", code, "distill", "no-such-data", "--home", str(tmp_path)]
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0"}
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no-such-data" in lines[0]
+    alone = subprocess.run(argv, env={**os.environ, "WORLD_SIZE": "1"}, capture_output=True, timeout=120)
+    assert alone.returncode == -signal.SIGABRT  # one process keeps the interpreter's teardown (atexit)
 
 
 def test_nproc_must_be_positive(tiny_lm, tmp_path) -> None:
