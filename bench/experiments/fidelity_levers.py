@@ -105,7 +105,8 @@ class LeverSet:
     only" and "base" among them), the settings they change (``base``), the validation metrics (the
     first decides, lower is better), and the setting and budget for a run (toy ones when smoke).
     ``defaults`` names the lever that is today's defaults where that is not "base" (every row is
-    then compared with it too)."""
+    then compared with it too). ``omega``: levers whose bundle is distilled from other trajectories,
+    by name: the changes to the settings' trajectory training (TrainConfig fields)."""
 
     levers: dict[str, tuple[str, dict[str, Any], dict[str, Any]]]
     base: dict[str, Any]
@@ -114,6 +115,7 @@ class LeverSet:
     settings: Callable[[bool], dict[str, Any]]
     budget: Callable[[bool], int]
     defaults: str = "base"
+    omega: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def references(self) -> tuple[str, ...]:
         """The levers every row is paired against."""
@@ -138,6 +140,14 @@ def distill_config(ls: LeverSet, s: dict[str, Any], mu: int, changes: dict[str, 
     return DistillConfig(mu=mu, xi=s["xi"], model=s["model"], seed=0, **{**s["distill"], **ls.base, **(changes or {})})
 
 
+def omega_settings(ls: LeverSet, s: dict[str, Any], name: str) -> dict[str, Any]:
+    """The settings a lever's trajectories are trained with (the settings' own for most levers)."""
+    if name not in ls.omega:
+        return s
+    tr = s["trajectories"]
+    return {**s, "trajectories": {**tr, "train": {**tr["train"], **ls.omega[name]}}}
+
+
 def _students(ds, s: dict[str, Any], spec: str, seeds: int, student: dict[str, Any], work: Path) -> list[dict]:
     units = []
     for seed in range(seeds):
@@ -151,6 +161,9 @@ def _measure(
     ls: LeverSet, ds, s: dict[str, Any], work: Path, traj: Path, mu: int, name: str, seeds: int
 ) -> dict[str, Any]:
     what, distill_changes, student_changes = ls.levers[name]
+    if name in ls.omega:
+        with exclusive(work / ".setup.lock"):
+            traj = _ml.omega(ds, omega_settings(ls, s, name), work, s["model"], s["model_overrides"])
     with exclusive(work / "bundles" / f".{_ml._key(distill_changes)}.lock"):  # levers of one bundle wait
         t0 = time.perf_counter()
         path, _ = _ml.bundle(ds, s, work, traj, mu, "lever", **{**ls.base, **distill_changes})
@@ -161,6 +174,7 @@ def _measure(
         "what": what,
         "distill": distill_changes,
         "student": student_changes,
+        **({"omega": ls.omega[name], "trajectories": traj.name} if name in ls.omega else {}),
         "distill_seconds": round(distill_s, 1),
         "kept_step": (read_bundle_meta(path)[0].get("history", {}).get("selection") or {}).get("selected_step"),
         "units": units,

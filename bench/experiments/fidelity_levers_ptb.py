@@ -52,6 +52,16 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"meta_batch": 2},
         {},
     ),
+    # the inner loop as the students train: on the whole summary, and with their weight decay
+    "syn batch all": ("inner steps on all 40 sequences (students take all 40 per step)", {"syn_batch": 0}, {}),
+    "inner wd 1e-3 + students wd 1e-3": (
+        "inner Adam with the students' weight decay 1e-3; students at lr 1e-3, weight decay 1e-3",
+        {"inner_weight_decay": 1e-3},
+        {"lr": 1e-3, "weight_decay": 1e-3},
+    ),
+    # a better teacher: Omega trained 2.5x longer (at 1000 steps full-data students were still improving)
+    "omega 1200 steps": ("trajectories of 1200 steps (not 480): a better teacher and later checkpoints", {}, {}),
+    "select every 50": ("summary selection: best of the candidates at steps 0, 50, 100, 150", {"select_every": 50}, {}),
     # the ptb-cpu protocol's bundle (mix 0) and students (lr 1e-3), for the rows below
     "protocol": (
         "the ptb-cpu distillation: teacher init from the prediction alone; students at lr 1e-3",
@@ -98,11 +108,19 @@ def base_settings(smoke: bool) -> dict[str, Any]:
     s["distill"]["recipe_lr"] = 2e-3
     del s["distill"]["recipe_weight_decay"]  # likewise: the protocol's 1e-3 came from the 'lr 1e-3 + wd 1e-3' row
     del s["distill"]["init_mix"]  # likewise (DistillConfig's 0.2): the protocol's 0 came from the 'init mix 0' row
+    s["student"] = {**s["student"], "max_steps": 1000}  # likewise: the protocol's 3000 came later
     return s
 
 
 PTB = LeverSet(
-    LEVERS, {}, ("ppl_corpus",), SMOKE_LEVERS, base_settings, lambda smoke: 4 if smoke else 40, STUDENT_REFERENCE
+    LEVERS,
+    {},
+    ("ppl_corpus",),
+    SMOKE_LEVERS,
+    base_settings,
+    lambda smoke: 4 if smoke else 40,
+    STUDENT_REFERENCE,
+    omega={"omega 1200 steps": {"max_steps": 1200}},
 )
 
 

@@ -6,13 +6,16 @@ import copy
 import json
 
 from bench.__main__ import main
+from bench.experiments import _ml
 from bench.experiments.fidelity_levers import (
     ML,
     LeverSet,
+    _measure,
     _row,
     _students,
     carried_rows,
     distill_config,
+    omega_settings,
     reproduced,
     shared_note,
     student_setup,
@@ -20,6 +23,7 @@ from bench.experiments.fidelity_levers import (
 from bench.experiments.fidelity_levers_ptb import PTB
 from bench.experiments.sample_efficiency import SETTINGS
 from farzi.models import make_config
+from farzi.train import TrainConfig
 
 
 def _lever(name: str, ranks: list[int]) -> dict:
@@ -132,8 +136,29 @@ def test_every_lever_of_both_sets_is_a_valid_distillation_and_student_recipe() -
     """A typo in a lever's settings fails here, not after an hour of the levers before it."""
     for ls in (ML, PTB):
         s = ls.settings(False)
-        for _, distill, student in ls.levers.values():
+        assert set(ls.omega) <= set(ls.levers)
+        for name, (_, distill, student) in ls.levers.items():
             distill_config(ls, s, 40, distill).validate()
+            TrainConfig(**omega_settings(ls, s, name)["trajectories"]["train"]).validate()
             train, model = student_setup(s, student)
             train.validate()
             make_config(s["model"], 100, **model)
+
+
+def test_an_omega_lever_distills_from_trajectories_trained_with_its_changes(tiny_lm, tmp_path) -> None:
+    s = copy.deepcopy(SETTINGS["smoke-lm"])
+    s["distill"] = {**s["distill"], "outer_steps": 1}
+    s["student"] = {**s["student"], "max_steps": 2, "eval_every": 1, "patience": 0}
+    before = copy.deepcopy(s)
+    omega = {"omega 9": {"max_steps": 9}}
+    ls = LeverSet({"omega 9": ("", {}, {})}, {}, ("ppl_corpus",), (), lambda smoke: s, lambda smoke: 4, omega=omega)
+    assert omega_settings(ls, s, "base") is s
+    shared = _ml.omega(tiny_lm, s, tmp_path, s["model"], s["model_overrides"])
+    (tmp_path / "bundles").mkdir()
+    row = _measure(ls, tiny_lm, s, tmp_path, shared, 4, "omega 9", 1)
+    own = tmp_path / "trajectories" / row["trajectories"]
+    assert row["omega"] == {"max_steps": 9} and own != shared
+    steps = [c["step"] for c in json.loads((own / "manifest.json").read_text())["checkpoints"]]
+    assert max(steps) == 9  # the smoke settings' 6, changed by the lever
+    assert max(c["step"] for c in json.loads((shared / "manifest.json").read_text())["checkpoints"]) == 6
+    assert s == before and len(row["units"]) == 1
