@@ -52,16 +52,10 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"meta_batch": 2},
         {},
     ),
-    # the inner loop as the students train: on the whole summary, and with their weight decay
+    # the inner loop as the students train: on the whole summary
     "syn batch all": ("inner steps on all 40 sequences (students take all 40 per step)", {"syn_batch": 0}, {}),
-    "inner wd 1e-3 + students wd 1e-3": (
-        "inner Adam with the students' weight decay 1e-3; students at lr 1e-3, weight decay 1e-3",
-        {"inner_weight_decay": 1e-3},
-        {"lr": 1e-3, "weight_decay": 1e-3},
-    ),
     # a better teacher: Omega trained 2.5x longer (at 1000 steps full-data students were still improving)
     "omega 1200 steps": ("trajectories of 1200 steps (not 480): a better teacher and later checkpoints", {}, {}),
-    "select every 50": ("summary selection: best of the candidates at steps 0, 50, 100, 150", {"select_every": 50}, {}),
     # the ptb-cpu protocol's bundle (mix 0) and students (lr 1e-3), for the rows below
     "protocol": (
         "the ptb-cpu distillation: teacher init from the prediction alone; students at lr 1e-3",
