@@ -158,7 +158,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
         "",
         "The teacher init's mix: 0.5 is worse and 0 (the teacher's prediction alone) not resolved on validation, "
         "in the better direction. Tried on the test split, the one lever taken there this round, 0 lowered Farzi "
-        "Data's perplexity, resolved (`python -m bench pair bench/results/sample-efficiency-ptb.json "
+        "Data's perplexity, resolved (`python -m bench pair bench/results/variants/sample-efficiency-ptb-wd0.json "
         "bench/results/variants/sample-efficiency-ptb-init-mix0.2.json --data 'farzi 40x50'`; the full data, "
         "which the mix does not touch, moved by under 0.2 between those two runs on two machines), so the "
         "protocol's bundles start from mix 0 since; its initialization alone is worse at 0 (the outer loop "
@@ -177,7 +177,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
             + (f"Better on validation: {', '.join(wins)}." if wins else "None beats lr 1e-3 alone."),
             "",
             "Taken to the test split, the best alone, weight decay 1e-3, lowered Farzi Data's perplexity, "
-            "resolved (`python -m bench pair bench/results/sample-efficiency-ptb.json "
+            "resolved (`python -m bench pair bench/results/variants/sample-efficiency-ptb-students1000.json "
             "bench/results/variants/sample-efficiency-ptb-wd0.json --data 'farzi 40x50'`), so the protocol's "
             "bundles record it in their recipe since (`recipe_weight_decay`) and its students take it. The "
             "combined rows are paired with 'student lr 1e-3' only (the weight-decay row is carried over from an "
