@@ -164,7 +164,8 @@ def _measure(
     if name in ls.omega:
         with exclusive(work / ".setup.lock"):
             traj = _ml.omega(ds, omega_settings(ls, s, name), work, s["model"], s["model_overrides"])
-    with exclusive(work / "bundles" / f".{_ml._key(distill_changes)}.lock"):  # levers of one bundle wait
+    # levers of one bundle (the same changes, from the same trajectories) wait for each other
+    with exclusive(work / "bundles" / f".{_ml._key(distill_changes, traj.name)}.lock"):
         t0 = time.perf_counter()
         path, _ = _ml.bundle(ds, s, work, traj, mu, "lever", **{**ls.base, **distill_changes})
         distill_s = time.perf_counter() - t0
