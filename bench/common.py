@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -159,6 +160,18 @@ def as_json(x: Any) -> Any:
     """``x`` as it reads back from JSON (keys sorted, tuples as lists, other objects as strings): what
     two sets of settings are compared as."""
     return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+# DistillConfig fields added after work directories began to hold bundles and results: left out of what
+# those are keyed on while at these (their default) values, so that a work directory stays valid
+ADDED_LATER: dict[str, Any] = {"omega_max_step": 0}
+
+
+def keyed_config(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as work directories key on it: every field but those of ``ADDED_LATER`` at
+    their default."""
+    d = dataclasses.asdict(cfg)
+    return {k: v for k, v in d.items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def shared_jobs(

@@ -485,6 +485,7 @@ def distill_cmd(
     start_weighting: Annotated[StartWeighting, _d("start_weighting")] = _DISTILL.start_weighting,
     omega_runs: Annotated[int, _d("omega_runs")] = _DISTILL.omega_runs,
     omega_min_step: Annotated[int, _d("omega_min_step")] = _DISTILL.omega_min_step,
+    omega_max_step: Annotated[int, _d("omega_max_step")] = _DISTILL.omega_max_step,
     grad_clip: Annotated[float, _d("grad_clip")] = _DISTILL.grad_clip,
     init: Annotated[Init, _d("init")] = _DISTILL.init,
     init_mix: Annotated[float, _d("init_mix")] = _DISTILL.init_mix,

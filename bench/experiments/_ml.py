@@ -7,12 +7,12 @@ scratch on an empty one); every result records which artifacts it reused.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from bench.common import keyed_config
 from bench.experiments.sample_efficiency import SETTINGS, prepare_dataset
 from farzi.data.prepared import PreparedDataset
 from farzi.distill.engine import DistillConfig, distill
@@ -70,7 +70,7 @@ def bundle(
 ) -> tuple[Path, dict[str, Any]]:
     params = {**s["distill"], **changes}
     cfg = DistillConfig(mu=mu, xi=s["xi"], model=model or s["model"], seed=0, **params)
-    out = work / "bundles" / f"{tag}-{_key(dataclasses.asdict(cfg), str(traj))}.safetensors"
+    out = work / "bundles" / f"{tag}-{_key(keyed_config(cfg), str(traj))}.safetensors"
     summary_file = out.with_suffix(".summary.json")
     if out.is_file() and summary_file.is_file():
         REUSED.append(f"bundle {out.name}")

@@ -22,7 +22,7 @@ from functools import partial as partial_job
 from pathlib import Path
 from typing import Any
 
-from bench.common import as_json, exclusive, shared_jobs
+from bench.common import as_json, exclusive, keyed_config, shared_jobs
 from bench.experiments import _ml
 from bench.report import fmt, md_table
 from farzi.compare import metric_interval, paired_difference
@@ -199,7 +199,7 @@ def _row(ls: LeverSet, done: dict[str, dict], name: str, n_boot: int) -> dict[st
 def _kept_for(ls: LeverSet, s: dict[str, Any], mu: int) -> dict[str, Any]:
     """What the kept levers depend on, defaults included: base's distillation and the students' recipe."""
     cfg = distill_config(ls, s, mu)
-    return {"settings": s, "base": dataclasses.asdict(cfg), "student": TrainConfig(**s["student"]).to_dict()}
+    return {"settings": s, "base": keyed_config(cfg), "student": TrainConfig(**s["student"]).to_dict()}
 
 
 def carried_rows(ls: LeverSet, earlier: dict[str, Any] | None, s: dict[str, Any], seeds: int) -> dict[str, dict]:

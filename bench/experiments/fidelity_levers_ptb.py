@@ -37,6 +37,8 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "init mix 0.5": ("teacher init: real token and the teacher's prediction weighted equally", {"init_mix": 0.5}, {}),
     "inner lr 3e-3": ("inner Adam at 3e-3 (nearer the trajectories' and students' 2e-3)", {"inner_lr": 3e-3}, {}),
     "omega min step 120": ("start only from checkpoints trained >= 120 steps", {"omega_min_step": 120}, {}),
+    # the students train from scratch: start only from the early checkpoints (>= 120 was worse)
+    "omega max step 120": ("start only from checkpoints trained <= 120 steps", {"omega_max_step": 120}, {}),
     "outer lr 0.03": ("outer Adam at 3x the learning rate", {"outer_lr": 0.03}, {}),
     # the meta-objective's signal and the inner loop, not yet tried on PTB
     "inner lr 0.03": ("inner Adam at 3x the learning rate (3e-3 was worse)", {"inner_lr": 0.03}, {}),
@@ -56,6 +58,18 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "syn batch all": ("inner steps on all 40 sequences (students take all 40 per step)", {"syn_batch": 0}, {}),
     # a better teacher: Omega trained 2.5x longer (at 1000 steps full-data students were still improving)
     "omega 1200 steps": ("trajectories of 1200 steps (not 480): a better teacher and later checkpoints", {}, {}),
+    # is the 1200-step Omega's loss in its initialization (the teacher's predictions) or in the outer loop?
+    "omega 1200 steps, init only": (
+        "the 1200-step trajectories' initialization after 0 outer steps",
+        {"outer_steps": 0},
+        {},
+    ),
+    # the inner Adam decays as the protocol's students do (L2 1e-3), and the students take that recipe
+    "inner wd 1e-3": (
+        "inner Adam with L2 weight decay 1e-3; students at lr 1e-3, weight decay 1e-3 (the protocol's recipe)",
+        {"inner_weight_decay": 1e-3},
+        {"lr": 1e-3, "weight_decay": 1e-3},
+    ),
     # the ptb-cpu protocol's bundle (mix 0) and students (lr 1e-3), for the rows below
     "protocol": (
         "the ptb-cpu distillation: teacher init from the prediction alone; students at lr 1e-3",
@@ -114,11 +128,45 @@ PTB = LeverSet(
     base_settings,
     lambda smoke: 4 if smoke else 40,
     STUDENT_REFERENCE,
-    omega={"omega 1200 steps": {"max_steps": 1200}},
+    omega={"omega 1200 steps": {"max_steps": 1200}, "omega 1200 steps, init only": {"max_steps": 1200}},
 )
 
 
 run = runner(PTB)  # processes on one ``--work`` share the levers, and ``--carry`` takes over earlier rows
+
+
+def _teacher_and_inner_decay(by: dict[str, dict[str, Any]]) -> list[str]:
+    """What the longer teacher's initialization and the inner weight decay say, where they were measured."""
+    out: list[str] = []
+    init, omega, omega_init = (by.get(n) for n in ("init only", "omega 1200 steps", "omega 1200 steps, init only"))
+    if init and omega and omega_init:
+        gain = omega_init["ppl_corpus"]["mean"] - omega["ppl_corpus"]["mean"]
+        base_gain = init["ppl_corpus"]["mean"] - by["base"]["ppl_corpus"]["mean"]
+        out += [
+            "",
+            "The 1200-step teacher: its initialization alone against the 480-step one's, "
+            f"{_diff(omega_init.get('ppl_corpus - init only'))} "
+            f"({_verdict(omega_init.get('ppl_corpus - init only'), lower_better=True)}); its outer loop then "
+            f"lowers perplexity by {fmt(gain, 1)}, where base's lowers it by {fmt(base_gain, 1)} (differences of "
+            "the rows' means)."
+            + (
+                " The longer teacher loses in both its starting point and its outer loop."
+                if _verdict(omega_init.get("ppl_corpus - init only"), lower_better=True) == "worse" and gain < base_gain
+                else ""
+            ),
+        ]
+    decay, wd = by.get("inner wd 1e-3"), by.get("lr 1e-3 + wd 1e-3")
+    if decay and wd:
+        ref = f"ppl_corpus - {PTB.defaults}"
+        out += [
+            "",
+            "The inner Adam with the students' weight decay (students at lr 1e-3, weight decay 1e-3 on that "
+            f"bundle): against '{PTB.defaults}' {_diff(decay.get(ref))}, where the base bundle's students with "
+            f"the same recipe ('lr 1e-3 + wd 1e-3') gain {_diff(wd.get(ref))}; the two rows are not paired with "
+            "each other (the weight-decay row is carried over), so the decay in the inner loop is not shown to "
+            "add anything and the distillation keeps none.",
+        ]
+    return out
 
 
 def render(name: str, result: dict[str, Any], plots: Path) -> str:
@@ -184,6 +232,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
             "earlier run, without its per-sentence figures), so a combination replaces weight decay alone only "
             "after a paired run on the test split.",
         ]
+    summary += _teacher_and_inner_decay({r["lever"]: r for r in result["rows"]})
     done = {r["lever"] for r in result["rows"]}
     missing = [n for n in LEVERS if n not in done]
     cut = ["", f"**Cut short**: not measured: {', '.join(missing)}."] if missing and not result.get("smoke") else []

@@ -13,7 +13,6 @@ after a kill redoes only the jobs that had not finished.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.common import SHARED, exclusive, held_elsewhere, shared_jobs
+from bench.common import SHARED, exclusive, held_elsewhere, keyed_config, shared_jobs
 from bench.report import fmt, md_table, mean_std
 from farzi.compare import aggregate, metric_interval, paired_difference, student_run
 from farzi.data.prepare import PrepareOptions, prepare
@@ -156,7 +155,7 @@ def pipeline(s: dict[str, Any], work: Path, seeds: int, extra_specs: bool = True
                 bundle_jobs.append((out.stem, functools.partial(_bundle_job, ds, cfg, out, traj, meta)))
     kept_for = {  # what the jobs' results depend on, defaults included (a changed default is other settings)
         "settings": {k: s.get(k) for k in ("source", "model", "model_overrides", "trajectories", "xi")},
-        "distill": [dataclasses.asdict(cfg) for cfg in configs],
+        "distill": [keyed_config(cfg) for cfg in configs],
         "student": TrainConfig(**s["student"]).to_dict(),
         "bundle students take from the recipe": list(RECIPE_OVER_PRESET),
     }

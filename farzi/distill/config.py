@@ -143,6 +143,10 @@ class DistillConfig:
     omega_min_step: int = field(
         default=0, metadata=_help("Start inner loops only from checkpoints at or after this training step.")
     )
+    omega_max_step: int = field(
+        default=0,
+        metadata=_help("Start inner loops only from checkpoints at or before this training step (0 = no limit)."),
+    )
     grad_clip: float = field(default=1.0, metadata=_help("Clip the meta-gradient's norm (0 = off)."))
     init: Init = field(default=Init.teacher, metadata=_help("How the summary starts."))
     init_mix: float = field(
@@ -226,6 +230,12 @@ class DistillConfig:
         _at_least("--mtt-offset", self.mtt_offset, 1, "e.g. --mtt-offset 2")
         _at_least("--omega-runs", self.omega_runs, 0, "0 uses every run")
         _at_least("--omega-min-step", self.omega_min_step, 0, "0 uses every checkpoint")
+        _at_least("--omega-max-step", self.omega_max_step, 0, "0 uses every checkpoint")
+        if self.omega_max_step and self.omega_max_step < self.omega_min_step:
+            raise ConfigError(
+                f"--omega-max-step {self.omega_max_step} is below --omega-min-step {self.omega_min_step}",
+                "raise --omega-max-step or lower --omega-min-step",
+            )
         _at_least("--recipe-steps", self.recipe_steps, 1, "e.g. --recipe-steps 300")
         _at_least("--recipe-batch", self.recipe_batch, 0, "0 trains on every sequence each step")
         _at_least("--select-every", self.select_every, 0, "0 turns selection off")

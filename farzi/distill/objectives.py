@@ -92,13 +92,15 @@ class MetaObjective:
         self.names = teacher.names
         self.inner = inner_optimizer(cfg)
         self.eligible: list[int] | None = None  # the checkpoints starts are drawn from (None: all)
-        if cfg.omega_min_step and teacher.omega is not None:
-            omega = teacher.omega
-            self.eligible = [i for i in range(len(omega)) if int(omega.entry(i)["step"]) >= cfg.omega_min_step]
+        if (cfg.omega_min_step or cfg.omega_max_step) and teacher.omega is not None:
+            omega, low, high = teacher.omega, cfg.omega_min_step, cfg.omega_max_step or None
+            steps = [int(omega.entry(i)["step"]) for i in range(len(omega))]
+            self.eligible = [i for i, s in enumerate(steps) if s >= low and (high is None or s <= high)]
             if not self.eligible:
+                where = f"at or after training step {low}" if high is None else f"in training steps {low}-{high}"
                 raise ConfigError(
-                    f"no trajectory checkpoint is at or after training step {cfg.omega_min_step}",
-                    "lower --omega-min-step",
+                    f"no trajectory checkpoint is {where} (they are at steps {min(steps)}-{max(steps)})",
+                    "widen --omega-min-step / --omega-max-step",
                 )
 
     def __call__(self, summary: Summary, draws: Draws) -> Contribution:  # pragma: no cover - abstract

@@ -104,3 +104,12 @@ def test_while_another_process_trains_omega_the_students_that_need_none_run_firs
     assert not worker.is_alive()
     data = {r["data"] for r in out["runs"]}
     assert {"full", "random:4", "head:4"} <= data and any(d.startswith("farzi") for d in data)
+
+
+def test_a_field_added_later_keeps_older_keys_until_it_is_set() -> None:
+    from bench.common import keyed_config
+    from farzi.distill.config import DistillConfig
+
+    default = keyed_config(DistillConfig(mu=4, xi=8))
+    assert "omega_max_step" not in default and default["omega_min_step"] == 0  # as keys read before the field
+    assert keyed_config(DistillConfig(mu=4, xi=8, omega_max_step=120))["omega_max_step"] == 120

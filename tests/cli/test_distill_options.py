@@ -97,6 +97,7 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
         "mtt_offset": 3,
         "omega_runs": 0,
         "omega_min_step": 0,
+        "omega_max_step": 0,
         "start_weighting": "none",
         "recipe_lr": 0.003,
         "recipe_weight_decay": 0.002,

@@ -407,6 +407,24 @@ def test_omega_min_step_skips_untrained_checkpoints(tiny_lm, tiny_omega, tmp_pat
         distill(tiny_lm, _cfg(omega_min_step=7), tmp_path / "c.safetensors", trajectories=tiny_omega)
 
 
+def test_omega_max_step_keeps_to_early_checkpoints(tiny_lm, tiny_omega, tmp_path) -> None:
+    result = distill(
+        tiny_lm, _cfg(omega_max_step=2, outer_steps=6), tmp_path / "b.safetensors", trajectories=tiny_omega
+    )
+    steps = [json.loads(x)["checkpoint_step"] for x in result.log_path.read_text().splitlines()]
+    assert steps and all(s <= 2 for s in steps)
+    both = distill(
+        tiny_lm,
+        _cfg(omega_min_step=2, omega_max_step=4, outer_steps=6),
+        tmp_path / "c.safetensors",
+        trajectories=tiny_omega,
+    )
+    steps = [json.loads(x)["checkpoint_step"] for x in both.log_path.read_text().splitlines()]
+    assert steps and all(2 <= s <= 4 for s in steps)
+    with pytest.raises(ConfigError, match="--omega-max-step 1 is below --omega-min-step 2"):
+        _cfg(omega_min_step=2, omega_max_step=1).validate()
+
+
 def test_learned_tau_and_inner_lr_are_outer_parameters(tiny_lm, tiny_omega, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     cfg = _cfg(learn_tau=True, learn_inner_lr=True, outer_lr=0.05, outer_steps=4)
