@@ -128,7 +128,7 @@ PTB = LeverSet(
     base_settings,
     lambda smoke: 4 if smoke else 40,
     STUDENT_REFERENCE,
-    omega={"omega 1200 steps": {"max_steps": 1200}, "omega 1200 steps, init only": {"max_steps": 1200}},
+    omega={n: {"max_steps": 1200} for n in ("omega 1200 steps", "omega 1200 steps, init only")},
 )
 
 
@@ -142,16 +142,17 @@ def _teacher_and_inner_decay(by: dict[str, dict[str, Any]]) -> list[str]:
     if init and omega and omega_init:
         gain = omega_init["ppl_corpus"]["mean"] - omega["ppl_corpus"]["mean"]
         base_gain = init["ppl_corpus"]["mean"] - by["base"]["ppl_corpus"]["mean"]
+        vs_init = omega_init.get("ppl_corpus - init only")
+        verdict = _verdict(vs_init, lower_better=True)
         out += [
             "",
             "The 1200-step teacher: its initialization alone against the 480-step one's, "
-            f"{_diff(omega_init.get('ppl_corpus - init only'))} "
-            f"({_verdict(omega_init.get('ppl_corpus - init only'), lower_better=True)}); its outer loop then "
+            f"{_diff(vs_init)} ({verdict}); its outer loop then "
             f"lowers perplexity by {fmt(gain, 1)}, where base's lowers it by {fmt(base_gain, 1)} (differences of "
             "the rows' means)."
             + (
                 " The longer teacher loses in both its starting point and its outer loop."
-                if _verdict(omega_init.get("ppl_corpus - init only"), lower_better=True) == "worse" and gain < base_gain
+                if verdict == "worse" and gain < base_gain
                 else ""
             ),
         ]

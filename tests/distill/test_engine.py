@@ -397,11 +397,16 @@ def test_normalized_start_weighting_counts_every_start_alike() -> None:
     torch.testing.assert_close(grads[0], torch.tensor([1.5, 2.05]))
 
 
+def _start_steps(result) -> list[int]:
+    """The training step of each outer step's start checkpoint, from the distillation log."""
+    return [json.loads(x)["checkpoint_step"] for x in result.log_path.read_text().splitlines()]
+
+
 def test_omega_min_step_skips_untrained_checkpoints(tiny_lm, tiny_omega, tmp_path) -> None:
     result = distill(
         tiny_lm, _cfg(omega_min_step=4, outer_steps=6), tmp_path / "b.safetensors", trajectories=tiny_omega
     )
-    steps = [json.loads(x)["checkpoint_step"] for x in result.log_path.read_text().splitlines()]
+    steps = _start_steps(result)
     assert steps and all(s >= 4 for s in steps)
     with pytest.raises(ConfigError, match="--omega-min-step"):
         distill(tiny_lm, _cfg(omega_min_step=7), tmp_path / "c.safetensors", trajectories=tiny_omega)
@@ -411,7 +416,7 @@ def test_omega_max_step_keeps_to_early_checkpoints(tiny_lm, tiny_omega, tmp_path
     result = distill(
         tiny_lm, _cfg(omega_max_step=2, outer_steps=6), tmp_path / "b.safetensors", trajectories=tiny_omega
     )
-    steps = [json.loads(x)["checkpoint_step"] for x in result.log_path.read_text().splitlines()]
+    steps = _start_steps(result)
     assert steps and all(s <= 2 for s in steps)
     both = distill(
         tiny_lm,
@@ -419,7 +424,7 @@ def test_omega_max_step_keeps_to_early_checkpoints(tiny_lm, tiny_omega, tmp_path
         tmp_path / "c.safetensors",
         trajectories=tiny_omega,
     )
-    steps = [json.loads(x)["checkpoint_step"] for x in both.log_path.read_text().splitlines()]
+    steps = _start_steps(both)
     assert steps and all(2 <= s <= 4 for s in steps)
     with pytest.raises(ConfigError, match="--omega-max-step 1 is below --omega-min-step 2"):
         _cfg(omega_min_step=2, omega_max_step=1).validate()
