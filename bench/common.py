@@ -163,13 +163,14 @@ def as_json(x: Any) -> Any:
 
 
 # DistillConfig fields added after work directories began to hold bundles and results: left out of what
-# those are keyed on while at these (their default) values, so that a work directory stays valid
-ADDED_LATER: dict[str, Any] = {"omega_max_step": 0}
+# those are keyed on while at these values (what ran before the field existed), so that a work directory
+# stays valid; a new default that runs something else (init_windows' auto) is keyed, as it should be
+ADDED_LATER: dict[str, Any] = {"omega_max_step": 0, "init_windows": "within"}
 
 
 def keyed_config(cfg: Any) -> dict[str, Any]:
     """A config dataclass as work directories key on it: every field but those of ``ADDED_LATER`` at
-    their default."""
+    their earlier behaviour."""
     d = dataclasses.asdict(cfg)
     return {k: v for k, v in d.items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
 

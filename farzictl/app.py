@@ -27,6 +27,7 @@ from farzi.device import resolve_device
 from farzi.distill.config import (
     DistillConfig,
     Init,
+    InitWindows,
     InnerOptimizerName,
     InnerState,
     MetaGrad,
@@ -488,6 +489,7 @@ def distill_cmd(
     omega_max_step: Annotated[int, _d("omega_max_step")] = _DISTILL.omega_max_step,
     grad_clip: Annotated[float, _d("grad_clip")] = _DISTILL.grad_clip,
     init: Annotated[Init, _d("init")] = _DISTILL.init,
+    init_windows: Annotated[InitWindows, _d("init_windows")] = _DISTILL.init_windows,
     init_mix: Annotated[float, _d("init_mix")] = _DISTILL.init_mix,
     init_scale: Annotated[float, _d("init_scale")] = _DISTILL.init_scale,
     init_sharpness: Annotated[float, _d("init_sharpness")] = _DISTILL.init_sharpness,
@@ -631,6 +633,9 @@ def render_inspect(report: dict) -> None:
     recipe = report.get("recipe")
     if recipe:
         rows["recipe"] = ", ".join(f"{k} {v}" for k, v in sorted(recipe.items()))
+    start = (report.get("history") or {}).get("init")
+    if start:
+        rows["initialization"] = start["init"] + (f", {start['windows']} windows" if "windows" in start else "")
     selection = (report.get("history") or {}).get("selection")
     if selection:
         rows["selected outer step"] = f"{selection['selected_step']} (by validation {selection['metric']})"

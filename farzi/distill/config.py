@@ -42,6 +42,14 @@ class Init(str, Enum):
     random = "random"  # random latent and decoder
 
 
+class InitWindows(str, Enum):
+    """Which real windows the ``teacher`` and ``real`` inits start from."""
+
+    auto = "auto"  # within where sequences of at least xi tokens hold half the training tokens, else joined
+    within = "within"  # a random window inside one sequence at least xi long (users' histories)
+    joined = "joined"  # consecutive random sequences end to end, from a sequence's start (sentences)
+
+
 class InnerOptimizerName(str, Enum):
     adam = "adam"
     sgd = "sgd"
@@ -73,6 +81,7 @@ class MetaGrad(str, Enum):
 _ENUMS: dict[str, type[Enum]] = {
     "objective": Objective,
     "init": Init,
+    "init_windows": InitWindows,
     "inner_optimizer": InnerOptimizerName,
     "meta_grad": MetaGrad,
     "inner_state": InnerState,
@@ -81,6 +90,7 @@ _ENUMS: dict[str, type[Enum]] = {
 _ENUM_WORDS = {
     "objective": "objective",
     "init": "init",
+    "init_windows": "init windows",
     "inner_optimizer": "inner optimizer",
     "meta_grad": "meta-gradient strategy",
     "inner_state": "inner optimizer start",
@@ -149,6 +159,10 @@ class DistillConfig:
     )
     grad_clip: float = field(default=1.0, metadata=_help("Clip the meta-gradient's norm (0 = off)."))
     init: Init = field(default=Init.teacher, metadata=_help("How the summary starts."))
+    init_windows: InitWindows = field(
+        default=InitWindows.auto,
+        metadata=_help("teacher / real init: windows within long sequences, joined sequences, or auto."),
+    )
     init_mix: float = field(
         default=0.2, metadata=_help("teacher init: weight of the real token against the teacher's prediction.")
     )

@@ -46,7 +46,7 @@ from farzi.distill.config import (
     StartWeighting,
     parse_budget,
 )
-from farzi.distill.init import initial_summary
+from farzi.distill.init import init_record, initial_summary
 from farzi.distill.objectives import Contribution, MetaObjective, grad_norm, make_objective, step_draws
 from farzi.distill.outer import OuterOptimizer, RunState, load_run_state, save_run_state
 from farzi.distill.parallel import LOCAL, Collective, start_indices
@@ -419,7 +419,7 @@ def _distill(
     latent, decoder = summary.latent.detach().cpu(), summary.decoder.detach().cpu()
     if selection is not None and selection.best is not None:
         latent, decoder = selection.best
-    history: dict[str, Any] = {"log": summarize_log(log.records)}
+    history: dict[str, Any] = {"log": summarize_log(log.records), "init": init_record(cfg, ds, teacher)}
     learned = {"tau": summary.current_tau(), "inner_lr": summary.current_inner_lr()}
     if cfg.learn_tau or cfg.learn_inner_lr:
         history["learned"] = {k: v for k, v in learned.items() if v is not None}

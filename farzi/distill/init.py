@@ -1,6 +1,7 @@
 """The initial summary: where the outer loop starts (``--init``).
 
-* ``teacher``: ``mu`` real windows of ``xi`` tokens; at each position the target
+* ``teacher``: ``mu`` real windows of ``xi`` tokens (``--init-windows``: inside long sequences, or
+  sequences joined end to end); at each position the target
   mixes the real token (weight ``init_mix``) with the trained teacher's prediction
   for it, and (latent, decoder) are fitted to those targets, the decoder starting
   from the teacher's embeddings on their top-``d`` principal directions;
@@ -27,6 +28,7 @@ from farzi.distill.summary import (
     principal_decoder,
     real_windows,
     teacher_targets,
+    windows_kind,
 )
 from farzi.distill.teacher import Teacher
 from farzi.errors import ConfigError
@@ -41,6 +43,16 @@ def effective_init(cfg: DistillConfig, teacher: Teacher) -> Init:
     return cfg.init
 
 
+def init_record(cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> dict[str, str]:
+    """What the bundle's history says of its start: the init that ran and, for the inits that start
+    from real windows, which windows ``--init-windows`` (``auto`` included) took."""
+    init = effective_init(cfg, teacher)
+    out = {"init": init.value}
+    if init in (Init.teacher, Init.real):
+        out["windows"] = windows_kind(ds.train, cfg.xi, cfg.init_windows.value)
+    return out
+
+
 def initial_summary(
     cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher, fit_steps: int | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -52,7 +64,7 @@ def initial_summary(
     pad = [ds.vocab.pad_id]
     init = effective_init(cfg, teacher)
     if init is Init.teacher:
-        tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)  # [mu, xi]
+        tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen, cfg.init_windows.value)  # [mu, xi]
         model = teacher.trained_model()
         with torch.no_grad():
             logits = model(tokens)  # [mu, xi, V]
@@ -62,7 +74,7 @@ def initial_summary(
         steps = FIT_STEPS if fit_steps is None else fit_steps
         latent, decoder = fit_summary(targets, decoder0, cfg.tau, banned, steps=steps, gen=gen)
     elif init is Init.real:
-        tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen)
+        tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen, cfg.init_windows.value)
         emb = teacher.trained_model().token_embeddings()
         latent, decoder = init_from_real(tokens, emb, cfg.latent_dim, cfg.init_sharpness, cfg.tau, pad)
     else:

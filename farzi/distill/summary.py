@@ -41,14 +41,31 @@ def init_summary(
     return latent, decoder
 
 
-def real_windows(train: object, mu: int, xi: int, gen: torch.Generator) -> Tensor:
-    """``mu`` windows of ``xi`` real tokens [mu, xi]: from sequences at least ``xi`` long where there
-    are any (random start), else consecutive random sequences joined end to end."""
+def windows_kind(train: object, xi: int, kind: str = "auto") -> str:
+    """``within`` or ``joined``: what ``kind`` (``auto`` / ``within`` / ``joined``) means for ``train``.
+
+    ``auto`` takes windows within sequences when those at least ``xi`` long hold at least half of the
+    training tokens (users' histories), else joins sequences (sentences: windows inside the few long
+    ones would all come from them, mid-sentence). ``within`` without any long-enough sequence joins.
+    """
+    lengths = np.asarray(train.lengths, dtype=np.int64)  # type: ignore[attr-defined]
+    long_tokens = int(lengths[lengths >= xi].sum())
+    if kind == "joined" or long_tokens == 0:
+        return "joined"
+    if kind == "within":
+        return "within"
+    return "within" if 2 * long_tokens >= int(lengths.sum()) else "joined"
+
+
+def real_windows(train: object, mu: int, xi: int, gen: torch.Generator, kind: str = "auto") -> Tensor:
+    """``mu`` windows of ``xi`` real tokens [mu, xi], as :func:`windows_kind` says: a random window of
+    a random sequence at least ``xi`` long, or consecutive random sequences joined end to end."""
     lengths = torch.as_tensor(train.lengths)  # type: ignore[attr-defined]
     long_enough = torch.nonzero(lengths >= xi).flatten()
+    within = windows_kind(train, xi, kind) == "within"
     out = torch.zeros(mu, xi, dtype=torch.long)
     for i in range(mu):
-        if len(long_enough):
+        if within:
             j = int(long_enough[torch.randint(len(long_enough), (1,), generator=gen)])
             seq = torch.from_numpy(np.array(train[j], dtype=np.int64))  # a copy: splits may be read-only maps
             start = int(torch.randint(len(seq) - xi + 1, (1,), generator=gen))

@@ -61,7 +61,7 @@ def test_a_peer_that_is_not_installed_gives_a_row_that_says_so(tmp_path: Path) -
     (tmp_path / "torchopt" / "__init__.py").write_text("raise ModuleNotFoundError('absent', name='torchopt')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "bench.metagrad_worker", "--strategy", "torchopt", "--steps", "2", *TINY_ARGS]
-    proc = subprocess.run([*cmd, "--threads", "1"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    proc = subprocess.run([*cmd, "--threads", "1"], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)
     assert row == {"strategy": "torchopt", "steps": 2, "not_installed": "torchopt"}

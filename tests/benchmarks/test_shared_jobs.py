@@ -113,3 +113,12 @@ def test_a_field_added_later_keeps_older_keys_until_it_is_set() -> None:
     default = keyed_config(DistillConfig(mu=4, xi=8))
     assert "omega_max_step" not in default and default["omega_min_step"] == 0  # as keys read before the field
     assert keyed_config(DistillConfig(mu=4, xi=8, omega_max_step=120))["omega_max_step"] == 120
+
+
+def test_a_new_default_that_runs_something_else_is_keyed() -> None:
+    """init_windows' auto joins PTB's sentences where every earlier bundle took windows within them."""
+    from bench.common import keyed_config
+    from farzi.distill.config import DistillConfig
+
+    assert keyed_config(DistillConfig(mu=4, xi=8))["init_windows"] == "auto"
+    assert "init_windows" not in keyed_config(DistillConfig(mu=4, xi=8, init_windows="within"))

@@ -108,6 +108,7 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
         "select_every": 1,
         "grad_clip": 2.0,
         "init": "random",
+        "init_windows": "joined",
         "init_mix": 0.3,
         "init_scale": 0.5,
         "init_sharpness": 5.0,

@@ -66,8 +66,11 @@ def test_inspect_shows_the_recipe_and_the_log_by_stage(tmp_path: Path) -> None:
     assert report["recipe"]["max_steps"] == 2
     assert report["history"]["selection"]["selected_step"] in (0, 2, 3)
     assert report["history"]["log"]["outer_steps"] == 3
+    # 30 users of at least 10 items each, longer than xi 8: windows inside them
+    assert report["history"]["init"] == {"init": "teacher", "windows": "within"}
     text = farzictl("inspect", out, home=home, env={"COLUMNS": "200"}).ok().stdout
     assert "selected outer step" in text and "distillation log by checkpoint stage" in text
+    assert "teacher, within windows" in text
 
 
 def test_student_run_takes_only_the_named_recipe_fields(bundle: tuple[Path, Path], tmp_path: Path) -> None:

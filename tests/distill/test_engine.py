@@ -60,6 +60,9 @@ def test_distill_writes_a_bundle_and_a_log(tiny_lm, tmp_path) -> None:
     lines = [json.loads(x) for x in result.log_path.read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
     assert all(math.isfinite(x["meta_loss"]) and not x["skipped"] for x in lines)
+    # no trajectories: the teacher init falls back to real windows, inside sentences >= 8 tokens long
+    # (they hold 88 % of tiny_lm's training tokens)
+    assert result.bundle.meta["history"]["init"] == {"init": "real", "windows": "within"}
 
 
 def test_resume_after_a_kill_ends_bitwise_identical(tiny_lm, tmp_path, monkeypatch) -> None:
@@ -226,6 +229,7 @@ def test_mtt_offset_longer_than_every_run_is_refused_up_front(tiny_lm, tiny_omeg
         ("tau", 1e300, "--tau"),
         ("inner_momentum", 1.0, "--inner-momentum"),
         ("init_mix", 1.5, "--init-mix"),
+        ("init_windows", "sentences", "--init-windows"),
         ("grad_clip", float("nan"), "--grad-clip"),
         ("outer_steps", -1, "--outer-steps"),
         ("model", "bogus", "--model"),
@@ -349,6 +353,13 @@ def test_the_bundle_records_its_recipe_and_log_summary(tiny_lm, tiny_omega, tmp_
     }
     log = result.bundle.meta["history"]["log"]
     assert log["outer_steps"] == 4 and sum(s["starts"] for s in log["stages"]) == 4
+    assert result.bundle.meta["history"]["init"] == {"init": "teacher", "windows": "within"}
+
+
+def test_auto_init_windows_join_sentences_where_long_ones_hold_under_half(tiny_lm, tiny_omega, tmp_path) -> None:
+    """tiny_lm's sentences >= 16 tokens hold 44 % of its training tokens: auto joins sentences."""
+    result = distill(tiny_lm, _cfg(xi=16, outer_steps=1), tmp_path / "b.safetensors", trajectories=tiny_omega)
+    assert result.bundle.meta["history"]["init"] == {"init": "teacher", "windows": "joined"}
 
 
 def test_summarize_log_groups_starts_by_stage() -> None:
