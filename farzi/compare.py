@@ -139,6 +139,7 @@ def paired_difference(
     metric: str,
     n_boot: int = 2000,
     seed: int = 0,
+    resample_runs: bool = True,
 ) -> dict[str, float]:
     """Paired comparison of two kinds of training data on one test split.
 
@@ -146,7 +147,9 @@ def paired_difference(
     of two students that share everything but their data (the same student seed). The estimate is
     mean over pairs of metric(a) - metric(b) (and the ratio of the means); the 95 % interval is a
     percentile bootstrap that resamples the pairs and the test units (users or sentences) together,
-    so both the seed-to-seed and the user-to-user spread enter it.
+    so both the seed-to-seed and the user-to-user spread enter it. With ``resample_runs=False`` the
+    pairs stay as they are and only the units are resampled: the spread that the test split alone
+    puts on the comparison, which no number of seeds takes away (:func:`units_to_resolve`).
     """
     if len(a) != len(b) or not a:
         raise ValueError("paired comparison needs the same number (>= 1) of runs on both sides")
@@ -162,7 +165,7 @@ def paired_difference(
     P, U = num_a.shape
     diffs, ratios = np.empty(n_boot), np.empty(n_boot)
     for i in range(n_boot):
-        r = rng.integers(P, size=P)
+        r = rng.integers(P, size=P) if resample_runs else np.arange(P)
         u = rng.integers(U, size=U)
         d = None if den is None else den[u]
         sa = _statistic(num_a[np.ix_(r, u)], d, metric).mean()
@@ -184,6 +187,22 @@ def paired_difference(
         "units": U,
         "n_boot": n_boot,
     }
+
+
+def units_to_resolve(value: float, near: float, bar: float, units: int, above: bool = True) -> float | None:
+    """How many test units a claim "``value`` lies above ``bar``" (below it when not ``above``) needs
+    before its 95 % interval clears the bar, from an interval measured on ``units`` units whose end
+    facing the bar is ``near``.
+
+    That half-width, ``|value - near|``, shrinks about as 1 / sqrt(units) when the units are what
+    limit it (the units-only interval of :func:`paired_difference`), so the bar is cleared from
+    ``units * (half-width / margin) ** 2`` units on, margin = ``|value - bar|``, if the measured value
+    held. ``None`` when the value is not beyond the bar: no number of units makes the claim hold.
+    """
+    margin = value - bar if above else bar - value
+    if margin <= 0:
+        return None
+    return units * (abs(value - near) / margin) ** 2
 
 
 def metric_interval(

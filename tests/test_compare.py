@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from farzi.compare import paired_difference, unit_values
+from farzi.compare import paired_difference, unit_values, units_to_resolve
 
 
 def _users(ranks: list[int]) -> dict:
@@ -71,3 +71,27 @@ def test_sides_must_pair_up() -> None:
         paired_difference([_users([1])], [], "hr@10")
     with pytest.raises(ValueError):
         paired_difference([_users([1])], [_users([1, 2])], "hr@10")
+
+
+def test_units_only_interval_holds_the_runs_fixed() -> None:
+    """Two seeds, each hitting every user or none: the spread is all between runs, none between users."""
+    a = [_users([0, 0, 0, 0]), _users([50, 50, 50, 50])]  # hr@10 100 %, 0 %
+    b = [_users([0, 0, 0, 0]), _users([0, 0, 0, 0])]  # 100 %, 100 %
+    both = paired_difference(a, b, "hr@10", n_boot=400)
+    alone = paired_difference(a, b, "hr@10", n_boot=400, resample_runs=False)
+    assert both["diff"] == alone["diff"] == -50.0
+    assert alone["lo"] == alone["hi"] == -50.0  # resampling users alone cannot move it
+    assert both["lo"] == -100.0 and both["hi"] == 0.0  # resampling the seeds does
+
+
+def test_units_to_resolve_by_hand() -> None:
+    # a difference of 3 whose interval reaches down to 1 on 100 users: half-width 2, margin 3
+    assert units_to_resolve(3.0, 1.0, 0.0, 100) == pytest.approx(100 * (2 / 3) ** 2)
+    # a ratio of 1.3 that must lie below 1.4, its interval reaching up to 1.35 on 50 sentences
+    assert units_to_resolve(1.3, 1.35, 1.4, 50, above=False) == pytest.approx(50 * 0.25)
+    # already resolved: fewer units than measured would do
+    assert units_to_resolve(5.0, 4.0, 0.0, 100) == pytest.approx(4.0)
+    # on the wrong side of the bar (or on it): no number of units makes it hold
+    assert units_to_resolve(-1.0, -3.0, 0.0, 100) is None
+    assert units_to_resolve(1.5, 1.6, 1.4, 100, above=False) is None
+    assert units_to_resolve(0.0, -1.0, 0.0, 100) is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 
 from bench.common import SHARED, exclusive, held_elsewhere, keyed_config, shared_jobs
 from bench.report import fmt, md_table, mean_std
-from farzi.compare import aggregate, metric_interval, paired_difference, student_run
+from farzi.compare import aggregate, metric_interval, paired_difference, student_run, units_to_resolve
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.distill.engine import DistillConfig, distill
 from farzi.plots import line_panels
@@ -257,53 +258,75 @@ def comparisons(s: dict[str, Any], runs: list[dict[str, Any]], metric: str | Non
     return out
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One of the issue's claims: a comparison of ``a`` with ``b`` on the protocol's first metric, read
+    as their ratio or difference (``flip``: printed as b - a, where lower is better), that holds when
+    its 95 % interval lies above ``bar`` (below it when not ``above``); a ratio may touch its bar."""
+
+    text: str
+    a: str
+    b: str
+    statistic: str  # "ratio" or "diff"
+    bar: float
+    above: bool = True
+    flip: bool = False
+
+    def read(self, c: dict[str, Any]) -> tuple[float, float, float]:
+        """(value, low, high) of this claim in a paired comparison (:func:`paired_difference`)."""
+        if self.statistic == "ratio":
+            return c["ratio"], c["ratio_lo"], c["ratio_hi"]
+        return (-c["diff"], -c["hi"], -c["lo"]) if self.flip else (c["diff"], c["lo"], c["hi"])
+
+    def holds(self, lo: float, hi: float) -> bool:
+        near = lo if self.above else hi
+        beyond = near > self.bar if self.above else near < self.bar
+        return beyond or (self.statistic == "ratio" and near == self.bar)
+
+
+def claim_specs(s: dict[str, Any]) -> list[Claim]:
+    """The issue's claims for a protocol: Farzi Data against the full data, head:N and its own init."""
+    mu, xi = s["claim_budget"], s["xi"]
+    farzi, init, head = f"farzi {mu}x{xi}", f"init only {mu}x{xi}", f"head:{mu}"
+    if s["metrics"][0] == "hr@10":
+        return [
+            Claim(f"Farzi {mu}x{xi} HR@10 >= 95 % of full data (ratio)", farzi, "full", "ratio", 0.95),
+            *(Claim(f"HR@10: Farzi {mu}x{xi} - {other} > 0", farzi, other, "diff", 0.0) for other in (head, init)),
+        ]
+    return [
+        Claim(f"Farzi {mu}x{xi} corpus perplexity <= 1.4x full data (ratio)", farzi, "full", "ratio", 1.4, False),
+        *(
+            Claim(f"corpus perplexity: {other} - Farzi {mu}x{xi} > 0", farzi, other, "diff", 0.0, flip=True)
+            for other in (head, init)
+        ),
+    ]
+
+
 def claims(experiment: str, s: dict[str, Any], comps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's claims, each decided by its paired 95 % interval (a claim holds only when it says so)."""
     by = {(c["a"], c["b"]): c for c in comps}
-    mu, xi = s["claim_budget"], s["xi"]
-    farzi, init = f"farzi {mu}x{xi}", f"init only {mu}x{xi}"
     out = []
-
-    def add(text: str, c: dict[str, Any] | None, value: str, ci: tuple[float, float], holds: bool) -> None:
+    for claim in claim_specs(s):
+        c = by.get((claim.a, claim.b))
         if c is not None:
-            out.append({"claim": text, "value": c[value], "lo": ci[0], "hi": ci[1], "holds": holds})
+            value, lo, hi = claim.read(c)
+            out.append({"claim": claim.text, "value": value, "lo": lo, "hi": hi, "holds": claim.holds(lo, hi)})
+    return out
 
-    if s["metrics"][0] == "hr@10":
-        c = by.get((farzi, "full"))
-        if c:
-            add(
-                f"Farzi {mu}x{xi} HR@10 >= 95 % of full data (ratio)",
-                c,
-                "ratio",
-                (c["ratio_lo"], c["ratio_hi"]),
-                c["ratio_lo"] >= 0.95,
-            )
-        for other in (f"head:{mu}", init):
-            c = by.get((farzi, other))
-            if c:
-                add(f"HR@10: Farzi {mu}x{xi} - {other} > 0", c, "diff", (c["lo"], c["hi"]), c["lo"] > 0)
-    else:
-        c = by.get((farzi, "full"))
-        if c:
-            add(
-                f"Farzi {mu}x{xi} corpus perplexity <= 1.4x full data (ratio)",
-                c,
-                "ratio",
-                (c["ratio_lo"], c["ratio_hi"]),
-                c["ratio_hi"] <= 1.4,
-            )
-        for other in (f"head:{mu}", init):
-            c = by.get((farzi, other))
-            if c:  # perplexity: lower is better, so the claim is other - Farzi > 0
-                out.append(
-                    {
-                        "claim": f"corpus perplexity: {other} - Farzi {mu}x{xi} > 0",
-                        "value": -c["diff"],
-                        "lo": -c["hi"],
-                        "hi": -c["lo"],
-                        "holds": -c["hi"] > 0,
-                    }
-                )
+
+def resolution(s: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the test split itself can resolve of each claim: its interval with the student runs held
+    as they are and only the test units resampled (the part of the spread no number of seeds takes
+    away), and how many test units the claim would need at its measured value (None: none would do)."""
+    out = []
+    for claim in claim_specs(s):
+        ua, ub = pairs(runs, claim.a, claim.b)
+        if not ua:
+            continue
+        c = paired_difference(ua, ub, s["metrics"][0], n_boot=s.get("n_boot", 2000), resample_runs=False)
+        value, lo, hi = claim.read(c)
+        needed = units_to_resolve(value, lo if claim.above else hi, claim.bar, c["units"], claim.above)
+        out.append({"claim": claim.text, "value": value, "lo": lo, "hi": hi, "units": c["units"], "needed": needed})
     return out
 
 
@@ -319,6 +342,32 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
         out["intervals"] = intervals(s, out["runs"])
         out["claims"] = claims(name, s, out["comparisons"])
     return out
+
+
+def render_resolution(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """The lines saying what the test split alone can resolve of each claim (:func:`resolution`)."""
+    if not rows:
+        return []
+    unit = "users" if metric.startswith("hr") else "sentences"
+    n = rows[0]["units"]
+
+    def needed(r: dict[str, Any]) -> str:
+        if r["needed"] is None:
+            return "none: the measured value is not past the bar"
+        return f"about {r['needed']:,.0f}" + (" (fewer than this split's: resolved)" if r["needed"] <= n else "")
+
+    return [
+        "",
+        f"What the test split alone resolves: each claim's interval with the student runs held as they are "
+        f"and only the {n} test {unit} resampled. No number of student or distillation seeds narrows an interval "
+        f"below this one, only more test {unit} do (its width shrinks about as one over their square root); the "
+        f"last column is how many test {unit} the claim would need to hold if its measured value stayed as it is.",
+        "",
+        md_table(
+            ["claim", "measured", f"interval, test {unit} alone", f"test {unit} needed"],
+            [[r["claim"], fmt(r["value"], 3), f"[{r['lo']:.3f}, {r['hi']:.3f}]", needed(r)] for r in rows],
+        ),
+    ]
 
 
 def render_paper(name: str, result: dict[str, Any] | None) -> str:
@@ -495,6 +544,7 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
                 ],
             )
         )
+        lines += render_resolution(resolution(s, result.get("runs", [])), metrics[0])
     # plot: metric vs budget for farzi / random / head, full as a line
     key = metrics[0]
     series: dict[str, tuple[list[float], list[float]]] = {}
