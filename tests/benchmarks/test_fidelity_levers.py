@@ -8,9 +8,11 @@ import json
 from bench.__main__ import main
 from bench.experiments import _ml
 from bench.experiments.fidelity_levers import (
+    DEFAULTS,
     ML,
     LeverSet,
     _measure,
+    _recipe_note,
     _row,
     _students,
     carried_rows,
@@ -162,3 +164,22 @@ def test_an_omega_lever_distills_from_trajectories_trained_with_its_changes(tiny
     assert max(steps) == 9  # the smoke settings' 6, changed by the lever
     assert max(c["step"] for c in json.loads((shared / "manifest.json").read_text())["checkpoints"]) == 6
     assert s == before and len(row["units"]) == 1
+
+
+def test_the_recipe_note_reads_the_student_levers_on_the_defaults_bundle() -> None:
+    def row(name: str, distill: dict, student: dict, lo: float, hi: float) -> dict:
+        d = {"diff": (lo + hi) / 2, "lo": lo, "hi": hi}
+        return {"lever": name, "distill": distill, "student": student, "xent - omega + normalize": d}
+
+    rows = [
+        row("recipe lr 5e-4", {}, {"lr": 5e-4}, -0.2, -0.1),  # base's bundle: not one of these
+        row("wd", DEFAULTS, {"weight_decay": 1e-3}, 0.01, 0.03),
+        row("dropout", DEFAULTS, {"model": {"dropout": 0.35}}, -0.01, 0.02),
+    ]
+    (blank, text) = _recipe_note(rows)
+    assert blank == "" and "recipe lr 5e-4" not in text
+    assert "wd 0.020 [0.010, 0.030] (worse" in text and "dropout 0.005 [-0.010, 0.020] (not resolved" in text
+    assert "None is better" in text
+    rows[2]["xent - omega + normalize"] = {"diff": -0.02, "lo": -0.03, "hi": -0.01}
+    assert "Better: dropout; a recipe changes only after a paired run" in _recipe_note(rows)[1]
+    assert _recipe_note(rows[:1]) == []
