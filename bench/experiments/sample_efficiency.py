@@ -326,7 +326,8 @@ def resolution(s: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, 
         c = paired_difference(ua, ub, s["metrics"][0], n_boot=s.get("n_boot", 2000), resample_runs=False)
         value, lo, hi = claim.read(c)
         needed = units_to_resolve(value, lo if claim.above else hi, claim.bar, c["units"], claim.above)
-        out.append({"claim": claim.text, "value": value, "lo": lo, "hi": hi, "units": c["units"], "needed": needed})
+        row = {"claim": claim.text, "value": value, "lo": lo, "hi": hi, "above": claim.above, "units": c["units"]}
+        out.append({**row, "needed": needed})
     return out
 
 
@@ -354,18 +355,29 @@ def render_resolution(rows: list[dict[str, Any]], metric: str) -> list[str]:
     def needed(r: dict[str, Any]) -> str:
         if r["needed"] is None:
             return "none: the measured value is not past the bar"
-        return f"about {r['needed']:,.0f}" + (" (fewer than this split's: resolved)" if r["needed"] <= n else "")
+        return f"about {r['needed']:,.0f}" + (" (this split has enough)" if r["needed"] <= n else "")
 
     return [
         "",
         f"What the test split alone resolves: each claim's interval with the student runs held as they are "
         f"and only the {n} test {unit} resampled. No number of student or distillation seeds narrows an interval "
-        f"below this one, only more test {unit} do (its width shrinks about as one over their square root); the "
-        f"last column is how many test {unit} the claim would need to hold if its measured value stayed as it is.",
+        f"below this one, only more test {unit} do (its width shrinks about as one over their square root). "
+        f"'Smallest margin' is that interval's half-width on the bar's side: the distance from the bar a measured "
+        f"value needs before these {n} test {unit} can show it; the last column is how many test {unit} the claim "
+        "would need to hold if its measured value stayed as it is.",
         "",
         md_table(
-            ["claim", "measured", f"interval, test {unit} alone", f"test {unit} needed"],
-            [[r["claim"], fmt(r["value"], 3), f"[{r['lo']:.3f}, {r['hi']:.3f}]", needed(r)] for r in rows],
+            ["claim", "measured", f"interval, test {unit} alone", "smallest margin", f"test {unit} needed"],
+            [
+                [
+                    r["claim"],
+                    fmt(r["value"], 3),
+                    f"[{r['lo']:.3f}, {r['hi']:.3f}]",
+                    fmt(r["value"] - r["lo"] if r["above"] else r["hi"] - r["value"], 3),
+                    needed(r),
+                ]
+                for r in rows
+            ],
         ),
     ]
 
