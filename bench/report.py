@@ -25,6 +25,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "fidelity_levers_ptb",
         "Levers for language modeling: latent dimension, tau, steps, init, student lr (issue 9)",
     ),
+    "baseline-recipe-ptb": ("baseline_recipe", "Is the PTB full-data baseline at its best recipe? (issue 9)"),
     "meta-objectives": ("meta_objectives", "Meta-objectives and the inner optimizer (paper Table 2)"),
     "cross-architecture": ("cross_architecture", "Cross-architecture generalization (paper Table 1)"),
     "omega-size": ("omega_size", "Number of pretrained trajectories |Omega| (paper Figure 6b)"),
