@@ -109,11 +109,12 @@ def render(name: str, result: dict[str, Any], plots: Path) -> str:
     else:
         conclusion = (
             f"No recipe is better than the {ref} one on validation, so the full-data baseline of "
-            "sample-efficiency-ptb keeps it: the Farzi/full ratio there is not flattered by an untuned baseline."
+            "sample-efficiency-ptb keeps it: neither of the others would lower the full-data perplexity that the "
+            "Farzi/full ratio there divides by."
         )
     return "\n".join(
         [
-            "Offline PTB protocol, Transformer, full-data students (3,370 training sentences); "
+            "Offline PTB protocol, Transformer, students on the whole training split; "
             f"{result['seeds']} student seeds per recipe; **validation** split ({result['sentences']} sentences; "
             f"corpus perplexity, lower is better). Differences are paired with the {ref} recipe (same student "
             "seeds, same sentences), 95 % bootstrap interval.",
