@@ -18,6 +18,7 @@ import argparse
 import importlib
 import inspect
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ import torch
 
 from bench.common import RESULTS, write_result
 from bench.report import EXPERIMENTS, fmt, md_table, render_report
+from farzi.errors import FarziError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix=f"bench-{args.experiment}-"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    payload = module.run(args.protocol, work, args.seeds, smoke=args.smoke, experiment=args.experiment, **extra)
+    try:
+        payload = module.run(args.protocol, work, args.seeds, smoke=args.smoke, experiment=args.experiment, **extra)
+    except FarziError as e:  # bad input (a protocol the experiment lacks, ...): one line, nothing written
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"error: {args.experiment}: {e}", file=sys.stderr)
+        return 2
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["protocol"] = args.protocol
     payload["smoke"] = args.smoke

@@ -26,6 +26,7 @@ from bench.report import fmt, md_table, mean_std
 from farzi.compare import aggregate, metric_interval, paired_difference, student_run, units_to_resolve
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.distill.engine import DistillConfig, distill
+from farzi.errors import ConfigError
 from farzi.plots import line_panels
 from farzi.presets import PROTOCOLS, RECIPE_OVER_PRESET
 from farzi.train import TrainConfig
@@ -89,7 +90,10 @@ def settings_for(experiment: str, protocol: str, smoke: bool) -> dict[str, Any]:
         return SETTINGS["smoke-lm" if lm else "smoke-rec"]
     if protocol == "paper":
         if lm:
-            raise ValueError("the paper protocol is defined for ML-100k only (the full PTB is not available offline)")
+            raise ConfigError(
+                "the paper protocol is defined for ML-100k only (the full PTB is not available offline)",
+                "run it with --protocol cpu",
+            )
         return SETTINGS["ml100k-paper"]
     return SETTINGS["ptb-cpu" if lm else "ml100k-cpu"]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.__main__ import main
 from bench.experiments.baseline_recipe import RECIPES, render, verdict
 
@@ -41,3 +43,14 @@ def test_the_conclusion_follows_the_paired_intervals() -> None:
     assert verdict({"lo": -1.0, "hi": 1.0}) == "not resolved" and verdict(None) == "—"
     assert "Better than the preset recipe on validation: wd 1e-3" in render("x", result(-2.0, -0.5), Path("."))
     assert "No recipe is better than the preset one" in render("x", result(-1.0, 1.0), Path("."))
+
+
+@pytest.mark.parametrize("name", ["baseline-recipe-ptb", "sample-efficiency-ptb"])
+def test_a_protocol_the_experiment_lacks_is_one_line_and_exit_2(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results"
+    assert main(["run", name, "--protocol", "paper", "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {name}: the paper protocol") and "--protocol cpu" in err[0]
+    assert not results.exists()
