@@ -45,17 +45,18 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     ds = prepare_dataset(s, work)
     if ds is None:
         return {"skipped": f"{s['source']} not found under ../shared/datasets"}
+
+    def key(name: str, seed: int) -> str:
+        return f"{name.replace(' ', '-')}-s{seed}"
+
     jobs = [
-        (
-            f"{name.replace(' ', '-')}-s{seed}",
-            functools.partial(_student, ds, s, changes, seed, work / "students" / f"{name.replace(' ', '-')}-s{seed}"),
-        )
+        (key(name, seed), functools.partial(_student, ds, s, changes, seed, work / "students" / key(name, seed)))
         for name, (_what, changes) in RECIPES.items()
         for seed in range(seeds)
     ]
     done = shared_jobs(work / "jobs", jobs, settings={"settings": s, "recipes": RECIPES})
     n_boot = 100 if smoke else 2000
-    by = {name: [done[f"{name.replace(' ', '-')}-s{seed}"] for seed in range(seeds)] for name in RECIPES}
+    by = {name: [done[key(name, seed)] for seed in range(seeds)] for name in RECIPES}
     reference = next(iter(RECIPES))
     rows = []
     for name, runs in by.items():
