@@ -302,9 +302,12 @@ class DistillConfig:
             raise ConfigError(f"unknown --model {self.model!r}", f"choose one of: {', '.join(MODELS)}")
         if not isinstance(self.model_overrides, dict):
             raise ConfigError("model_overrides must be a mapping of model settings", "pass e.g. {'d_model': 64}")
+        known = [*MODEL_FLAGS, "dropout"]  # and, for a named model, every setting of its config (d_ff, ...)
+        if self.model:
+            known += [f.name for f in fields(MODELS[self.model][1]) if f.name not in (*known, "vocab_size")]
         for key, value in self.model_overrides.items():
-            if key not in MODEL_FLAGS and key != "dropout":
-                raise ConfigError(f"unknown teacher setting {key!r}", f"use only: {', '.join(MODEL_FLAGS)}")
+            if key not in known:
+                raise ConfigError(f"unknown teacher setting {key!r}", f"use only: {', '.join(known)}")
             if key in MODEL_FLAGS and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"teacher setting {key} {value!r} must be an integer", f"pass e.g. --{key} 64")
 

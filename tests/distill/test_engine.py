@@ -452,3 +452,12 @@ def test_learned_tau_and_inner_lr_are_outer_parameters(tiny_lm, tiny_omega, tmp_
     distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, stop_after=3)
     distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, resume=True)
     assert killed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+
+
+def test_a_named_teacher_takes_every_setting_of_its_model() -> None:
+    # `farzictl demo` distills a Transformer teacher with d_ff, a setting the CLI has no flag for
+    DistillConfig(mu=4, xi=8, model="transformer", model_overrides={"d_ff": 64, "dropout": 0.1}).validate()
+    with pytest.raises(ConfigError, match=r"unknown teacher setting 'd_ff'; use only: max_len, .*dropout$"):
+        DistillConfig(mu=4, xi=8, model="sasrec", model_overrides={"d_ff": 64}).validate()  # SASRec has none
+    with pytest.raises(ConfigError, match="unknown teacher setting 'bogus'.* d_ff"):
+        DistillConfig(mu=4, xi=8, model="transformer", model_overrides={"bogus": 1}).validate()
