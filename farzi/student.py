@@ -95,6 +95,11 @@ def training_set(
                 f"bundle {spec.path} is for {bundle.task}, dataset {ds.name!r} is {ds.task}",
                 "use a bundle distilled from this dataset",
             )
+        if bundle.xi < 2:  # the format allows it, but a lone token has no next token to learn
+            raise ConfigError(
+                f"bundle {spec.path} holds sequences of {bundle.xi} token, too short to train on",
+                "distill with a budget of at least 2 tokens per sequence, e.g. --budget 50x50",
+            )
         if bundle.xi > max_len:
             raise ConfigError(
                 f"bundle sequences have length {bundle.xi}, longer than the model's max_len {max_len}",

@@ -860,7 +860,8 @@ def drive(blob: bytes, ds: Any, work: Path, n: int) -> tuple[str, str, str, int]
     else:
         line = _no_memory_failure(run.one_error_line())
         if error is None:  # a valid bundle the student cannot use here: another vocabulary, or too long
-            assert "different vocabulary" in line or "longer than the model's max_len" in line, line
+            reasons = ("different vocabulary", "longer than the model's max_len", "too short to train on")
+            assert any(r in line for r in reasons), line
         else:
             assert line == f"error: {error}", (line, str(error))
         trained = "refused"
@@ -969,3 +970,30 @@ def test_fuzz_1000_bundles_in_a_child_process() -> None:
     assert stats["student trained"] >= 20 and stats["inspect report"] == stats["loaded"]
     assert stats["inspect invalid (size limit)"] >= 20  # the limits were met, not only the small files
     assert stats["vm_data_max"] <= stats["rlimit_data"]
+
+
+def test_a_bundle_of_one_token_sequences_is_read_but_refused_for_training(tiny_rec, tmp_path: Path) -> None:
+    # found by the slow fuzz: xi 1 is a valid bundle (the format allows xi >= 1), but a student step on it
+    # was a traceback (no position has a next token); now one line naming the fix
+    path = tmp_path / "one.safetensors"
+    path.write_bytes(fuzz_base(tiny_rec))
+    data = load_bundle(path)
+    save_bundle(
+        path,
+        data.latent[:, :1].contiguous(),
+        data.decoder,
+        data.tau,
+        tiny_rec.task,
+        vocab=list(tiny_rec.vocab.tokens),
+        vocab_sha256=tiny_rec.vocab.sha256(),
+        specials=dict(tiny_rec.vocab.specials),
+        masked_tokens=[tiny_rec.vocab.pad_id],
+        dataset=data.meta["dataset"],
+        teacher=data.meta["teacher"],
+        distill={"mu": 2, "xi": 1},
+    )
+    assert load_bundle(path).xi == 1
+    student = ["train-student", tiny_rec.path, "--data", path, "--max-steps", "1", *FUZZ_STUDENT]
+    line = cli_farzictl(*student, "--out", tmp_path / "s", home=tmp_path / "home").one_error_line()
+    assert line.startswith("error: bundle ") and "1 token, too short to train on" in line and "--budget" in line
+    assert not (tmp_path / "s").exists()
