@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from farzi.errors import ConfigError
 
-OutputKind = Literal["prepared", "trajectories", "model", "bundle"]
+OutputKind = Literal["prepared", "trajectories", "model", "bundle", "export"]
 
 
 # ------------------------------------------------------------------ recognizing farzi's own artifacts
@@ -113,6 +113,10 @@ _KINDS: dict[str, _Kind] = {
         frozenset({"model.json", "model.safetensors"}),
     ),
     "bundle": _Kind("a Farzi Data bundle", False, "", "farzi-data", _safetensors_format),
+    # farzictl export: any file format; its provenance sidecar PATH.json says it is one
+    "export": _Kind(
+        "a previous farzi export", False, "", "farzi-export", lambda p: _json_format(p.with_name(p.name + ".json"))
+    ),
 }
 
 _State = Literal["absent", "empty", "own", "foreign"]
@@ -173,18 +177,132 @@ def _inspect(target: Path, kind: _Kind) -> tuple[_State, str, str]:
     return "own", "", ""
 
 
-def _guard_replace(target: Path) -> None:
-    """Never replace the file system root, the home directory, or the current directory or a parent of it."""
-    if target.is_symlink() or not target.is_dir():
+_WALK_LIMIT = 20_000  # entries --overwrite looks through before it replaces a directory
+
+
+def _real(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(path))  # never raises: a name too long stays as it is
+
+
+def _artifact_at(path: Path, is_dir: bool) -> str | None:
+    """What farzi artifact ``path`` is (``a prepared dataset``, ...), or None."""
+    for kind in _KINDS.values():
+        if kind.is_dir != is_dir:
+            continue
+        fmt = kind.read_format(path / kind.marker if is_dir else path)
+        if fmt == kind.format:
+            return kind.what
+    return None
+
+
+def _held_artifact(root: Path, kind: _Kind) -> str | None:
+    """Why the directory ``root`` is not one artifact to replace: it holds farzi artifacts (a prepared
+    dataset, a trajectory set, a model or a bundle, as a workspace holds them: "holds a prepared
+    dataset at ..."), or it is a prepared dataset and ``kind`` is not; else None. A tree too large to
+    look through counts as holding one: --overwrite replaces one artifact, not a tree of them."""
+    seen = 0
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        what = _artifact_at(d, True)
+        if d != root and what is not None:
+            return f"holds {what} at {d}"
+        if d == root and what == _KINDS["prepared"].what != kind.what:  # another kind replaces, not a dataset
+            return f"is {what}"
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            seen += 1
+            if seen > _WALK_LIMIT:
+                return f"holds more than {_WALK_LIMIT:,} entries (too many to check that none is farzi data)"
+            if e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+            elif e.name.endswith(".safetensors") and not (d == root and _own_entry(kind, e.name)):
+                if _safetensors_format(Path(e.path)) == _KINDS["bundle"].format:
+                    return f"holds {_KINDS['bundle'].what} at {e.path}"
+    return None
+
+
+def _own_entry(kind: _Kind, name: str) -> bool:
+    return name in kind.names or bool(kind.pattern and kind.pattern.fullmatch(name))
+
+
+def _guard_replace(target: Path, kind: _Kind, inputs: Sequence[Path] = ()) -> None:
+    """What even ``--overwrite`` never replaces: the file system root, the home directory, the workspace,
+    the current directory or a parent of it, an input of the running command or a directory holding
+    one, and a directory that holds farzi data (a workspace, a prepared dataset, ...) other than the
+    one artifact of ``kind`` being replaced."""
+    if not os.path.lexists(target) or target.is_symlink():
+        return  # a symbolic link is replaced as a link: what it points to is kept
+    fix = "pass --out with a path of its own"
+    real = _real(target)
+    for inp in inputs:
+        if real == inp or real in inp.parents:
+            how = "is" if real == inp else f"holds {inp}, which is"
+            raise ConfigError(f"refusing to replace {target}: it {how} an input of this command", fix)
+    if not target.is_dir():
         return
-    real = target.resolve()
-    cwd = Path.cwd().resolve()
-    precious = {Path(real.anchor), Path.home().resolve()}
+    cwd = _real(Path.cwd())
+    precious = {Path(real.anchor), _real(Path.home())}
+    home = os.environ.get("FARZI_HOME")
+    if home:
+        precious.add(_real(home))
     if real in precious or cwd == real or real in cwd.parents:
         raise ConfigError(
-            f"refusing to replace {target}: it is the root, your home directory, or holds the current directory",
-            "pass --out with a path of its own",
+            f"refusing to replace {target}: it is the root, your home directory, the workspace, "
+            "or holds the current directory",
+            fix,
         )
+    held = _held_artifact(real, kind)
+    if held is not None:
+        raise ConfigError(
+            f"refusing to replace {target}: it {held}, which --overwrite never deletes",
+            f"{fix}, or move that away first",
+        )
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A side file (or directory) a command writes beside its output under the same claim: a log, a run
+    state. ``is_own`` tells farzi's own from a user's file of the same name, which is never replaced
+    without ``overwrite``."""
+
+    path: Path
+    what: str  # "a distillation log"
+    is_own: Callable[[Path], bool]
+
+
+def _check_companion(c: Companion, overwrite: bool, kind: _Kind, inputs: Sequence[Path]) -> None:
+    if not os.path.lexists(c.path):
+        return
+    if not overwrite and (c.path.is_symlink() or not c.is_own(c.path)):
+        raise ConfigError(
+            f"{c.path} exists beside the output and is not {c.what} of farzi's (this run would replace it)",
+            "move it away, pass another --out, or add --overwrite to replace it",
+        )
+    _guard_replace(c.path, kind, inputs)
+
+
+def jsonl_log(marker: str) -> Callable[[Path], bool]:
+    """A recognizer of farzi's JSON-lines logs: every line a JSON object that holds ``marker``."""
+
+    def is_own(path: Path) -> bool:
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > 256 << 20:
+                return False
+            with open(path, encoding="utf-8") as f:
+                return all(isinstance(r := json.loads(line), dict) and marker in r for line in f if line.strip())
+        except (OSError, ValueError):
+            return False
+
+    return is_own
+
+
+def safetensors_of(fmt: str) -> Callable[[Path], bool]:
+    """A recognizer of farzi's safetensors files whose metadata ``format`` is ``fmt``."""
+    return lambda path: _safetensors_format(path) == fmt
 
 
 # ------------------------------------------------------------------ errors of the file system
@@ -211,8 +329,36 @@ def _reason(exc: OSError) -> str:
     return _REASONS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
+def os_error(exc: OSError) -> ConfigError:
+    """An error of the file system that reached a command (a path too long, a directory where a file
+    was expected, ...) as one line naming the path, the reason and the fix."""
+    what = exc.filename if exc.filename is not None else ""
+    shown = str(what) if len(str(what)) <= 120 else str(what)[:60] + "..." + str(what)[-40:]
+    fix = {
+        errno.ENAMETOOLONG: "pass a shorter path (each name at most 255 bytes, the whole path 4096)",
+        errno.ENOENT: "check the path",
+        errno.ENOTDIR: "check the path: a part of it is a file",
+        errno.EISDIR: "pass a file, not a directory",
+        errno.ELOOP: "check the path: it has a loop of symbolic links",
+        errno.ENOSPC: "free some space, or pass --out on another disk",
+        errno.EDQUOT: "free some space, or pass --out on another disk",
+    }.get(exc.errno or 0, "check the path and its permissions")
+    where = f" {shown}" if shown else ""
+    return ConfigError(f"cannot use{where} ({_reason(exc)})", fix)
+
+
+_SHORTER = "pass --out (or --home) with a shorter path (each name at most 255 bytes, the whole path 4096)"
+
+
+def _location_fix(exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        return _SHORTER
+    return "pass --out (or --home) with a location you can write to"
+
+
 def _write_error(exc: OSError, target: Path) -> ConfigError:
     fix = {
+        errno.ENAMETOOLONG: _SHORTER,
         errno.ENOSPC: "free some space, or pass --out on another disk",
         errno.EDQUOT: "free some space, or pass --out on another disk",
         errno.EISDIR: "pass --out with a file path, or move the directory away",
@@ -246,8 +392,7 @@ def _ensure_dir(directory: Path, target: Path) -> list[Path]:
         except OSError as exc:
             _remove_dirs(created)
             raise ConfigError(
-                f"cannot create the directory {d} for {target} ({_reason(exc)})",
-                "pass --out (or --home) with a location you can write to",
+                f"cannot create the directory {d} for {target} ({_reason(exc)})", _location_fix(exc)
             ) from None
     return created
 
@@ -319,13 +464,14 @@ class Claim:
     companions: tuple[Path, ...] = ()
     created: list[Path] = field(default_factory=list)  # parent directories this claim made
     thread: int = 0
+    inputs: tuple[Path, ...] = ()  # real paths of what the command reads: never replaced
 
     def check(self) -> None:
         """Refuse (``ConfigError``) if the target is now something this claim may not replace."""
         state, problem, fix = _inspect(self.target, _KINDS[self.kind])
         if state == "foreign" and not self.overwrite:
             raise ConfigError(problem + " -- it appeared while this run was working, nothing was written", fix)
-        _guard_replace(self.target)
+        _guard_replace(self.target, _KINDS[self.kind], self.inputs)
 
 
 _HELD: dict[str, Claim] = {}
@@ -352,10 +498,9 @@ def _lock(lock_path: Path, target: Path) -> int:
             except PermissionError:  # another user's lock file: reading is enough to lock it
                 fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise ConfigError(
-                f"cannot write in {lock_path.parent} ({_reason(exc)})",
-                "pass --out (or --home) with a location you can write to",
-            ) from None
+            if exc.errno == errno.ENAMETOOLONG:  # the lock's name is the target's and 6 bytes more
+                raise _write_error(exc, target) from None
+            raise ConfigError(f"cannot write in {lock_path.parent} ({_reason(exc)})", _location_fix(exc)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -390,7 +535,8 @@ def claim_output(
     target: str | os.PathLike[str],
     kind: OutputKind,
     overwrite: bool = False,
-    companions: Sequence[str | os.PathLike[str]] = (),
+    companions: Sequence[str | os.PathLike[str] | Companion] = (),
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
 ) -> Iterator[Claim]:
     """Hold ``target`` for writing an artifact of ``kind`` until the block ends.
 
@@ -401,7 +547,10 @@ def claim_output(
     such as a log, written under the same lock), and refuses with ``ConfigError`` a
     target that exists and is neither absent, an empty directory (directory kinds) nor
     farzi's own ``kind`` of artifact, unless ``overwrite`` (which still never replaces
-    the root, the home directory or a directory holding the current one).
+    the root, the home directory, the workspace, a directory holding the current one, one of
+    ``inputs`` (what the command reads) or a directory holding one, or a directory holding farzi
+    data other than the one artifact replaced). A :class:`Companion` that exists and is not farzi's
+    own is refused the same way unless ``overwrite``.
 
     Inside the block, :func:`atomic_file` / :func:`atomic_dir` on ``target`` check it
     again just before their rename. On exit the lock file is removed, and parent
@@ -431,14 +580,19 @@ def claim_output(
     lock_path = path.parent / f".{path.name}.lock"
     try:
         fd = _lock(lock_path, path)
-        others = tuple(Path(_key(Path(c))) for c in companions)
+        known = [c if isinstance(c, Companion) else None for c in companions]
+        others = tuple(Path(_key(Path(c.path if isinstance(c, Companion) else c))) for c in companions)
+        reads = tuple(_real(p) for p in inputs if p is not None)
         for p in (path, *others):
             _clean_stale(p)
         state, problem, fix = _inspect(path, _KINDS[kind])
         if state == "foreign" and not overwrite:
             raise ConfigError(problem, fix)
-        _guard_replace(path)
-        claim = Claim(path, kind, overwrite, state, others, created, threading.get_ident())
+        _guard_replace(path, _KINDS[kind], reads)
+        for c, p in zip(known, others, strict=True):
+            if c is not None:
+                _check_companion(Companion(p, c.what, c.is_own), overwrite, _KINDS[kind], reads)
+        claim = Claim(path, kind, overwrite, state, others, created, threading.get_ident(), inputs=reads)
         with _HELD_LOCK:
             _HELD[_key(path)] = claim
         try:

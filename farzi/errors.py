@@ -7,6 +7,9 @@ with status 2; library callers can catch the base class or a specific one.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 
 class FarziError(Exception):
     """A problem with the input, named together with its fix."""
@@ -41,3 +44,20 @@ class CheckpointError(FarziError):
 
 class BundleError(FarziError):
     """A Farzi Data bundle is unreadable, invalid or does not fit its use."""
+
+
+def setting_differences(then: str | dict[str, Any] | None, now: dict[str, Any] | None) -> str:
+    """``": --inner-lr 0.01 (now 0.02), ..."`` naming the settings (flat, by option name) where ``then``
+    (a mapping, or its JSON) and ``now`` differ; "" when ``then`` is unknown or nothing differs."""
+    if isinstance(then, str):
+        try:
+            then = json.loads(then)
+        except ValueError:
+            then = None
+    if not isinstance(then, dict) or now is None:
+        return ""
+    now = json.loads(json.dumps(now, sort_keys=True))  # the values as a saved record holds them
+    keys = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    shown = [f"--{k.replace('_', '-')} {then.get(k, 'unset')} (now {now.get(k, 'unset')})" for k in keys[:4]]
+    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+    return ": " + ", ".join(shown) + more if keys else ""

@@ -5,7 +5,11 @@ every sequence to tokens -- by argmax, or by ``samples`` seeded draws per sequen
 writes them as words (``task`` lm: sentences split at ``<eos>``) or as (user, item, position)
 rows (``task`` rec, items named by their original ids). Formats: ``jsonl``, ``txt``, ``csv``,
 ``parquet``. Beside the file goes a JSON sidecar ``PATH.json`` with its provenance (bundle
-path and sha256, decoding, samples, seed, package version). Both are written atomically.
+path and sha256, decoding, samples, seed, package version). The output is claimed before any
+work (:func:`farzi._io.claim_output`, kind ``export``: a second export to the same path fails at
+once, temporaries of killed exports are removed, a file that is not a previous export -- its
+sidecar says so -- is refused unless ``overwrite``, and so is a file at the sidecar's path that
+is not an export sidecar); both are written atomically.
 
 ``farzictl prepare text --train FILE.txt`` and ``farzictl prepare interactions --path
 FILE.csv --user-col user --item-col item --time-col position`` read the export back.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,11 +30,11 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from farzi._io import atomic_file, sha256_file, write_json
+from farzi._io import atomic_file, claim_output, sha256_file, write_json
 from farzi._version import __version__
 from farzi.data.prepared import PreparedDataset
 from farzi.data.vocab import EOS, PAD, UNK
-from farzi.distill.bundle import FarziData, created_now, load_bundle
+from farzi.distill.bundle import POSITION_CHUNK_ELEMENTS, FarziData, created_now, load_bundle, read_bundle_meta
 from farzi.errors import BundleError, ConfigError
 from farzi.progress import ProgressFn, report
 
@@ -40,7 +45,7 @@ DECODINGS = ("argmax", "sample")
 SUFFIX = {"jsonl": ".jsonl", "txt": ".txt", "csv": ".csv", "parquet": ".parquet"}
 COLUMNS = {"rec": ("user", "item", "position"), "lm": ("sequence", "position", "token")}
 MAX_SAMPLES = 100_000
-CHUNK_ELEMENTS = 1 << 22  # distributions materialized at once: at most ~16 MiB of float32
+CHUNK_ELEMENTS = POSITION_CHUNK_ELEMENTS  # distributions materialized at once: 4 MiB of float32
 
 
 @dataclass
@@ -109,40 +114,48 @@ def excluded_tokens(data: FarziData) -> Tensor:
 def decode_sequences(data: FarziData, decode: str = "argmax", samples: int = 1, seed: int = 0) -> Iterator[Decoded]:
     """Decode every synthetic sequence, in order, ``samples`` times each.
 
-    Distributions are materialized a few sequences at a time (never all [mu, xi, V] at once).
-    ``sample`` draws each position independently from its distribution with one generator
-    seeded by ``seed``, sequence after sequence: the draws do not depend on the chunking.
-    ``argmax`` takes the most probable token (the lowest id among ties).
+    Distributions are materialized ``CHUNK_ELEMENTS`` at a time, whole positions in order
+    (:meth:`FarziData.positions`; never one whole sequence, nor all [mu, xi, V], at once), and
+    drawn from at most ``CHUNK_ELEMENTS`` draws at a time. ``sample`` draws each position
+    independently from its distribution with one generator seeded by ``seed``, position after
+    position (``samples`` draws each): the draws do not depend on the chunking. ``argmax``
+    takes the most probable token (the lowest id among ties).
     """
     if decode not in DECODINGS:
         raise ConfigError(f"unknown decoding {decode!r}", "use argmax or sample")
     excluded = excluded_tokens(data)  # [V]
+    excluded_ids = torch.nonzero(excluded).flatten()  # [e]
+    allowed = (~excluded).double()  # [V]
     gen = torch.Generator().manual_seed(seed)
-    chunk = max(1, min(data.mu, CHUNK_ELEMENTS // (data.xi * data.vocab_size)))
-    for start in range(0, data.mu, chunk):
-        idx = torch.arange(start, min(start + chunk, data.mu))
-        with torch.no_grad():
-            probs = data.materialize(idx).cpu()  # [b, xi, V]
-        for row in range(len(idx)):
-            p = probs[row]  # [xi, V]
+    xi, k = data.xi, samples if decode == "sample" else 1
+    ids = torch.empty(xi, k, dtype=torch.long)  # the sequence being decoded: the tokens drawn ...
+    chosen = torch.empty(xi, k)  # ... and their probabilities
+    rows = max(1, CHUNK_ELEMENTS // k)  # positions drawn from at once
+    for start, probs in data.positions(CHUNK_ELEMENTS):  # [c, V]
+        for first in range(0, len(probs), rows):
+            p = probs[first : first + rows]  # [r, V]
             if decode == "argmax":
                 # -1 below every probability: an excluded token is never picked, even where an
-                # unmasked <pad> took all the mass (then the lowest allowed id wins the tie at 0)
-                draws = p.masked_fill(excluded, -1.0).argmax(-1, keepdim=True)  # [xi, 1]
+                # unmasked <pad> took all the mass (then the lowest allowed id wins the tie at 0);
+                # in place: p at the tokens picked is unchanged
+                draws = p.index_fill_(-1, excluded_ids, -1.0).argmax(-1, keepdim=True)  # [r, 1]
             else:
-                weights = p.masked_fill(excluded, 0.0).double()  # [xi, V]
-                empty = weights.sum(-1) <= 0  # [xi]
+                weights = p.double().index_fill_(-1, excluded_ids, 0.0)  # [r, V]
+                empty = weights.sum(-1) <= 0  # [r]
                 if bool(empty.any()):  # an unmasked <pad> took all the mass: uniform over the rest
-                    weights[empty] = (~excluded).double()
-                draws = torch.multinomial(weights, samples, replacement=True, generator=gen)  # [xi, K]
-            chosen = p.gather(-1, draws)  # [xi, K]
-            for k in range(draws.shape[1]):
-                yield Decoded(
-                    index=int(idx[row]),
-                    sample=k,
-                    ids=[int(t) for t in draws[:, k]],
-                    p=[round(float(x), 6) for x in chosen[:, k]],
-                )
+                    weights[empty] = allowed
+                draws = torch.multinomial(weights, k, replacement=True, generator=gen)  # [r, K]
+            got = p.gather(-1, draws)  # [r, K]
+            done = 0
+            while done < len(p):  # the rows may end one sequence and start the next
+                seq, pos = divmod(start + first + done, xi)
+                n = min(len(p) - done, xi - pos)
+                ids[pos : pos + n] = draws[done : done + n]
+                chosen[pos : pos + n] = got[done : done + n]
+                done += n
+                if pos + n == xi:
+                    for sample, (tokens, probs_k) in enumerate(zip(ids.t().tolist(), chosen.t().tolist(), strict=True)):
+                        yield Decoded(index=seq, sample=sample, ids=tokens, p=[round(x, 6) for x in probs_k])
 
 
 def split_sentences(ids: list[int], eos: int | None) -> list[list[int]]:
@@ -176,6 +189,8 @@ def _previous_export(out: Path) -> dict[str, Any] | None:
     """The sidecar of an earlier export at ``out``, or None when there is none (or not ours)."""
     side = sidecar_path(out)
     try:
+        if side.is_symlink():
+            return None
         obj = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
@@ -184,9 +199,19 @@ def _previous_export(out: Path) -> dict[str, Any] | None:
     return obj
 
 
+def check_sidecar(out: Path, overwrite: bool) -> None:
+    """Refuse (unless ``overwrite``) to replace a file at the sidecar's path that is not an export sidecar."""
+    side = sidecar_path(out)
+    if not overwrite and os.path.lexists(side) and _previous_export(out) is None:
+        raise ConfigError(
+            f"{side} exists and is not an export sidecar", "pass --overwrite to replace it, or --out another path"
+        )
+
+
 def check_output(out: Path, bundle: Path, to: str, overwrite: bool) -> None:
     """Refuse an output that would destroy something: the bundle itself, a directory, another
-    format's suffix, or an existing file that is not a previous export in this format."""
+    format's suffix, an existing file that is not a previous export in this format, or a file at
+    the sidecar's path that is not an export sidecar."""
     if out.exists() and out.resolve() == Path(bundle).resolve():
         raise ConfigError(f"--out {out} is the bundle itself", "pass another path with --out")
     for path in (out, sidecar_path(out)):
@@ -208,11 +233,7 @@ def check_output(out: Path, bundle: Path, to: str, overwrite: bool) -> None:
     if out.exists() and not same:
         what = "a previous export in another format" if prev is not None else "not a previous farzi export"
         raise ConfigError(f"{out} exists and is {what}", "pass --overwrite to replace it, or --out another path")
-    side = sidecar_path(out)
-    if side.exists() and prev is None:
-        raise ConfigError(
-            f"{side} exists and is not an export sidecar", "pass --overwrite to replace it, or --out another path"
-        )
+    check_sidecar(out, overwrite)
 
 
 class _Counts:
@@ -312,54 +333,73 @@ def export_bundle(
 
     The vocabulary comes from the bundle's metadata; a bundle written without one needs
     ``dataset``, the prepared dataset it was distilled from (checked by vocabulary hash).
+
+    ``out`` is claimed (:func:`farzi._io.claim_output`) before the bundle is loaded: another
+    export writing it is a ``ConfigError`` at once; see :func:`check_output` for what is refused.
     """
     cfg.validate()
     bundle = Path(bundle)
-    data = load_bundle(bundle)
-    vocab = data.vocab
-    vocab_source = "bundle"
-    if dataset is not None:
-        data.check_vocabulary(dataset.vocab_size, dataset.vocab.sha256(), dataset.name)
-        if vocab is None:
-            vocab, vocab_source = list(dataset.vocab.tokens), f"dataset {dataset.name}"
-    if vocab is None:
-        raise BundleError(
-            f"bundle {bundle} holds no vocabulary, so its token ids cannot be named",
-            "pass --dataset with the dataset it was distilled from",
-        )
+    read_bundle_meta(bundle)  # a bad bundle is the first error, before anything is written
     target = Path(out) if out is not None else default_output(bundle, cfg.to)
     check_output(target, bundle, cfg.to, cfg.overwrite)
     side = sidecar_path(target)
-    with atomic_file(target) as tmp, atomic_file(side) as tmp_side:
-        counts = _write(data, vocab, cfg, tmp, progress)
-        provenance = {
-            "format": EXPORT_FORMAT,
-            "version": EXPORT_VERSION,
-            "task": data.task,
-            "file": {"name": target.name, "sha256": sha256_file(tmp), "bytes": tmp.stat().st_size},
-            "export": {
-                **{k: v for k, v in asdict(cfg).items() if k != "overwrite"},
-                "columns": list(COLUMNS[data.task]) if cfg.to in ("csv", "parquet") else None,
-            },
-            "counts": {
-                "sequences": counts.sequences,
-                "rows": counts.rows,
-                "tokens": counts.tokens,
-                "distinct_tokens": len(counts.distinct),
-                **({"sentences": counts.sentences, "unk_tokens": counts.unk} if data.task == "lm" else {}),
-            },
-            "bundle": {
-                "path": str(bundle.resolve()),
-                "sha256": sha256_file(bundle),
-                "budget": f"{data.mu}x{data.xi}",
-                "tau": data.tau,
-                "dataset": data.meta["dataset"],
-                "created": data.meta["created"],
-                "package": data.meta["package"],
-            },
-            "vocabulary": {"source": vocab_source, "size": data.vocab_size, "sha256": data.meta["vocab_sha256"]},
-            "package": {"name": "farzi", "version": __version__},
-            "created": created_now(),
-        }
-        write_json(tmp_side, provenance)
+    # before any work: a second export to ``target`` fails at once; what killed ones left is removed
+    reads = (bundle, dataset.path if dataset is not None else None)  # never replaced, even with overwrite
+    with claim_output(target, "export", cfg.overwrite, companions=(side,), inputs=reads) as claim:
+        check_output(target, bundle, cfg.to, cfg.overwrite)  # again, now that no other export can change it
+        data = load_bundle(bundle)
+        vocab = data.vocab
+        vocab_source = "bundle"
+        if dataset is not None:
+            data.check_vocabulary(dataset.vocab_size, dataset.vocab.sha256(), dataset.name)
+            if vocab is None:
+                vocab, vocab_source = list(dataset.vocab.tokens), f"dataset {dataset.name}"
+        if vocab is None:
+            raise BundleError(
+                f"bundle {bundle} holds no vocabulary, so its token ids cannot be named",
+                "pass --dataset with the dataset it was distilled from",
+            )
+        # the file is renamed first, its sidecar (which says the file is an export) after it
+        with atomic_file(side) as tmp_side, atomic_file(target) as tmp:
+            counts = _write(data, vocab, cfg, tmp, progress)
+            provenance = _provenance(data, bundle, target, tmp, cfg, counts, vocab_source)
+            write_json(tmp_side, provenance)
+            # just before the renames: something may have appeared at either path during the export
+            claim.check()
+            check_sidecar(target, cfg.overwrite)
     return ExportResult(path=target, sidecar=side, provenance=provenance)
+
+
+def _provenance(
+    data: FarziData, bundle: Path, target: Path, tmp: Path, cfg: ExportConfig, counts: _Counts, vocab_source: str
+) -> dict[str, Any]:
+    """What the sidecar holds (formats/export-v1.md)."""
+    return {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "task": data.task,
+        "file": {"name": target.name, "sha256": sha256_file(tmp), "bytes": tmp.stat().st_size},
+        "export": {
+            **{k: v for k, v in asdict(cfg).items() if k != "overwrite"},
+            "columns": list(COLUMNS[data.task]) if cfg.to in ("csv", "parquet") else None,
+        },
+        "counts": {
+            "sequences": counts.sequences,
+            "rows": counts.rows,
+            "tokens": counts.tokens,
+            "distinct_tokens": len(counts.distinct),
+            **({"sentences": counts.sentences, "unk_tokens": counts.unk} if data.task == "lm" else {}),
+        },
+        "bundle": {
+            "path": str(bundle.resolve()),
+            "sha256": sha256_file(bundle),
+            "budget": f"{data.mu}x{data.xi}",
+            "tau": data.tau,
+            "dataset": data.meta["dataset"],
+            "created": data.meta["created"],
+            "package": data.meta["package"],
+        },
+        "vocabulary": {"source": vocab_source, "size": data.vocab_size, "sha256": data.meta["vocab_sha256"]},
+        "package": {"name": "farzi", "version": __version__},
+        "created": created_now(),
+    }

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,7 +46,7 @@ from farzi.device import resolve_device
 from farzi.errors import ConfigError
 from farzi.evaluate import evaluate
 from farzi.models import SequenceModel, build_model, make_config, model_task
-from farzi.train import TrainConfig, check_model_sizes, eval_interval, train_step
+from farzi.train import TrainConfig, check_model_sizes, check_training_memory, eval_interval, train_step
 
 LONG_SECONDS = 1800.0  # a projection above this names the flags that bring it down
 DRAWN_BATCHES = 64  # batches drawn to learn the stream's mean and largest batch
@@ -56,6 +57,8 @@ PROBE_TARGET_SECONDS = 2.0  # ... and once they took this long and at least prob
 PROBE_SHARE = 0.02  # ... or this share of the run they project (a short run gets a short probe)
 PROBE_MAX_STEPS = 25  # ... or once this many ran
 BUSY_WAIT_SHARE = 0.1  # a probe during which work waited for a CPU this share of the time was on a busy machine
+PROBE_INNER_STEPS = 10  # an outer step with more inner steps is timed at 1 and at this many, and extrapolated
+PROBE_META_BATCH = 2  # ... one with a larger meta-batch at this many start points, and scaled to the meta-batch
 CPU_PRESSURE = Path("/proc/pressure/cpu")
 
 
@@ -290,7 +293,37 @@ class _Started:
 
 
 def _start() -> _Started:
+    _import_dynamo_leaving_no_directory()
     return _Started(time.perf_counter(), cpu_stall_seconds())
+
+
+def _import_dynamo_leaving_no_directory() -> None:
+    """Import ``torch._dynamo`` now, and remove the empty directory its import makes.
+
+    ``torch.optim`` imports ``torch._dynamo`` on first use, and that import makes torch's compile cache
+    directory (``$TMPDIR/torchinductor_USER``, or ``TORCHINDUCTOR_CACHE_DIR``) although nothing is ever
+    compiled here. A plan writes nothing: a directory the import made (and left empty) goes again, and
+    ``TORCHINDUCTOR_CACHE_DIR``, which the import sets, is restored.
+    """
+    if "torch._dynamo" in sys.modules:
+        return
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+    def candidates() -> set[Path]:
+        found = set(Path(tempfile.gettempdir()).glob("torchinductor_*"))
+        named = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        return found | {Path(named)} if named else found
+
+    before = {p for p in candidates() if p.exists()}
+    import torch._dynamo  # noqa: F401 - the import that makes the directory
+
+    for path in candidates() - before:
+        if path.is_dir() and not any(f for _, _, files in os.walk(path) for f in files):
+            shutil.rmtree(path, ignore_errors=True)  # empty directories only
+    if env is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = env
 
 
 def busy_note(load: float | None, cores: int, threads: int, cpu_wait: float | None = None) -> str | None:
@@ -397,6 +430,8 @@ def plan_trajectories(
     if every < 1:
         raise ConfigError(f"--every {every} must be at least 1", "pass e.g. --every 50")
     cfg = _check_model(ds, model_name, model_overrides)
+    config.validate()
+    check_training_memory("a trajectory run", model_name, cfg, config, ds, device=dev)
     torch.manual_seed(config.seed)
     model = build_model(model_name, cfg)
     train_set = SequenceTrainSet(ds.train, cfg.max_len)
@@ -450,6 +485,8 @@ def plan_student(
     train_set, _ = training_set(ds, spec, cfg.max_len, config.seed, discrete, device)
     if isinstance(train_set, DistributionTrainSet):
         config, _ = apply_recipe(config, train_set.summary.meta.get("recipe"), recipe_fills)
+    config.validate()
+    check_training_memory("training", model_name, cfg, config, ds, train_set, dev)
     torch.manual_seed(config.seed)
     model = build_model(model_name, cfg)
     cost = measure_training(model, train_set, ds, config, dev, probe_steps)
@@ -476,8 +513,7 @@ def plan_distill(
     """The cost of ``distill(ds, cfg, ..., trajectories=trajectories)``: the initial summary, the outer
     steps (``probe_steps`` of them timed after one warm-up) and the summary selections. With
     ``resume_from`` (the bundle path of a ``--resume``), the outer steps its saved state holds are left out."""
-    from farzi.distill.engine import outer_step, start_summary
-    from farzi.distill.objectives import make_objective
+    from farzi.distill.engine import start_summary
     from farzi.distill.outer import OuterOptimizer
     from farzi.distill.select import as_bundle, recipe, recipe_config
     from farzi.distill.teacher import load_teacher
@@ -486,34 +522,27 @@ def plan_distill(
     cfg.validate(ds)
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(ds, cfg, trajectories)
+    checkpoints = len(teacher.omega) if teacher.omega is not None else 0
+    cfg.check_memory(ds, teacher.model, checkpoints)  # with the teacher the run will have (Omega's model)
     latent, decoder, init_seconds = _time_init(cfg, ds, teacher)
     summary = start_summary(cfg, ds, teacher, latent, decoder)
     stages = [Stage("initial summary", 1, "init", init_seconds)]
+    notes: list[str] = []
     extra = 0
     if cfg.outer_steps:
         outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
-        objective = make_objective(cfg, ds, teacher)
-        t0 = time.perf_counter()
-        outer_step(1, summary, objective, outer, cfg)
-        _sync(teacher.device)
-        each = time.perf_counter() - t0
-        n = min(probe_steps, cfg.outer_steps - 1)
-        if each < SLOW_STEP_SECONDS and n > 0:
-
-            def one(k: int) -> float:
-                t0 = time.perf_counter()
-                outer_step(2 + k, summary, objective, outer, cfg)
-                _sync(teacher.device)
-                return time.perf_counter() - t0
-
-            each = _timed_steps(
-                one, n, lambda each: each * cfg.outer_steps, most=min(PROBE_MAX_STEPS, cfg.outer_steps - 1)
-            )
+        each, probe = _time_outer_steps(cfg, ds, teacher, summary, outer, probe_steps)
         left = max(0, cfg.outer_steps - _steps_done(resume_from))
         stages.append(Stage("outer steps", left, "outer step", each))
         if teacher.omega is not None:  # every checkpoint it starts from stays cached (and its moments)
             per = _param_bytes(teacher.model) * (3 if cfg.inner_state.value == "omega" else 1)
             extra += len(teacher.omega) * per
+        if probe is not cfg:  # what the run holds beyond the probe's steps: more inner states, more start points
+            extra += max(0, _distill_bytes(cfg, ds, teacher) - _distill_bytes(probe, ds, teacher))
+            notes.append(
+                f"outer steps timed with --inner-steps {probe.inner_steps} and --meta-batch {probe.meta_batch}, "
+                f"projected to --inner-steps {cfg.inner_steps} and --meta-batch {cfg.meta_batch}"
+            )
     if cfg.select_every:
         selections = 1 + sum(
             1 for s in range(1, cfg.outer_steps + 1) if s % cfg.select_every == 0 or s == cfg.outer_steps
@@ -525,7 +554,7 @@ def plan_distill(
         cost = measure_training(student, data, ds, rec, teacher.device)
         one = rec.max_steps * cost.step_seconds + _validations(rec, data.num_sequences) * cost.eval_seconds
         stages.append(Stage("summary selection (a student each)", selections, "selection", one))
-    plan = _finish(command, stages, teacher.device, started, extra, [])
+    plan = _finish(command, stages, teacher.device, started, extra, notes)
     outer_s = stages[1].seconds if cfg.outer_steps else 0.0
     levers = [
         _linear_lever(plan, "--outer-steps", cfg.outer_steps, outer_s),
@@ -541,6 +570,68 @@ def plan_distill(
     levers.append(Lever("--real-batch", cfg.real_batch, effect="per outer step: the real-data loss"))
     plan.levers = [lv for lv in levers if lv.value]
     return plan
+
+
+def _time_outer_steps(
+    cfg: Any, ds: PreparedDataset, teacher: Any, summary: Any, outer: Any, probe_steps: int
+) -> tuple[float, Any]:
+    """Seconds of one outer step of ``cfg``, and the config it was timed on.
+
+    An outer step is ``meta_batch`` start points of ``inner_steps`` inner steps each, so its cost is
+    timed on a bounded piece whatever the counts: at most PROBE_META_BATCH start points (the time scaled
+    to the meta-batch), and beyond PROBE_INNER_STEPS inner steps, timed at 1 and at PROBE_INNER_STEPS
+    inner steps and extrapolated along the line through the two (a start point's fixed part, then a
+    share per inner step; where timing noise hides the inner steps' share, each counts the whole step).
+    """
+    mb = min(cfg.meta_batch, PROBE_META_BATCH)
+    hi = min(cfg.inner_steps, PROBE_INNER_STEPS)
+    probe = (
+        cfg
+        if (mb, hi) == (cfg.meta_batch, cfg.inner_steps)
+        else dataclasses.replace(cfg, meta_batch=mb, inner_steps=hi)
+    )
+    scale = cfg.meta_batch / mb * cfg.inner_steps / hi  # about how much longer the run's step is
+    each = _time_outer(probe, ds, teacher, summary, outer, probe_steps, scale)
+    if hi < cfg.inner_steps:
+        one = _time_outer(dataclasses.replace(probe, inner_steps=1), ds, teacher, summary, outer, probe_steps, scale)
+        per = (each - one) / (hi - 1)
+        if per <= 0:
+            per = each / hi
+        each = max(0.0, each - per * hi) + per * cfg.inner_steps
+    return each * cfg.meta_batch / mb, probe
+
+
+def _time_outer(
+    cfg: Any, ds: PreparedDataset, teacher: Any, summary: Any, outer: Any, probe_steps: int, scale: float
+) -> float:
+    """One warm-up outer step of ``cfg``, then the median of at least ``probe_steps`` more (while the
+    run has that many)."""
+    from farzi.distill.engine import outer_step
+    from farzi.distill.objectives import make_objective
+
+    objective = make_objective(cfg, ds, teacher)
+
+    def one(k: int) -> float:
+        t0 = time.perf_counter()
+        outer_step(1 + k, summary, objective, outer, cfg)
+        _sync(teacher.device)
+        return time.perf_counter() - t0
+
+    each = one(0)
+    n = min(probe_steps, cfg.outer_steps - 1)
+    if each < SLOW_STEP_SECONDS and n > 0:
+        most = min(PROBE_MAX_STEPS, cfg.outer_steps - 1)
+        each = _timed_steps(lambda k: one(1 + k), n, lambda e: e * scale * cfg.outer_steps, most=most)
+    return each
+
+
+def _distill_bytes(cfg: Any, ds: PreparedDataset, teacher: Any) -> int:
+    """The memory estimate of a distillation (farzi.limits.distill_needs), in bytes."""
+    from farzi import limits
+
+    longest = int(ds.train.lengths.max())
+    model = teacher.model
+    return sum(n.nbytes for n in limits.distill_needs(cfg, ds.vocab_size, longest, model.name, model.config))
 
 
 def _steps_done(out: Path | None) -> int:

@@ -13,6 +13,7 @@ Data specs:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Collection
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from farzi._io import atomic_dir, claim_output, write_json
+from farzi._io import Claim, atomic_dir, claim_output, write_json
 from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet, batching_record
 from farzi.checkpoint import dataset_record, save_checkpoint
 from farzi.data.prepared import PreparedDataset
@@ -32,7 +33,7 @@ from farzi.distill.bundle import FarziData, load_bundle
 from farzi.errors import ConfigError
 from farzi.models import build_model, make_config, model_task
 from farzi.progress import ProgressFn
-from farzi.train import TrainConfig, TrainResult, check_model_sizes, train_model
+from farzi.train import TrainConfig, TrainResult, check_model_sizes, check_training_memory, train_model
 
 
 @dataclass
@@ -64,6 +65,15 @@ def parse_spec(text: str) -> DataSpec:
         f"--data {text!r} is not a data spec",
         "use full, random:N, head:N, or the path of a Farzi Data bundle (*.safetensors)",
     )
+
+
+def claim_model(
+    out: Path, overwrite: bool = False, dataset: Path | None = None, data: str = "full"
+) -> contextlib.AbstractContextManager[Claim]:
+    """The claim :func:`train_student` holds on its model directory (the CLI takes it before the cost
+    probe, and training joins it); even ``overwrite`` never replaces the dataset or bundle it reads."""
+    spec = parse_spec(data)
+    return claim_output(out, "model", overwrite, inputs=(dataset, spec.path))
 
 
 def select_sequences(ds: PreparedDataset, spec: DataSpec, seed: int) -> np.ndarray:
@@ -168,7 +178,7 @@ def train_student(
     resolve_device(device)  # ConfigError for a device this machine lacks, before any work
     cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
     check_model_sizes(cfg)
-    with claim_output(out, "model", overwrite):
+    with claim_model(out, overwrite, ds.path, spec_text):
         return _train_and_save(
             ds, model_name, spec, cfg, config, Path(out), discrete, device, progress, target_metric, recipe_fills
         )
@@ -191,6 +201,7 @@ def _train_and_save(
     taken: list[str] = []
     if isinstance(train_set, DistributionTrainSet):
         config, taken = apply_recipe(config, train_set.summary.meta.get("recipe"), recipe_fills)
+    check_training_memory("training", model_name, cfg, config, ds, train_set, device)
     torch.manual_seed(config.seed)
     model = build_model(model_name, cfg)
     start = time.perf_counter()

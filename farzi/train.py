@@ -81,6 +81,36 @@ def check_model_sizes(cfg: Any) -> None:
             raise ConfigError(f"{flag} {value} must be at least {least}", f"pass e.g. {flag} {max(least, 8)}")
 
 
+def check_training_memory(
+    command: str,
+    model_name: str,
+    cfg: Any,
+    config: TrainConfig,
+    ds: PreparedDataset,
+    train_set: TrainSet | None = None,
+    device: Any = None,
+) -> None:
+    """Refuse, before anything is allocated, a training run whose memory estimate
+    (:func:`farzi.limits.training_needs`) is above what this machine has available.
+
+    A batch holds at most ``batch_size`` of the training set's sequences (the dataset's training split
+    where ``train_set`` is not built yet), each at most ``max_len`` (and the longest sequence) long; a
+    soft training set (Farzi Data) also materializes its batch's distributions.
+    """
+    from farzi import limits
+
+    longest = max(1, min(int(cfg.max_len), int(ds.train.lengths.max()) if len(ds.train) else 1))
+    sequences = len(ds.train) if train_set is None else int(train_set.num_sequences)
+    rows = max(1, min(config.batch_size, sequences))
+    length, soft_rows = longest, 0
+    summary = getattr(train_set, "summary", None)
+    if summary is not None:  # Farzi Data: batches of [xi, |V|] distributions (sampled to ids with --discrete)
+        length = int(summary.xi)
+        soft_rows = min(rows, int(train_set.chunk))  # type: ignore[union-attr]
+    needs = limits.training_needs(model_name, cfg, ds.vocab_size, rows, length, soft_rows, eval_length=longest)
+    limits.check_needs(command, needs, device)
+
+
 @dataclass
 class TrainResult:
     model: SequenceModel  # holds the best state

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from farzi._io import atomic_dir, claim_output, read_json, write_json
+from farzi._io import Claim, Companion, atomic_dir, claim_output, read_json, write_json
 from farzi._version import __version__
 from farzi.batching import SequenceTrainSet, batching_record
 from farzi.checkpoint import (
@@ -36,11 +37,11 @@ from farzi.data.prepared import PreparedDataset
 from farzi.device import resolve_device
 from farzi.distill.parallel import LOCAL, Collective
 from farzi.distributed import agree
-from farzi.errors import CheckpointError, ConfigError, FarziError
+from farzi.errors import CheckpointError, ConfigError, FarziError, setting_differences
 from farzi.models import build_model, make_config, model_task
 from farzi.moments import AdamMoments, adam_moments, load_moments, save_moments
 from farzi.progress import ProgressFn
-from farzi.train import TrainConfig, check_model_sizes, train_model
+from farzi.train import TrainConfig, check_model_sizes, check_training_memory, train_model
 
 FORMAT_NAME = "farzi-trajectories"
 FORMAT_VERSION = 1
@@ -91,12 +92,14 @@ def train_trajectories(
                 )
             cfg = make_config(model_name, ds.vocab_size, **(model_overrides or {}))
             check_model_sizes(cfg)
+            check_training_memory("a trajectory run", model_name, cfg, config, ds, device=device)
             record = dataset_record(ds)
             key = _run_key(model_name, cfg.to_dict(), config, record, every)
+            settings = _run_settings(model_name, cfg.to_dict(), config, every)
             fingerprint = _digest({"run": key, "runs": runs, "resume": resume, "package": __version__})
             if writer:
-                claim.enter_context(claim_output(out, "trajectories", overwrite))
-                _prepare_parts(parts, resume, key)
+                claim.enter_context(claim_omega(out, overwrite, ds.path))
+                _prepare_parts(parts, resume, key, settings)
         except FarziError as exc:
             error = exc
         agree(collective, fingerprint, error, "settings or data")
@@ -157,6 +160,29 @@ def _parts_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.runs"
 
 
+def _own_parts(parts: Path) -> bool:
+    """Whether ``parts`` holds only what :func:`train_trajectories` writes there: ``runR`` directories
+    (and the dot-named temporaries of a run killed while it was written)."""
+    try:
+        entries = list(parts.iterdir()) if parts.is_dir() and not parts.is_symlink() else None
+    except OSError:
+        return False
+    return entries is not None and all(
+        p.name.startswith(".") or (re.fullmatch(r"run\d+", p.name) is not None and p.is_dir()) for p in entries
+    )
+
+
+def claim_omega(
+    out: Path, overwrite: bool = False, dataset: Path | None = None
+) -> contextlib.AbstractContextManager[Claim]:
+    """The claim :func:`train_trajectories` holds on ``out`` and the finished runs beside it (a caller
+    such as the CLI takes it before any costly work, and training joins it): a second writer, a
+    directory there that is not a trajectory set, and a ``.NAME.runs`` that is not farzi's are refused
+    unless ``overwrite``; even with it, a directory holding the dataset read."""
+    parts = Companion(_parts_dir(Path(out)), "the finished runs of a trajectory job", _own_parts)
+    return claim_output(out, "trajectories", overwrite, companions=(parts,), inputs=(dataset,))
+
+
 def _digest(doc: Any) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -166,7 +192,13 @@ def _run_key(model_name: str, cfg: dict[str, Any], config: TrainConfig, record: 
     return _digest({"model": model_name, "config": cfg, "train": config.to_dict(), "dataset": record, "every": every})
 
 
-def _prepare_parts(parts: Path, resume: bool, key: str) -> None:
+def _run_settings(model_name: str, cfg: dict[str, Any], config: TrainConfig, every: int) -> dict[str, Any]:
+    """The settings of :func:`_run_key` by option name (a run's record keeps them, so that a refused
+    resume names those that differ)."""
+    return {**cfg, **config.to_dict(), "model": model_name, "every": every}
+
+
+def _prepare_parts(parts: Path, resume: bool, key: str, settings: dict[str, Any] | None = None) -> None:
     """A fresh start removes earlier runs; a resume keeps those made with the same settings (and
     drops what a killed run left half-written)."""
     if not resume:
@@ -180,8 +212,9 @@ def _prepare_parts(parts: Path, resume: bool, key: str) -> None:
         elif p.is_dir() and (p / RUN_RECORD).is_file():
             rec = _read_run_record(p)
             if rec is None or rec.get("key") != key:
+                differ = setting_differences(rec.get("settings") if rec else None, settings)
                 raise ConfigError(
-                    f"the finished run {p} was made with other settings or another dataset",
+                    f"the finished run {p} was made with other settings{differ or ' or another dataset'}",
                     "resume with the settings it was made with, or run without --resume to start over",
                 )
 
@@ -247,7 +280,15 @@ def _train_run(
         recorder.finish(model, result.steps)
         summary = {"run": run, **result.summary()}
         write_json(
-            tmp / RUN_RECORD, {"format": RUN_FORMAT, "run": run, "key": key, "points": points, "summary": summary}
+            tmp / RUN_RECORD,
+            {
+                "format": RUN_FORMAT,
+                "run": run,
+                "key": key,
+                "settings": _run_settings(model_name, cfg.to_dict(), config, every),
+                "points": points,
+                "summary": summary,
+            },
         )
 
 

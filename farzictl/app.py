@@ -35,7 +35,7 @@ from farzi.distill.config import (
     StartWeighting,
     parse_budget,
 )
-from farzi.distill.engine import distill
+from farzi.distill.engine import claim_bundle, distill
 from farzi.distill.inspect import inspect_bundle
 from farzi.distributed import DEFAULT_TIMEOUT as DEFAULT_RANK_TIMEOUT
 from farzi.distributed import launched
@@ -45,9 +45,9 @@ from farzi.export import DECODINGS, FORMATS, ExportConfig, export_bundle
 from farzi.models import DEFAULT_MODEL
 from farzi.plan import plan_demo, plan_distill, plan_student, plan_trajectories
 from farzi.presets import RECIPE_OVER_PRESET
-from farzi.student import parse_spec, train_student
+from farzi.student import claim_model, parse_spec, train_student
 from farzi.train import TrainConfig
-from farzi.trajectories import train_trajectories
+from farzi.trajectories import claim_omega, train_trajectories
 from farzi.workspace import bundles_dir, check_name, dataset_dir, models_dir, trajectories_dir
 from farzictl import launch, session, ui
 
@@ -165,6 +165,9 @@ Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (checked before a
 NProc = Annotated[
     int, typer.Option(help="Run as N ranks on this machine (torch.distributed; under torchrun leave it at 1).")
 ]
+Oversubscribe = Annotated[
+    bool, typer.Option("--oversubscribe", help="Allow --nproc above the cores this process may use (CPU ranks).")
+]
 RankTimeout = Annotated[
     float, typer.Option(help="Seconds a rank waits for the others before the job stops (several ranks only).")
 ]
@@ -233,6 +236,7 @@ def trajectories_cmd(
     overwrite: Overwrite = False,
     device: Device = "cpu",
     nproc: NProc = 1,
+    oversubscribe: Oversubscribe = False,
     rank_timeout: RankTimeout = DEFAULT_RANK_TIMEOUT,
     seed: Seed = 0,
     home: Home = None,
@@ -243,7 +247,7 @@ def trajectories_cmd(
     quiet: session.Quiet = False,
 ) -> None:
     """Train R runs of a model on the real data, keeping checkpoints along the way (Omega)."""
-    launch.check_nproc(nproc)
+    launch.check_nproc(nproc, device, oversubscribe)
     if nproc > 1:
         raise typer.Exit(launch.spawn(nproc, rank_timeout))
     ds = resolve_dataset(dataset, home)
@@ -262,7 +266,10 @@ def trajectories_cmd(
     args = (ds, name, opts["runs"], opts["every"], cfg)
     if plan:  # the projection alone, before any rank is started
         ui.announce_plan(plan_trajectories(*args, opts["model_overrides"], opts["device"]), True, json)
-    with launch.rank_scope(opts["device"], rank_timeout) as collective:
+    with (
+        launch.output_claim(plan, lambda: claim_omega(target, overwrite, ds.path)),
+        launch.rank_scope(opts["device"], rank_timeout) as collective,
+    ):
         cost = plan_trajectories(*args, opts["model_overrides"], opts["device"])
         preface = ui.announce_plan(cost, False, json) if collective.rank == 0 else None
         with ui.progress_bars(not json and collective.rank == 0, preface=preface) as progress:
@@ -367,21 +374,23 @@ def train_student_cmd(
     fills = {k for k, x in given.items() if x is None}
     if preset is not None:  # the preset's values yield to a bundle's recipe on these
         fills |= {k for k in RECIPE_OVER_PRESET if not session.given(ctx, k)}
-    cost = plan_student(ds, name, data, cfg, opts["model_overrides"], discrete, device, fills)
-    with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
-        result, info = train_student(
-            ds,
-            name,
-            data,
-            cfg,
-            target,
-            opts["model_overrides"],
-            discrete=discrete,
-            device=device,
-            progress=progress,
-            overwrite=overwrite,
-            recipe_fills=fills,
-        )
+    with launch.output_claim(plan, lambda: claim_model(target, overwrite, ds.path, data)):
+        cost = plan_student(ds, name, data, cfg, opts["model_overrides"], discrete, device, fills)
+        preface = ui.announce_plan(cost, plan, json)
+        with ui.progress_bars(not json, preface=preface) as progress:
+            result, info = train_student(
+                ds,
+                name,
+                data,
+                cfg,
+                target,
+                opts["model_overrides"],
+                discrete=discrete,
+                device=device,
+                progress=progress,
+                overwrite=overwrite,
+                recipe_fills=fills,
+            )
     if json:
         ui.print_json(
             {
@@ -516,6 +525,7 @@ def distill_cmd(
     overwrite: Overwrite = False,
     device: Annotated[str, _d("device")] = _DISTILL.device,
     nproc: NProc = 1,
+    oversubscribe: Oversubscribe = False,
     rank_timeout: RankTimeout = DEFAULT_RANK_TIMEOUT,
     seed: Seed = _DISTILL.seed,
     home: Home = None,
@@ -527,7 +537,7 @@ def distill_cmd(
 ) -> None:
     """Distill a prepared dataset into Farzi Data (a farzi-data v1 bundle)."""
     given = dict(locals())
-    launch.check_nproc(nproc)
+    launch.check_nproc(nproc, device, oversubscribe)
     if nproc > 1:
         raise typer.Exit(launch.spawn(nproc, rank_timeout))
     ds = resolve_dataset(dataset, home)
@@ -547,11 +557,15 @@ def distill_cmd(
         model_overrides={k: v for k, v in overrides.items() if v is not None},
         **{k: given[k] for k in DISTILL_OPTION_FIELDS},
     )
+    cfg.validate(ds)  # settings and device first, then the output, then the cost probe
     target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
     resume_from = target if resume else None  # a resumed run projects only the steps it has left
     if plan:  # the projection alone, before any rank is started
         ui.announce_plan(plan_distill(ds, cfg, trajectories, resume_from=resume_from), True, json)
-    with launch.rank_scope(device, rank_timeout) as collective:
+    with (
+        launch.output_claim(plan, lambda: claim_bundle(target, overwrite, ds.path, trajectories)),
+        launch.rank_scope(device, rank_timeout) as collective,
+    ):
         cost = plan_distill(ds, cfg, trajectories, resume_from=resume_from)
         preface = ui.announce_plan(cost, False, json) if collective.rank == 0 else None
         with ui.progress_bars(not json and collective.rank == 0, preface=preface) as progress:

@@ -19,12 +19,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import typer
 
+from farzi import limits
+from farzi.device import resolve_device
 from farzi.distill.parallel import Collective
 from farzi.distributed import INIT_METHOD_ENV, RESUME_FIX, RankLost, launched, ranks
 from farzi.errors import ConfigError
@@ -34,11 +36,57 @@ RANK_LOST_EXIT = 75  # a rank of --nproc that lost its peers: the launcher repor
 ARGV: list[str] = []  # the command line farzictl.app.main was given
 
 
-def check_nproc(nproc: int) -> None:
+def check_nproc(nproc: int, device: str = "cpu", oversubscribe: bool = False) -> None:
+    """Refuse, before any rank starts, a rank count this machine cannot hold: below 1, under torchrun,
+    more ranks than cores (unless ``oversubscribe``, as ``mpirun --oversubscribe``) or, with a CUDA
+    ``device``, than GPUs (each rank takes one; CUDA asked for where there is none is one line too)."""
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc} must be at least 1", "pass e.g. --nproc 2")
-    if nproc > 1 and launched():
+    if nproc == 1:
+        return
+    if launched():
         raise ConfigError("--nproc was given to a rank of a job already launched (torchrun)", "drop --nproc")
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise ConfigError(
+                f"--nproc {nproc} is more ranks than the {gpus} GPU(s) of this machine (each rank takes one)",
+                f"pass --nproc {gpus} or fewer, or --device cpu",
+            )
+        return
+    cores = limits.usable_cores()
+    if nproc > cores and not oversubscribe:
+        raise ConfigError(
+            f"--nproc {nproc} is more ranks than the {cores} core(s) this process may use",
+            f"pass --nproc {cores} or fewer, or add --oversubscribe to run more ranks than cores",
+        )
+    limit = oversubscribed_limit()
+    if nproc > limit:
+        raise ConfigError(
+            f"--nproc {nproc} ranks would need about {nproc * RANK_MEMORY / 2**30:.1f} GiB before any work "
+            f"({RANK_MEMORY / 2**20:.0f} MiB per rank for the interpreter and torch), more than this machine has free",
+            f"pass --nproc {limit} or fewer",
+        )
+
+
+RANK_MEMORY = 400 << 20  # one rank before any work: interpreter, torch, gloo (the imports alone: 260 MiB RSS)
+
+
+def oversubscribed_limit() -> int:
+    """The most ranks the memory this process may use can start at all (each a Python with torch)."""
+    return max(int(limits.available_memory() // RANK_MEMORY), 1)
+
+
+def output_claim(plan_only: bool, claim: Callable[[], contextlib.AbstractContextManager[Any]]):
+    """The claim on a command's output, taken before its cost probe so that a second writer or a bad
+    ``--out`` is refused at once: by rank 0 of a job, or the one process (``--plan`` alone writes nothing
+    and claims nothing; the library joins a claim its caller holds)."""
+    if plan_only or os.environ.get("RANK", "0") not in ("", "0"):
+        return contextlib.nullcontext()
+    return claim()
 
 
 @contextlib.contextmanager

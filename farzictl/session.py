@@ -1,7 +1,8 @@
 """Options every command shares that act on the whole invocation: ``--threads``, ``--quiet``,
 ``--preset`` and ``--plan``, with the state they set (reset by :func:`farzictl.app.main` per call).
 
-``--threads N`` sets torch's intra-op threads while the options are parsed, before any work;
+``--threads N`` sets torch's intra-op threads while the options are parsed, before any work (at most
+the cores this process may use, :func:`farzi.limits.usable_cores`);
 the library records ``torch.get_num_threads()`` in what it writes. ``--quiet`` silences progress
 and the cost projection on stderr (:func:`farzictl.ui.progress_bars` reads :data:`STATE`).
 """
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import torch
 import typer
 
+from farzi.limits import usable_cores
 from farzi.presets import preset_values
 
 
@@ -31,7 +33,14 @@ def reset() -> None:
 
 
 def _set_threads(value: int | None) -> int | None:
+    """``--threads``: at most the cores this process may use (more only oversubscribe them, and far
+    more make the thread pools fail: a panic, then a crash)."""
     if value is not None:
+        most = usable_cores()
+        if value > most:
+            raise typer.BadParameter(
+                f"{value} is more than the {most} cores this process may use; pass at most --threads {most}"
+            )
         torch.set_num_threads(value)
     return value
 
@@ -51,7 +60,8 @@ Threads = Annotated[
     typer.Option(
         min=1,
         callback=_set_threads,
-        help="torch intra-op threads (default: torch's own choice); set it on a shared machine.",
+        help="torch intra-op threads, at most the cores this process may use (default: torch's own choice); "
+        "set it on a shared machine.",
         show_default=False,
     ),
 ]

@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from farzi._io import os_error
 from farzi.errors import FarziError
 from farzi.progress import ProgressEvent, ProgressFn
 from farzictl import session
@@ -52,11 +54,34 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except FarziError as exc:
             raise fail(exc.one_line()) from None
+        except OSError as exc:  # the file system's answer about a path the user gave (too long, ...)
+            raise fail(os_error(exc).one_line()) from None
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise fail(
+                "out of memory: the run asked for more memory than this machine could give "
+                f"({_allocation(exc)}); lower the sizes (--batch-size, --budget, --latent-dim, --real-batch, "
+                "--d-model, --max-len) or free memory"
+            ) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (Python's, torch's CPU allocator's or CUDA's)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return "can't allocate memory" in text or "not enough memory" in text or "out of memory" in text.lower()
+
+
+def _allocation(exc: BaseException) -> str:
+    found = re.search(r"allocate (\d+) bytes", str(exc))
+    return f"{int(found.group(1)) / 2**30:.1f} GiB at once" if found else type(exc).__name__
 
 
 def _fmt(value: Any) -> str:

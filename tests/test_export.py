@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
+import os
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -13,7 +16,7 @@ import pytest
 import torch
 
 from farzi import export as export_mod
-from farzi._io import sha256_file
+from farzi._io import claim_output, sha256_file
 from farzi._safetensors import load_tensors, read_header, save_tensors
 from farzi._version import __version__
 from farzi.data.vocab import Vocabulary
@@ -251,6 +254,49 @@ def test_sampling_a_sharp_bundle_gives_its_argmax(lm_bundle: Path, tmp_path: Pat
     assert [d.name for d in draws[:5]] == ["syn0-0", "syn0-1", "syn0-2", "syn0-3", "syn1-0"]
 
 
+# the tokens farzi drew before export worked in chunks (one multinomial call per sequence): the same seed
+# must keep giving them (torch's CPU sampler draws row after row, so any cut into rows gives the same stream)
+PINNED_DRAWS = {
+    1: [[2, 1, 1, 3], [1, 1, 2, 1], [1, 3, 3, 2]],
+    2: [[1, 2, 2, 1], [3, 2, 1, 1], [3, 3, 2, 1], [1, 2, 1, 1], [3, 3, 1, 2], [1, 1, 3, 3]],
+}
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4 * 5, 1 << 20])  # elements: a position, chunks across sequences, all
+@pytest.mark.parametrize("samples", [1, 2])
+def test_sampling_keeps_the_draws_of_earlier_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, samples: int, chunk: int
+) -> None:
+    data = load_bundle(dist_bundle(tmp_path / "d.safetensors", [0.5, 0.3, 0.2], mu=3, xi=4))
+    monkeypatch.setattr(export_mod, "CHUNK_ELEMENTS", chunk)
+    assert [d.ids for d in decode_sequences(data, "sample", samples, seed=11)] == PINNED_DRAWS[samples]
+
+
+@pytest.mark.parametrize(("decode", "samples"), [("argmax", 1), ("sample", 1), ("sample", 5)])
+def test_decoding_does_not_depend_on_the_chunks(
+    tiny_lm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decode: str, samples: int
+) -> None:
+    """Chunks of one position, of a few positions across sequence boundaries, of fewer positions than the
+    draws need, and of the whole bundle: the same tokens and probabilities, sequence after sequence."""
+    gen = torch.Generator().manual_seed(4)
+    V = tiny_lm.vocab_size
+    bundle = save_bundle(
+        tmp_path / "b.safetensors", torch.randn(5, 7, 6, generator=gen) * 2, torch.randn(6, V, generator=gen), 0.8,
+        "lm", list(tiny_lm.vocab.tokens), tiny_lm.vocab.sha256(), dict(tiny_lm.vocab.specials), [0], {}, {}, {},
+    )  # fmt: skip
+    data = load_bundle(bundle)
+    runs = []
+    for chunk in (1, 3 * V, 3 * V + 1, 2, 10**6):  # 2: below one position, and fewer rows than 5 draws need
+        monkeypatch.setattr(export_mod, "CHUNK_ELEMENTS", chunk)
+        runs.append([(d.index, d.sample, d.ids, d.p) for d in decode_sequences(data, decode, samples, seed=3)])
+    for run in runs[1:]:
+        assert [(i, k, ids) for i, k, ids, _ in run] == [(i, k, ids) for i, k, ids, _ in runs[0]]
+        # the product of a few rows takes other BLAS kernels: the last digit of a probability may differ
+        assert [p for *_, p in run] == [pytest.approx(p, abs=1.1e-6) for *_, p in runs[0]]
+    assert [(i, k) for i, k, _, _ in runs[0]] == [(i, k) for i in range(5) for k in range(samples)]
+    assert all(len(ids) == 7 and 0 not in ids for _, _, ids, _ in runs[0])  # <pad> is masked
+
+
 # ------------------------------------------------------------------ provenance
 def test_sidecar_records_bundle_config_and_version(lm_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
@@ -355,3 +401,90 @@ def test_jsonl_is_one_object_per_line_with_text_safe_tokens(tmp_path: Path) -> N
     text = export_bundle(bundle, ExportConfig(to="jsonl")).path.read_text(encoding="utf-8")
     assert len(text.splitlines()) == 1
     assert json.load(io.StringIO(text))["sentences"] == [['say "hi"', "naïve"]]
+
+
+# ------------------------------------------------------------------ the output is claimed
+def test_an_export_in_progress_makes_a_second_fail_at_once(lm_bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out.jsonl"
+    export_bundle(lm_bundle, ExportConfig(to="jsonl"), out=out)
+    before = out.read_bytes()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the second export loaded the bundle: it must fail before any work")
+
+    monkeypatch.setattr(export_mod, "load_bundle", never)
+    fd = os.open(tmp_path / ".out.jsonl.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what the first export's claim holds
+        with pytest.raises(ConfigError, match="out.jsonl is being written by another farzi process"):
+            export_bundle(lm_bundle, ExportConfig(to="jsonl"), out=out)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == before
+    # from another thread of this process, through claim_output itself
+    with claim_output(out, "export"):
+        errors: list[BaseException] = []
+
+        def second() -> None:
+            try:
+                export_bundle(lm_bundle, ExportConfig(to="jsonl"), out=out)
+            except ConfigError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join()
+    assert len(errors) == 1 and "is being written by another farzi process" in str(errors[0])
+    assert out.read_bytes() == before
+
+
+def test_what_a_killed_export_left_is_removed_by_the_next(lm_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    stale = [tmp_path / ".out.jsonl.tmp-deadbeef", tmp_path / ".out.jsonl.json.tmp-0badf00d"]
+    for path in stale:
+        path.write_bytes(b"x" * 1000)  # a killed export's temporaries: the file's and the sidecar's
+    other = tmp_path / ".out.jsonl.other.tmp-deadbeef"  # another target's: kept
+    other.write_text("not ours")
+    res = export_bundle(lm_bundle, ExportConfig(to="jsonl"), out=out)
+    assert not any(path.exists() for path in stale)
+    assert other.read_text() == "not ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".out.jsonl.other.tmp-deadbeef", "lm.safetensors", "out.jsonl", "out.jsonl.json"]
+    )  # no lock, no temporary
+    assert res.provenance["counts"]["sequences"] == 2
+
+
+def test_a_users_file_at_the_sidecar_path_is_never_clobbered(lm_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    side = tmp_path / "x.jsonl.json"
+    for mine in ('{"format": "my-notes"}\n', '{"format": "farzi-export"}\n', "not json\n"):
+        side.write_text(mine)
+        with pytest.raises(ConfigError, match=r"x\.jsonl\.json exists and is not an export sidecar.*--overwrite"):
+            export_bundle(lm_bundle, ExportConfig(to="jsonl"), out=out)
+        assert side.read_text() == mine and not out.exists()
+    # a symbolic link there is not an export sidecar either, even to one
+    real = export_bundle(lm_bundle, ExportConfig(to="jsonl"), out=tmp_path / "real.jsonl").sidecar
+    side.unlink()
+    side.symlink_to(real)
+    with pytest.raises(ConfigError, match="is not an export sidecar"):
+        export_bundle(lm_bundle, ExportConfig(to="jsonl"), out=out)
+    assert side.is_symlink() and not out.exists()
+    side.unlink()
+    side.write_text("mine\n")
+    export_bundle(lm_bundle, ExportConfig(to="jsonl", overwrite=True), out=out)  # --overwrite: replaced
+    assert json.loads(side.read_text())["format"] == "farzi-export"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_file_that_appears_during_the_export_is_not_replaced(lm_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.csv"
+    for where, match in (("x.csv.json", "not an export sidecar"), ("x.csv", "appeared while this run was working")):
+
+        def progress(*args, where: str = where, **kwargs) -> None:
+            (tmp_path / where).write_text("mine\n")
+
+        with pytest.raises(ConfigError, match=match):
+            export_bundle(lm_bundle, ExportConfig(to="csv"), out=out, progress=progress)
+        assert (tmp_path / where).read_text() == "mine\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.safetensors", where]  # nothing else written
+        (tmp_path / where).unlink()

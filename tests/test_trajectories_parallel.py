@@ -75,7 +75,7 @@ def test_resume_refuses_finished_runs_of_other_settings_and_a_fresh_start_drops_
     with pytest.raises(Stop):
         train_trajectories(tiny_lm, "transformer", 2, 2, CFG, out, TINY, progress=_stopper("trajectory run 2/2", []))
     other = TrainConfig(**{**CFG.to_dict(), "lr": 5e-3})
-    with pytest.raises(ConfigError, match="made with other settings"):
+    with pytest.raises(ConfigError, match=r"made with other settings: --lr 0.001 \(now 0.005\);"):
         train_trajectories(tiny_lm, "transformer", 2, 2, other, out, TINY, resume=True)
     seen: list[str] = []
     train_trajectories(tiny_lm, "transformer", 2, 2, other, out, TINY, progress=_stopper("none", seen))

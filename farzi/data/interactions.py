@@ -24,7 +24,7 @@ import polars as pl
 
 from farzi.data._read import check_readable, reading
 from farzi.data.sequences import Sequences
-from farzi.data.vocab import Vocabulary, build_item_vocab
+from farzi.data.vocab import PAD, Vocabulary, build_item_vocab
 from farzi.errors import ConfigError, DataError
 
 USER, ITEM, TIME = "user", "item", "time"
@@ -51,6 +51,8 @@ DATE_FORMATS = (
     "%Y/%m/%d",
     "%Y/%m/%d %H:%M:%S",
 )
+# An integer as written (the sign optional): what Int64 cannot hold is ordered exactly by :func:`_integer_key`.
+_INTEGER = r"^[+-]?[0-9]+$"
 _SEPARATOR_NAMES = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
 _SEPARATOR_SHOWN = {"\t": "'\\t'", ",": "','", ";": "';'", "|": "'|'"}
 
@@ -141,6 +143,8 @@ def select_columns(
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"cannot read {path}: {polars_problem(exc)}", "check the file's format") from exc
     used = resolve_separator(path, separator)
+    if used is not None and any("_duplicated_" in name for name in names):
+        _refuse_duplicate_header(path, used)
     for flag, col in (("--user-col", user), ("--item-col", item), ("--time-col", time)):
         if col in names:
             continue
@@ -157,6 +161,25 @@ def select_columns(
             f"pass the right name with {flag}",
         )
     return lf.select(pl.col(user).alias(USER), pl.col(item).alias(ITEM), pl.col(time).alias(TIME))
+
+
+def _refuse_duplicate_header(path: Path, separator: str) -> None:
+    """Refuse a header that names a column twice (polars would rename the second ``item`` to
+    ``item_duplicated_0`` and carry on); the header is read as a data row to see the names as written."""
+    try:
+        header = pl.read_csv(
+            path, separator=separator, has_header=False, n_rows=1, infer_schema=False, encoding="utf8-lossy"
+        ).row(0)
+    except pl.exceptions.PolarsError:
+        return  # not this check's business: reading the table reports it
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise DataError(
+                f"{path}'s header names the column {name!r} twice: which one is meant is ambiguous",
+                "rename one of them in the header (each column needs its own name)",
+            )
+        seen.add(name)
 
 
 def column_labels(user: str, item: str, time: str) -> dict[str, str]:
@@ -222,6 +245,7 @@ def _time_checks(dtype: pl.DataType, label: str, desc: str) -> dict[str, pl.Expr
             "time_number": is_number,
             "time_other": ~is_number,
             "time_integer": text.cast(pl.Int64, strict=False).is_not_null(),
+            "time_wide": text.str.contains(_INTEGER) & text.cast(pl.Int64, strict=False).is_null(),
         }
     if dtype.is_integer() or dtype == pl.Date or isinstance(dtype, pl.Datetime | pl.Duration):
         return {"time": col.is_null()}
@@ -263,7 +287,8 @@ def _validate(lf: pl.LazyFrame, label: str, labels: dict[str, str]) -> pl.LazyFr
     """Refuse missing ids and bad times (one line: column, count, first data row, fix).
 
     Returns ``lf`` with the user and item ids as text and the time as a sort key:
-    integers stay integers (nanosecond stamps do not fit a float), dates become
+    integers stay integers (nanosecond stamps do not fit a float; beyond Int64 they
+    become a text key in the same order, :func:`_integer_key`), dates become
     microseconds since 1970 (UTC).
     """
     schema = lf.collect_schema()
@@ -296,6 +321,17 @@ def _validate(lf: pl.LazyFrame, label: str, labels: dict[str, str]) -> pl.LazyFr
     text = _text(TIME)
     if not stats["time_other.n"]:  # numbers only
         integers = stats["time_integer.n"] == stats["n"]
+        if stats["time_wide.n"] and not integers:  # beyond Int64: a float would tie or misorder them
+            if stats["time_integer.n"] + stats["time_wide.n"] < stats["n"]:
+                not_integer = (TIME, ~text.str.contains(_INTEGER))
+                odd = _flag_stats(lf, {"time_fraction": not_integer}, {})
+                raise DataError(
+                    f"{label}: {labels[TIME]} mixes integers too large for 64 bits ({first('time_wide')}) with "
+                    f"{odd['time_fraction.n']} of {stats['n']} time(s) that are not integers "
+                    f"({first('time_fraction', odd)}): as decimals they could not be ordered exactly",
+                    "write every time as an integer in one unit (e.g. Unix nanoseconds), or remove those rows",
+                )
+            return lf.with_columns(user_text.alias(USER), item_text.alias(ITEM), _integer_key(text).alias(TIME))
         key = text.cast(pl.Int64 if integers else pl.Float64, strict=False)
         return lf.with_columns(user_text.alias(USER), item_text.alias(ITEM), key.alias(TIME))
     # some values are not numbers: dates, or not times at all (parsed on those rows only)
@@ -324,6 +360,20 @@ def _validate(lf: pl.LazyFrame, label: str, labels: dict[str, str]) -> pl.LazyFr
         )
     key = pl.coalesce([parsed[f] for f in forms])  # only the forms the column uses: parsing is the slow part
     return lf.with_columns(user_text.alias(USER), item_text.alias(ITEM), key.alias(TIME))
+
+
+def _integer_key(text: pl.Expr) -> pl.Expr:
+    """Text that sorts like the integers ``text`` holds (written as :data:`_INTEGER`), however many digits.
+
+    ``1`` + digit count (3 digits: a finite float has at most 309) + digits for ``n >= 0``; for
+    ``n < 0`` ``0`` + the same with every digit complemented (9 - d), so a larger magnitude sorts first.
+    """
+    digits = text.str.strip_chars_start("+-").str.strip_chars_start("0")
+    digits = pl.when(digits == "").then(pl.lit("0")).otherwise(digits)  # -0 is 0
+    body = digits.str.len_bytes().cast(pl.Utf8).str.zfill(3) + digits
+    complement = body.str.replace_many(list("0123456789"), list("9876543210"))
+    negative = text.str.starts_with("-") & (digits != "0")
+    return pl.when(negative).then("0" + complement).otherwise("1" + body)
 
 
 def _date_stats(rest: pl.LazyFrame, parsed: dict[str, pl.Expr]) -> tuple[dict, dict, list[str]]:
@@ -396,8 +446,9 @@ def build_sequences(
     ``labels`` names the columns in messages (default "the user column" ...; see
     :func:`column_labels`). Bad ids and times are refused before anything is built.
     """
+    labels = {**_DEFAULT_LABELS, **(labels or {})}
     try:
-        lf = _validate(lf.with_row_index(_ROW), path_label, {**_DEFAULT_LABELS, **(labels or {})})
+        lf = _validate(lf.with_row_index(_ROW), path_label, labels)
         raw_count = lf.select(pl.len()).collect(engine="streaming").item()
         kept = lf.filter(pl.len().over(USER) >= min_length)
         items = _sorted_unique(kept.select(pl.col(ITEM).unique()).collect(engine="streaming")[ITEM])
@@ -407,6 +458,8 @@ def build_sequences(
                 f"({raw_count} interaction rows read)",
                 "pass a log where users have at least two interactions each",
             )
+        if PAD in items:
+            _refuse_pad_item(lf, path_label, labels[ITEM])
         item_map = pl.LazyFrame({ITEM: items, "_id": np.arange(1, len(items) + 1, dtype=np.int32)})
         per_user = (
             kept.join(item_map, on=ITEM, how="left")
@@ -456,6 +509,16 @@ def build_sequences(
     info = {"rows_read": int(raw_count), "users_dropped": None}
     info["users_dropped"] = int(lf.select(pl.col(USER).n_unique()).collect(engine="streaming").item() - n)
     return vocab, splits, info
+
+
+def _refuse_pad_item(lf: pl.LazyFrame, label: str, desc: str) -> None:
+    """Refuse the item id ``<pad>``: id 0 is the padding token, and no item may take its name."""
+    st = _flag_stats(lf, {"pad": (ITEM, pl.col(ITEM) == PAD)}, {})
+    raise DataError(
+        f"{label}: {desc} has {st['pad.n']} row(s) with the item id {PAD!r}, reserved for padding "
+        f"(data row {int(st['pad.row']) + 1}, the first)",
+        f"rename that item in the log (any id but {PAD!r})",
+    )
 
 
 def _order_index(users: pl.Series) -> list[int]:

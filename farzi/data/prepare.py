@@ -518,7 +518,8 @@ def prepare(
     name = check_name(name or source, "dataset name")
     home_path = home_dir(home)
     target = Path(out) if out is not None else dataset_dir(name, home)
-    with claim_output(target, "prepared", overwrite):
+    inputs = (opts.source, opts.train, opts.valid, opts.test, opts.path)  # never replaced, even by overwrite
+    with claim_output(target, "prepared", overwrite, inputs=inputs):
         report(progress, f"prepare {name}", 0, 2)
         built = SOURCES[source](opts, home_path, progress)
         report(progress, f"prepare {name}", 1, 2)

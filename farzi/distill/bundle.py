@@ -22,6 +22,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ MAX_SEQUENCE_ELEMENTS = 2**24
 # mu * xi * V: all distributions, 2**32 values = 16 GiB in float32, never built at once (Netflix
 # 500 x 200 x 17,770: 1.8e9; PTB 400 x 50 x 2,001: 4.0e7); it bounds one student epoch's work.
 MAX_TOTAL_ELEMENTS = 2**32
+# distributions FarziData.positions builds at once: 4 MiB of float32, near the cache (a bundle at
+# MAX_TOTAL_ELEMENTS, 256 x 4096 x 4096, on 2 cores: inspect 77 s, export 92 s with 64 MiB at a
+# time, most of it page faults of fresh 64 MiB buffers; 17 s and 16 s so)
+POSITION_CHUNK_ELEMENTS = 1 << 20
 # materialize divides float32 logits by tau: it must be a normal float32 (no 0, no infinity)
 MIN_TAU = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny
 MAX_TAU = 3.4028234663852886e38  # torch.finfo(torch.float32).max
@@ -81,6 +86,13 @@ _FIX = "re-create it with farzictl distill"
 _DIGITS = re.compile(r"[0-9]{1,12}")
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: `created` keeps a 4-digit year
 MAX_LOGIT = 1e38  # float32 overflows at ~3.4e38
+
+
+def position_spans(n: int, rows: int) -> list[tuple[int, int]]:
+    """``range(n)`` cut into ``ceil(n / rows)`` consecutive spans ``(start, end)`` of near-equal
+    length, each at most ``rows`` (>= 1) long: no sliver of a few rows at the end."""
+    count = -(-n // max(1, rows))
+    return [(n * i // count, n * (i + 1) // count) for i in range(count)]
 
 
 def created_now() -> str:
@@ -147,6 +159,28 @@ class FarziData:
         if dtype is not None:
             latent, decoder = latent.to(dtype), decoder.to(dtype)
         return materialize(latent, decoder, self.tau, self.banned, idx)
+
+    def positions(self, chunk_elements: int = POSITION_CHUNK_ELEMENTS) -> Iterator[tuple[int, Tensor]]:
+        """Every position's distribution, sequence after sequence, a chunk at a time.
+
+        Yields ``(start, probs)``: ``probs`` [c, V] are the distributions of the positions
+        ``start .. start + c - 1`` of ``latent`` flattened to [mu * xi, d] (position ``j`` of
+        sequence ``i`` is ``i * xi + j``; a chunk may span sequences), a new tensor the caller
+        may change. ``c * V <= chunk_elements`` (at least one position), chunks of near-equal
+        size (:func:`position_spans`): a matrix product of a few rows takes other kernels, which
+        round differently than whole blocks. The operations are those of :meth:`materialize`,
+        in place where it copies (the values are the same).
+        """
+        flat = self.latent.reshape(-1, self.latent_dim)  # [mu * xi, d]
+        banned = torch.nonzero(self.banned).flatten()  # [b] token ids
+        for start, end in position_spans(flat.shape[0], chunk_elements // self.vocab_size):
+            with torch.no_grad():
+                logits = flat[start:end] @ self.decoder  # [c, V]
+                logits.div_(self.tau)
+                if len(banned):
+                    logits.index_fill_(-1, banned, float("-inf"))
+                probs = torch.softmax(logits, dim=-1)
+            yield start, probs
 
     def to(self, device: str | torch.device) -> FarziData:
         return FarziData(self.latent.to(device), self.decoder.to(device), self.tau, self.meta, self.path)

@@ -216,11 +216,15 @@ class DistillConfig:
             raise ConfigError(f"unknown distill settings {', '.join(unknown)}", f"use only: {', '.join(sorted(known))}")
         return cls(**raw)
 
-    def fingerprint(self) -> str:
-        """What must match for a run to be resumed (device excluded)."""
+    def settings(self) -> dict[str, Any]:
+        """What must match for a run to be resumed: every field but the device."""
         d = self.to_dict()
         d.pop("device")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+        return d
+
+    def fingerprint(self) -> str:
+        """A digest of :meth:`settings`."""
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()
 
     # ------------------------------------------------------------------ validation
     def validate(self, ds: PreparedDataset | None = None) -> None:
@@ -337,6 +341,29 @@ class DistillConfig:
                 f"model {self.model!r} is for {model_task(self.model)}, dataset {ds.name!r} is {ds.task}",
                 "pick a model for this task",
             )
+        self.check_memory(ds)
+
+    def check_memory(self, ds: PreparedDataset, teacher: Any = None, checkpoints: int = 0) -> None:
+        """Refuse, before anything is allocated, a run whose memory estimate (:func:`farzi.limits.distill_needs`)
+        is above what this machine (or the GPU of ``device``) has available. ``teacher``: the teacher model
+        once it is known (its name and config); by default the one ``model`` and ``model_overrides`` name
+        (Omega's model takes their place in the run: the plan checks again with it)."""
+        from farzi import limits
+        from farzi.models import DEFAULT_MODEL, make_config
+        from farzi.train import check_model_sizes
+
+        if teacher is None:
+            name = self.model or DEFAULT_MODEL[ds.task]
+            try:
+                model_cfg = make_config(name, ds.vocab_size, **self.model_overrides)
+            except ConfigError:  # settings that model lacks: Omega's model takes them, or load_teacher says so
+                return
+        else:
+            name, model_cfg = teacher.name, teacher.config
+        check_model_sizes(model_cfg)
+        longest = int(ds.train.lengths.max())
+        needs = limits.distill_needs(self, ds.vocab_size, longest, name, model_cfg, checkpoints)
+        limits.check_needs("the distillation", needs, self.device)
 
 
 def _at_least(flag: str, value: int, least: int, fix: str) -> None:

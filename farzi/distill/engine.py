@@ -33,7 +33,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
-from farzi._io import atomic_file, claim_output
+from farzi._io import Claim, Companion, atomic_file, claim_output, jsonl_log, safetensors_of
 from farzi._version import __version__
 from farzi.data.prepared import PreparedDataset
 from farzi.distill.bundle import FarziData, load_bundle, save_bundle
@@ -48,7 +48,7 @@ from farzi.distill.config import (
 )
 from farzi.distill.init import init_record, initial_summary
 from farzi.distill.objectives import Contribution, MetaObjective, grad_norm, make_objective, step_draws
-from farzi.distill.outer import OuterOptimizer, RunState, load_run_state, save_run_state
+from farzi.distill.outer import STATE_FORMAT, OuterOptimizer, RunState, load_run_state, save_run_state
 from farzi.distill.parallel import LOCAL, Collective, start_indices
 from farzi.distill.select import Selection, as_bundle, recipe, student_score
 from farzi.distill.summary import Summary
@@ -77,6 +77,26 @@ class DistillResult:
 def run_paths(out: Path) -> tuple[Path, Path]:
     """The JSONL log and the resumable state beside a bundle path."""
     return out.with_suffix(".log.jsonl"), out.with_suffix(".state.safetensors")
+
+
+def claim_bundle(
+    out: Path, overwrite: bool = False, dataset: Path | None = None, trajectories: Path | None = None
+) -> contextlib.AbstractContextManager[Claim]:
+    """The claim :func:`distill` holds on a bundle path, the log and the run state beside it; a caller
+    (the CLI) takes it first, before any costly work such as the cost probe, and distill joins it.
+
+    Refused at once (``ConfigError``): a path that does not end in ``.safetensors``, a second writer,
+    a file there that is not a bundle, and a log or run state beside it that is not farzi's, unless
+    ``overwrite``; even with it, the dataset and trajectories read (``dataset``, ``trajectories``)."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out {out} must end in .safetensors", "name the bundle e.g. ptb-400x50.safetensors")
+    log_path, state_path = run_paths(out)
+    companions = (
+        Companion(log_path, "a distillation log", jsonl_log("step")),
+        Companion(state_path, "a distillation run state", safetensors_of(STATE_FORMAT)),
+    )
+    return claim_output(out, "bundle", overwrite, companions=companions, inputs=(dataset, trajectories))
 
 
 def outer_step(
@@ -277,20 +297,15 @@ def distill(
     when one differs or one rank met an error preparing. Only rank 0 touches ``out``.
     """
     out = Path(out)
-    log_path, state_path = run_paths(out)
     with contextlib.ExitStack() as claim:
         error, fingerprint = None, None
         try:
             cfg.validate(ds)
             if checkpoint_every < 0:
                 raise ConfigError(f"--checkpoint-every {checkpoint_every} must be >= 0", "pass 0 to save no state")
-            if out.suffix != ".safetensors":
-                raise ConfigError(
-                    f"--out {out} must end in .safetensors", "name the bundle e.g. ptb-400x50.safetensors"
-                )
             fingerprint = job_fingerprint(ds, cfg, trajectories, checkpoint_every, resume, stop_after)
             if collective.rank == 0:
-                claim.enter_context(claim_output(out, "bundle", overwrite, companions=(log_path, state_path)))
+                claim.enter_context(claim_bundle(out, overwrite, ds.path, trajectories))
         except FarziError as exc:
             error = exc
         agree(collective, fingerprint, error, "settings or data")
@@ -355,7 +370,7 @@ def _distill(
             summary = start_summary(cfg, ds, teacher, latent, decoder)
             outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
             objective = make_objective(cfg, ds, teacher)
-            fingerprints = (cfg.fingerprint(), ds.fingerprint())
+            fingerprints = (cfg.fingerprint(), ds.fingerprint(), cfg.settings())
             state = RunState(step=0, log_lines=0)
             if resume and writer:
                 state = load_run_state(state_path, summary, outer, *fingerprints)

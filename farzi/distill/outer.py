@@ -22,7 +22,7 @@ from torch import Tensor
 from farzi._io import atomic_file
 from farzi._safetensors import load_tensors, read_header, save_tensors
 from farzi.distill.summary import Summary
-from farzi.errors import ConfigError
+from farzi.errors import ConfigError, setting_differences
 
 STATE_FORMAT = "farzi-distill-state"
 STATE_VERSION = "1"
@@ -88,8 +88,16 @@ class RunState:
 
 
 def save_run_state(
-    path: Path, summary: Summary, outer: OuterOptimizer, state: RunState, config_fp: str, dataset_fp: str
+    path: Path,
+    summary: Summary,
+    outer: OuterOptimizer,
+    state: RunState,
+    config_fp: str,
+    dataset_fp: str,
+    settings: dict[str, Any] | None = None,
 ) -> None:
+    """Write the run state; ``settings`` (the config the fingerprint is of) lets a refused resume name
+    the settings that differ."""
     tensors = {
         **{n: p.detach() for n, p in zip(summary.names, summary.params, strict=True)},
         **outer.state_tensors(),
@@ -103,19 +111,31 @@ def save_run_state(
         "dataset": dataset_fp,
         "log_lines": str(state.log_lines),
         "extra": json.dumps(state.extra, sort_keys=True),
+        **({"settings": json.dumps(settings, sort_keys=True)} if settings is not None else {}),
     }
     with atomic_file(path) as tmp:
         save_tensors(tmp, tensors, meta)
 
 
-def load_run_state(path: Path, summary: Summary, outer: OuterOptimizer, config_fp: str, dataset_fp: str) -> RunState:
-    """Restore ``summary`` and ``outer`` from ``path``; refuse a state made with other settings."""
+def load_run_state(
+    path: Path,
+    summary: Summary,
+    outer: OuterOptimizer,
+    config_fp: str,
+    dataset_fp: str,
+    settings: dict[str, Any] | None = None,
+) -> RunState:
+    """Restore ``summary`` and ``outer`` from ``path``; refuse a state made with other settings (named,
+    where the state records them and ``settings`` is given) or another dataset."""
     fix = "delete it to start over, or resume with the settings it was made with"
     header, meta = read_header(path, ConfigError, fix)
     if meta.get("format") != STATE_FORMAT:
         raise ConfigError(f"{path} is not a distillation checkpoint", fix)
-    if meta.get("config") != config_fp or meta.get("dataset") != dataset_fp:
-        raise ConfigError(f"{path} was made with other settings or another dataset", fix)
+    if meta.get("dataset") != dataset_fp:
+        raise ConfigError(f"{path} was made from another dataset (or another version of it)", fix)
+    if meta.get("config") != config_fp:
+        differ = setting_differences(meta.get("settings"), settings)
+        raise ConfigError(f"{path} was made with other settings{differ}", fix)
     counts = (meta.get("step", ""), meta.get("log_lines", ""))
     if not all(c.isascii() and c.isdigit() and len(c) <= 12 for c in counts):
         raise ConfigError(f"{path} has a corrupt step count", fix)

@@ -3,8 +3,10 @@ export -> prepare -> train-student for both tasks, on bundles distilled from the
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -94,6 +96,40 @@ def test_bad_input_is_one_line(
         assert text in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_second_export_to_the_same_path_fails_at_once(bundles: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rec.csv"
+    fd = os.open(tmp_path / ".rec.csv.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the first export's claim holds it
+        line = farzictl("export", bundles["rec"], "--to", "csv", "--out", out).one_error_line()
+    finally:
+        os.close(fd)
+    assert f"rec.csv is being written by another farzi process (pid {os.getpid()})" in line, line
+    assert "another --out" in line
+    assert not out.exists() and not (tmp_path / "rec.csv.json").exists()
+
+
+def test_export_removes_what_a_killed_export_left(bundles: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rec.csv"
+    stale = [tmp_path / ".rec.csv.tmp-deadbeef", tmp_path / ".rec.csv.json.tmp-deadbeef"]
+    for path in stale:
+        path.write_bytes(b"\0" * 4096)
+    farzictl("export", bundles["rec"], "--to", "csv", "--out", out).ok()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.csv.json"]
+
+
+def test_export_never_clobbers_a_users_file_at_the_sidecar_path(bundles: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rec.csv"
+    side = tmp_path / "rec.csv.json"
+    side.write_text('{"my": "settings"}\n')
+    line = farzictl("export", bundles["rec"], "--to", "csv", "--out", out).one_error_line()
+    assert "rec.csv.json exists and is not an export sidecar" in line and "--overwrite" in line, line
+    assert side.read_text() == '{"my": "settings"}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv.json"]
+    farzictl("export", bundles["rec"], "--to", "csv", "--out", out, "--overwrite").ok()
+    assert json.loads(side.read_text())["format"] == "farzi-export"
 
 
 # ------------------------------------------------------------------ round trip

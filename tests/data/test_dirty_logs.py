@@ -259,6 +259,54 @@ def test_integer_times_beyond_float_precision_keep_their_order(tmp_path: Path) -
     assert set(map(tuple, as_dict(ds.splits).values())) == {(1, 2)}  # 5 (at t) before 9 (at t + 1)
 
 
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_integer_times_beyond_int64_keep_their_exact_order(tmp_path: Path, sign: str) -> None:
+    # 20-digit times used to become float64 (all three equal to 1e20), so file order won
+    times = {"a": "100000000000000000001", "b": "100000000000000000000", "c": "99999999999999999999"}
+    rows = [[str(u), item, sign + times[item]] for u in range(12) for item in ("a", "b", "c")]
+    rows[1][2] = f" {sign or '+'}0{times['b']} "  # user 0's b with a sign, a leading zero and spaces: same time
+    path = tmp_path / "log.csv"
+    path.write_text(csv(rows))
+    ds = prep(path, tmp_path / "home")
+    assert ds.vocab.tokens == ["<pad>", "a", "b", "c"]
+    expected = (3, 2, 1) if not sign else (1, 2, 3)  # c < b < a; negated: -a < -b < -c
+    assert set(map(tuple, as_dict(ds.splits).values())) == {expected}
+
+
+def test_integer_times_beyond_int64_mixed_with_small_and_zero_times(tmp_path: Path) -> None:
+    times = {"a": "-100000000000000000000", "b": "-5", "c": "0", "d": "-0", "e": "7", "f": "99999999999999999999"}
+    rows = [[str(u), item, times[item]] for u in range(12) for item in ("f", "e", "d", "c", "b", "a")]
+    path = tmp_path / "log.csv"
+    path.write_text(csv(rows))
+    ds = prep(path, tmp_path / "home")
+    # a < b < c = d (a tie keeps file order: d first) < e < f
+    assert set(map(tuple, as_dict(ds.splits).values())) == {(1, 2, 4, 3, 5, 6)}
+
+
+def test_integer_times_beyond_int64_mixed_with_decimals_are_refused(tmp_path: Path) -> None:
+    # as floats the 20-digit times would tie: refused, not ordered approximately
+    rows = with_cell(7, 2, "2.5", with_cell(3, 2, "100000000000000000001"))
+    path = tmp_path / "log.csv"
+    path.write_text(csv(rows))
+    line = refused(path, tmp_path / "home")
+    assert (
+        "column 'time' (--time-col) mixes integers too large for 64 bits ('100000000000000000001' at data row 3, "
+        "the first) with 1 of 24 time(s) that are not integers ('2.5' at data row 7, the first)"
+    ) in line
+    assert line.endswith("write every time as an integer in one unit (e.g. Unix nanoseconds), or remove those rows")
+
+
+def test_the_reserved_pad_id_as_an_item_is_refused_with_a_real_fix(tmp_path: Path) -> None:
+    # it used to end in "the vocabulary has duplicate tokens; rebuild it with farzictl prepare"
+    path = tmp_path / "log.csv"
+    path.write_text(csv(with_cell(9, 1, " <pad> ", with_cell(4, 1, "<pad>"))))
+    line = refused(path, tmp_path / "home")
+    assert line == (
+        f"{path}: column 'item' (--item-col) has 2 row(s) with the item id '<pad>', reserved for padding "
+        "(data row 4, the first); rename that item in the log (any id but '<pad>')"
+    )
+
+
 def test_a_late_non_numeric_id_is_not_a_type_guessing_error(tmp_path: Path) -> None:
     # polars used to guess Int64 from the first 100 rows and fail on row 201
     rows = [[str(u), str(u % 5), str(t)] for u in range(100) for t in range(2)] + [
@@ -303,6 +351,28 @@ def test_a_separator_must_be_one_byte(tmp_path: Path, bad: str) -> None:
     path.write_text(csv(ROWS))
     with pytest.raises(ConfigError, match="is not a single one-byte character; pass one character"):
         prep(path, tmp_path / "home", separator=bad)
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [("user,item,item,time", "item"), ('user,item,time,"x",x', "x"), ("user,item,time,time", "time")],
+)
+def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path, header: str, name: str) -> None:
+    # polars renames the second one to f"{name}_duplicated_0" and carried on: which item was meant?
+    extra = header.count(",") - 2
+    path = tmp_path / "log.csv"
+    path.write_text(csv([r + ["1"] * extra for r in ROWS], header=header))
+    line = refused(path, tmp_path / "home")
+    assert line == (
+        f"{path}'s header names the column {name!r} twice: which one is meant is ambiguous; "
+        "rename one of them in the header (each column needs its own name)"
+    )
+
+
+def test_a_column_named_like_a_polars_duplicate_is_not_a_duplicate(tmp_path: Path) -> None:
+    path = tmp_path / "log.tsv"
+    path.write_text(csv([r + ["1"] for r in ROWS], sep="\t", header="user,item,time,item_duplicated_0"))
+    assert prep(path, tmp_path / "home").statistics()["users"] == 12
 
 
 def test_a_one_column_header_without_separators_is_a_missing_column(tmp_path: Path) -> None:
@@ -359,6 +429,15 @@ def test_cli_parquet_nan_items(tmp_path: Path) -> None:
     path = _parquet(tmp_path, item=pl.Series(items))
     assert "column 'item' (--item-col) has 1 row(s) without an item id ('NaN' at data row 8" in _cli_refuses(
         tmp_path, "--path", str(path)
+    )
+
+
+def test_cli_duplicated_header(tmp_path: Path) -> None:
+    path = tmp_path / "log.tsv"
+    path.write_text(csv([[u, i, i, t] for u, i, t in ROWS], sep="\t", header="user,item,item,time"))
+    assert _cli_refuses(tmp_path, "--path", str(path)) == (
+        f"error: {path}'s header names the column 'item' twice: which one is meant is ambiguous; "
+        "rename one of them in the header (each column needs its own name)"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from farzi.distill.bundle import (
     check_size,
     created_now,
     load_bundle,
+    position_spans,
     read_bundle_meta,
     save_bundle,
 )
@@ -543,6 +545,33 @@ def test_discrete_batches_keep_their_size_and_their_draws(tmp_path: Path) -> Non
     assert [b.shape for b in chunked] == [(8, 4), (2, 4)]
     ids = torch.cat(chunked)
     assert ids.dtype == torch.int64 and 0 < int(ids.min()) and int(ids.max()) < 7  # <pad> (masked) never drawn
+
+
+@pytest.mark.parametrize(("n", "rows"), [(1, 1), (1, 5), (10, 3), (24, 24), (25, 24), (1000, 7), (7, 0)])
+def test_position_spans_cut_in_order_into_near_equal_spans(n: int, rows: int) -> None:
+    spans = position_spans(n, rows)
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    lengths = [end - start for start, end in spans]
+    assert len(spans) == -(-n // max(1, rows)) and max(lengths) <= max(1, rows)
+    assert max(lengths) - min(lengths) <= 1  # no sliver at the end
+    assert position_spans(25, 24) == [(0, 12), (12, 25)]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 7 * 5, 7 * 5 + 6, 7 * 12, 10**9])
+def test_positions_are_the_distributions_chunk_by_chunk(tmp_path: Path, chunk: int) -> None:
+    data = load_bundle(write(tmp_path / "b.safetensors", mu=4, xi=6))  # 24 positions, V 7
+    full = data.materialize().reshape(24, 7)  # [mu * xi, V]
+    got = list(data.positions(chunk))
+    starts = [start for start, _ in got]
+    assert starts == [0] + list(itertools.accumulate(len(p) for _, p in got))[:-1]
+    assert all(p.nelement() <= max(chunk, 7) and p.shape[1] == 7 and p.dtype == torch.float32 for _, p in got)
+    assert max(len(p) for _, p in got) - min(len(p) for _, p in got) <= 1
+    # the product of a few rows takes other BLAS kernels: equal up to float32 rounding
+    torch.testing.assert_close(torch.cat([p for _, p in got]), full, rtol=1e-6, atol=1e-7)
+    assert all(bool((p[:, 0] == 0).all()) for _, p in got)  # the masked token: exactly 0
+    if chunk >= 24 * 7:  # one chunk: materialize's own product, bit for bit
+        assert torch.equal(got[0][1], full)
 
 
 # ------------------------------------------------------------------ fuzzing: the reader, inspect and a student

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from farzi._safetensors import read_header
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.data.prepared import PreparedDataset
-from farzi.distill.bundle import MAX_SEQUENCE_ELEMENTS, load_bundle, save_bundle
-from farzi.distill.inspect import MATERIALIZE_CHUNK_BYTES, _chunks, inspect_bundle
+from farzi.distill.bundle import MAX_SEQUENCE_ELEMENTS, FarziData, load_bundle, save_bundle
+from farzi.distill.inspect import CHUNK_BYTES, MATERIALIZE_CHUNK_BYTES, _chunks, inspect_bundle
 from farzi.errors import BundleError
 
 
@@ -192,6 +192,26 @@ def test_chunks_never_exceed_their_bytes(tiny_lm: PreparedDataset, tmp_path: Pat
     assert [len(c) for c in chunks][:-1] == [max(1, chunk_bytes // per_row)] * (len(chunks) - 1)
     torch.testing.assert_close(torch.cat(chunks), data.materialize().reshape(24, -1))
     assert MATERIALIZE_CHUNK_BYTES == 4 * MAX_SEQUENCE_ELEMENTS  # any accepted position fits in one chunk
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 33 * 5, CHUNK_BYTES])
+def test_the_entropy_is_built_a_chunk_at_a_time(
+    tiny_lm: PreparedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+) -> None:
+    path = write(tmp_path / "b.safetensors", tiny_lm, mu=4, xi=6)  # 24 positions of V 33
+    reference = inspect_bundle(path, tiny_lm, chunk_bytes=MATERIALIZE_CHUNK_BYTES)
+    built: list[int] = []
+    positions = FarziData.positions
+
+    def spy(self: FarziData, chunk_elements: int):
+        for start, p in positions(self, chunk_elements):
+            built.append(p.nelement())
+            yield start, p
+
+    monkeypatch.setattr(FarziData, "positions", spy)
+    assert inspect_bundle(path, tiny_lm, chunk_bytes=chunk_bytes) == reference
+    assert sum(built) == 24 * 33 and max(built) * 4 <= max(chunk_bytes, 4 * 33)  # at least a position
+    assert CHUNK_BYTES == 4 * 1024**2 <= MATERIALIZE_CHUNK_BYTES  # the default: cache-sized
 
 
 def test_the_4_tb_bundle_gets_a_verdict_not_an_allocation(tiny_lm: PreparedDataset, tmp_path: Path) -> None:
