@@ -608,6 +608,37 @@ def claim_output(
         _remove_dirs(created)
 
 
+# ------------------------------------------------------------------ what torch leaves behind
+
+
+def _torch_cache_dirs() -> set[Path]:
+    import tempfile
+
+    found = set(Path(tempfile.gettempdir()).glob("torchinductor_*"))
+    named = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return {p for p in (found | {Path(named)} if named else found) if p.exists()}
+
+
+@contextlib.contextmanager
+def no_stray_torch_cache() -> Iterator[None]:
+    """Remove, at the end, the compile cache directory torch made during the block and left without a
+    file (``$TMPDIR/torchinductor_USER``, or ``TORCHINDUCTOR_CACHE_DIR``): importing ``torch._dynamo``
+    (``torch.optim`` does on first use) makes it although farzi compiles nothing. The variable, which
+    that import sets, is restored too. A command writes its outputs and nothing else."""
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    before = _torch_cache_dirs()
+    try:
+        yield
+    finally:
+        for path in _torch_cache_dirs() - before:
+            if path.is_dir() and not any(files for _, _, files in os.walk(path)):
+                shutil.rmtree(path, ignore_errors=True)  # directories without a file only
+        if env is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = env
+
+
 # ------------------------------------------------------------------ atomic writes
 
 

@@ -24,6 +24,25 @@ def metric_is_higher_better(metric: str) -> bool:
     return metric.split("@")[0] in HIGHER_IS_BETTER
 
 
+# what validation reports (``evaluate(model, ds, "valid")`` at its default cutoffs), by task
+VALIDATION_METRICS = {
+    "rec": ("xent", "nll", "auc", "hr@10", "hr@100", "ndcg@10", "ndcg@100", "hr_all@10"),
+    "lm": ("ppl_corpus", "ppl_sentence", "nll", "accuracy"),
+}
+
+
+def check_metric(metric: str, task: str) -> None:
+    """Refuse (``ConfigError``) an early-stopping metric validation does not report for ``task``
+    ("" is the default, :func:`default_metric`)."""
+    known = VALIDATION_METRICS.get(task, ())
+    if metric and metric not in known:
+        shown = metric if len(metric) <= 40 else metric[:37] + "..."
+        raise ConfigError(
+            f"--metric {shown!r} is not a validation metric of a {task} dataset",
+            f"use one of: {', '.join(known)} (default {default_metric(task)})",
+        )
+
+
 def default_metric(task: str) -> str:
     """What a student selects its best state on: the validation cross-entropy of every target.
 

@@ -271,8 +271,11 @@ def model_parameters(name: str, cfg: Any) -> int:
     from farzi.models import build_model
 
     def count(c: Any) -> int:
-        with torch.device("meta"):
-            return sum(p.numel() for p in build_model(name, c).parameters())
+        try:
+            with torch.device("meta"):
+                return sum(p.numel() for p in build_model(name, c).parameters())
+        except (RuntimeError, OverflowError, ValueError):  # torch's size arithmetic overflowed: beyond any memory
+            return 2**63
 
     layers = getattr(cfg, "n_layers", None)
     if not isinstance(layers, int) or layers <= 2:

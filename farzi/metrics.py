@@ -99,11 +99,11 @@ def lm_metrics(sentence_nll: list[np.ndarray], sentence_correct: list[np.ndarray
         }
     total = sum(float(s.sum()) for s in sentence_nll)
     count = sum(len(s) for s in sentence_nll)
-    per_sentence = [math.exp(float(s.mean())) for s in sentence_nll if len(s)]
+    per_sentence = [_exp(float(s.mean())) for s in sentence_nll if len(s)]
     correct = sum(float(c.sum()) for c in sentence_correct)
     return {
         "ppl_sentence": float(np.mean(per_sentence)),
-        "ppl_corpus": math.exp(total / count),
+        "ppl_corpus": _exp(total / count),
         "accuracy": 100.0 * correct / count,
         "nll": total / count,
         "sentences": len(sentence_nll),
@@ -119,3 +119,11 @@ def decile_of(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """
     edges = np.quantile(reference, np.linspace(0.1, 0.9, 9))
     return np.searchsorted(edges, values, side="right").clip(0, 9)
+
+
+def _exp(x: float) -> float:
+    """``exp(x)``, infinite where it overflows (a diverged model's perplexity) rather than an error."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf

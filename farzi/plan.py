@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
-import shutil
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from typing import Any
 
 import torch
 
+from farzi._io import no_stray_torch_cache
 from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet
 from farzi.data.prepared import PreparedDataset
 from farzi.device import resolve_device
@@ -218,7 +218,7 @@ def measure_training(
 ) -> TrainingCost:
     """Time optimizer steps of ``model`` on ``train_set`` (at least ``probe_steps`` after a warm-up, their
     median per position) and one validation."""
-    config.validate()
+    config.validate(ds.task)
     if train_set.num_sequences < 1:
         raise ConfigError("there are no training sequences", "train on a non-empty dataset or sample")
     model.to(device).train()
@@ -298,32 +298,12 @@ def _start() -> _Started:
 
 
 def _import_dynamo_leaving_no_directory() -> None:
-    """Import ``torch._dynamo`` now, and remove the empty directory its import makes.
-
-    ``torch.optim`` imports ``torch._dynamo`` on first use, and that import makes torch's compile cache
-    directory (``$TMPDIR/torchinductor_USER``, or ``TORCHINDUCTOR_CACHE_DIR``) although nothing is ever
-    compiled here. A plan writes nothing: a directory the import made (and left empty) goes again, and
-    ``TORCHINDUCTOR_CACHE_DIR``, which the import sets, is restored.
-    """
+    """Import ``torch._dynamo`` now (``torch.optim`` does on first use), removing the empty cache
+    directory the import makes: a plan writes nothing."""
     if "torch._dynamo" in sys.modules:
         return
-    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-
-    def candidates() -> set[Path]:
-        found = set(Path(tempfile.gettempdir()).glob("torchinductor_*"))
-        named = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-        return found | {Path(named)} if named else found
-
-    before = {p for p in candidates() if p.exists()}
-    import torch._dynamo  # noqa: F401 - the import that makes the directory
-
-    for path in candidates() - before:
-        if path.is_dir() and not any(f for _, _, files in os.walk(path) for f in files):
-            shutil.rmtree(path, ignore_errors=True)  # empty directories only
-    if env is None:
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    else:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = env
+    with no_stray_torch_cache():
+        import torch._dynamo  # noqa: F401 - the import that makes the directory
 
 
 def busy_note(load: float | None, cores: int, threads: int, cpu_wait: float | None = None) -> str | None:
@@ -430,7 +410,7 @@ def plan_trajectories(
     if every < 1:
         raise ConfigError(f"--every {every} must be at least 1", "pass e.g. --every 50")
     cfg = _check_model(ds, model_name, model_overrides)
-    config.validate()
+    config.validate(ds.task)
     check_training_memory("a trajectory run", model_name, cfg, config, ds, device=dev)
     torch.manual_seed(config.seed)
     model = build_model(model_name, cfg)
@@ -485,7 +465,7 @@ def plan_student(
     train_set, _ = training_set(ds, spec, cfg.max_len, config.seed, discrete, device)
     if isinstance(train_set, DistributionTrainSet):
         config, _ = apply_recipe(config, train_set.summary.meta.get("recipe"), recipe_fills)
-    config.validate()
+    config.validate(ds.task)
     check_training_memory("training", model_name, cfg, config, ds, train_set, dev)
     torch.manual_seed(config.seed)
     model = build_model(model_name, cfg)

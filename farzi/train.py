@@ -27,9 +27,12 @@ from farzi._seed import seed_everything
 from farzi.batching import TrainSet
 from farzi.data.prepared import PreparedDataset
 from farzi.errors import ConfigError
-from farzi.evaluate import default_metric, evaluate, metric_is_higher_better
+from farzi.evaluate import check_metric, default_metric, evaluate, metric_is_higher_better
 from farzi.models import SequenceModel
 from farzi.progress import ProgressFn, report
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # a rate above it overflows the optimizer's float32 step
+MAX_MODEL_SETTING = 2**31 - 1
 
 
 @dataclass
@@ -40,16 +43,20 @@ class TrainConfig:
     max_steps: int = 2000
     eval_every: int = 0  # steps between validations; 0 = once per epoch, at least every 10 steps
     patience: int = 10  # validations without improvement before stopping; 0 = never stop early
-    metric: str = ""  # validation metric; "" = hr@10 (rec) / ppl_corpus (lm)
+    metric: str = ""  # validation metric; "" = default_metric(task): xent (rec) / ppl_corpus (lm)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def validate(self) -> None:
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"learning rate {self.lr} must be positive", "pass e.g. --lr 1e-3")
+    def validate(self, task: str | None = None) -> None:
+        """Check every field; with ``task`` (rec or lm) also that ``metric`` is one validation reports."""
+        if self.lr <= 0 or not math.isfinite(self.lr) or self.lr > FLOAT32_MAX:
+            raise ConfigError(
+                f"learning rate {self.lr} must be positive and at most {FLOAT32_MAX:.3g} (float32)",
+                "pass e.g. --lr 1e-3",
+            )
         if self.batch_size < 1:
             raise ConfigError(f"batch size {self.batch_size} must be positive", "pass e.g. --batch-size 128")
         if self.max_steps < 1:
@@ -62,23 +69,32 @@ class TrainConfig:
             raise ConfigError(
                 f"eval every {self.eval_every} must be >= 0", "pass e.g. --eval-every 50 (0 = once per epoch)"
             )
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight decay {self.weight_decay} must be >= 0", "pass e.g. --weight-decay 0")
+        if not (0 <= self.weight_decay <= FLOAT32_MAX):  # NaN fails too
+            raise ConfigError(
+                f"weight decay {self.weight_decay} must be a number >= 0 and at most {FLOAT32_MAX:.3g} (float32)",
+                "pass e.g. --weight-decay 0",
+            )
+        if task is not None:
+            check_metric(self.metric, task)
 
 
 def check_model_sizes(cfg: Any) -> None:
     """Refuse model sizes torch would reject with a traceback (or train nothing with).
 
     Every integer setting of a model config (widths, depths, heads) must be at
-    least 1, and ``max_len`` at least 2: a window of one token has no target.
+    least 1, and ``max_len`` at least 2: a window of one token has no target. None may pass
+    ``MAX_MODEL_SETTING`` (2**31 - 1), beyond which torch's size arithmetic overflows before any
+    memory check could count the model (a model that large never fits anyway).
     """
     for key, value in cfg.to_dict().items():
         if key == "vocab_size" or isinstance(value, bool) or not isinstance(value, int):
             continue
         least = 2 if key == "max_len" else 1
+        flag = "--" + key.replace("_", "-")
         if value < least:
-            flag = "--" + key.replace("_", "-")
             raise ConfigError(f"{flag} {value} must be at least {least}", f"pass e.g. {flag} {max(least, 8)}")
+        if value > MAX_MODEL_SETTING:
+            raise ConfigError(f"{flag} {value} must be at most {MAX_MODEL_SETTING}", f"pass e.g. {flag} 64")
 
 
 def check_training_memory(
@@ -224,7 +240,7 @@ def train_model(
     the Adam whose state a trajectory checkpoint keeps).
     With ``target_metric`` the run stops as soon as validation reaches it.
     """
-    config.validate()
+    config.validate(dataset.task)
     if train_set.num_sequences < 1:  # no batch would ever come: the stream below would never yield
         raise ConfigError("there are no training sequences", "train on a non-empty dataset or sample")
     metric = config.metric or default_metric(dataset.task)

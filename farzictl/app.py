@@ -18,6 +18,7 @@ import torch
 import typer
 import typer.main
 
+from farzi._io import no_stray_torch_cache
 from farzi._seed import SEED_MAX
 from farzi.checkpoint import check_dataset, load_checkpoint
 from farzi.data.prepare import SOURCES, PrepareOptions, prepare
@@ -160,7 +161,7 @@ BatchSize = Annotated[int, typer.Option(help="Sequences per batch.")]
 MaxSteps = Annotated[int, typer.Option(help="Most optimizer steps.")]
 Patience = Annotated[int, typer.Option(help="Validations without improvement before stopping (0 = never).")]
 EvalEvery = Annotated[int, typer.Option(help="Steps between validations (0 = once per epoch, at least 10).")]
-Metric = Annotated[str, typer.Option(help="Validation metric for early stopping (default hr@10 / ppl_corpus).")]
+Metric = Annotated[str, typer.Option(help="Validation metric for early stopping (default: xent / ppl_corpus).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (checked before any work).")]
 NProc = Annotated[
     int, typer.Option(help="Run as N ranks on this machine (torch.distributed; under torchrun leave it at 1).")
@@ -339,7 +340,7 @@ def train_student_cmd(
         int | None, typer.Option(help="Steps between validations (0 = once per epoch, at least 10; default 0).")
     ] = None,
     metric: Annotated[
-        str | None, typer.Option(help="Validation metric for early stopping (default hr@10 / ppl_corpus).")
+        str | None, typer.Option(help="Validation metric for early stopping (default: xent / ppl_corpus).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Directory (default HOME/models/DATASET/MODEL-DATA-sSEED).")] = None,
     overwrite: Overwrite = False,
@@ -794,7 +795,8 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()  # --threads acts on this call only (in-process callers keep theirs)
     launch.ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = _command().main(args=argv, prog_name="farzictl", standalone_mode=False)
+        with no_stray_torch_cache():
+            code = _command().main(args=argv, prog_name="farzictl", standalone_mode=False)
     except Exception as exc:  # noqa: BLE001 - usage errors from typer's click
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             ctx = getattr(exc, "ctx", None)

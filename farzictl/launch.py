@@ -11,6 +11,7 @@ word, and this process prints the one line that says which rank stopped and why.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from farzi.distributed import INIT_METHOD_ENV, RESUME_FIX, RankLost, launched, r
 from farzi.errors import ConfigError
 
 LAUNCHER_ENV = "FARZI_LAUNCHER"  # set in the ranks --nproc starts
+REFUSED_GRACE = 2.0  # seconds the other ranks get to end by themselves once rank 0 stopped with an error
 RANK_LOST_EXIT = 75  # a rank of --nproc that lost its peers: the launcher reports the cause
 ARGV: list[str] = []  # the command line farzictl.app.main was given
 
@@ -158,7 +160,11 @@ def spawn(nproc: int, timeout: float, argv: list[str] | None = None) -> int:
             for r, p in enumerate(procs):
                 if p.returncode is None and p.poll() is not None:
                     exits.append((time.monotonic(), r, p.returncode))
-                    if (p.returncode != 0 or r == 0) and deadline is None:
+                    if r == 0 and p.returncode not in (0, RANK_LOST_EXIT):
+                        # rank 0 refused the job with its own error line (before the ranks met, maybe):
+                        # the others cannot go on without it, nor add to its verdict
+                        deadline = min(deadline or math.inf, time.monotonic() + REFUSED_GRACE)
+                    elif (p.returncode != 0 or r == 0) and deadline is None:
                         deadline = time.monotonic() + timeout + 10  # the rest stop at their next collective
             if deadline is not None and time.monotonic() > deadline:
                 for r, p in enumerate(procs):

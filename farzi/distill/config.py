@@ -108,6 +108,9 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+
 @dataclass
 class DistillConfig:
     """Settings of one distillation run (defaults: the ML-100k/PTB cpu protocol)."""
@@ -284,6 +287,13 @@ class DistillConfig:
         ):
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{flag} {value} must be a number >= 0", f"pass e.g. {flag} 0")
+        for f in fields(self):  # a rate or a decay above float32's range overflows the optimizers' steps
+            value = getattr(self, f.name)
+            if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+                flag = "--" + f.name.replace("_", "-")
+                raise ConfigError(
+                    f"{flag} {value:g} is beyond float32's range ({FLOAT32_MAX:.3g})", f"pass e.g. {flag} 1"
+                )
         if not (0 <= self.inner_momentum < 1):
             raise ConfigError(f"--inner-momentum {self.inner_momentum} must lie in [0, 1)", "pass e.g. 0.9")
         if not (0 <= self.init_mix <= 1):
