@@ -26,6 +26,7 @@ from typing import Any
 
 from farzi.errors import ConfigError
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: a rate above it overflows an optimizer's step
 MEMINFO = Path("/proc/meminfo")
 PROC_STATUS = Path("/proc/self/status")
 PROC_CGROUP = Path("/proc/self/cgroup")

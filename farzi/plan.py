@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 
-from farzi._io import no_stray_torch_cache
 from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet
 from farzi.data.prepared import PreparedDataset
 from farzi.device import resolve_device
@@ -293,17 +292,7 @@ class _Started:
 
 
 def _start() -> _Started:
-    _import_dynamo_leaving_no_directory()
     return _Started(time.perf_counter(), cpu_stall_seconds())
-
-
-def _import_dynamo_leaving_no_directory() -> None:
-    """Import ``torch._dynamo`` now (``torch.optim`` does on first use), removing the empty cache
-    directory the import makes: a plan writes nothing."""
-    if "torch._dynamo" in sys.modules:
-        return
-    with no_stray_torch_cache():
-        import torch._dynamo  # noqa: F401 - the import that makes the directory
 
 
 def busy_note(load: float | None, cores: int, threads: int, cpu_wait: float | None = None) -> str | None:

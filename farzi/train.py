@@ -28,10 +28,10 @@ from farzi.batching import TrainSet
 from farzi.data.prepared import PreparedDataset
 from farzi.errors import ConfigError
 from farzi.evaluate import check_metric, default_metric, evaluate, metric_is_higher_better
+from farzi.limits import FLOAT32_MAX
 from farzi.models import SequenceModel
 from farzi.progress import ProgressFn, report
 
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # a rate above it overflows the optimizer's float32 step
 MAX_MODEL_SETTING = 2**31 - 1
 
 

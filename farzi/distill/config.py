@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from farzi._seed import check_seed
 from farzi.device import resolve_device
 from farzi.errors import ConfigError
+from farzi.limits import FLOAT32_MAX
 
 if TYPE_CHECKING:
     from farzi.data.prepared import PreparedDataset
@@ -106,9 +107,6 @@ MODEL_FLAGS = ("max_len", "d_model", "n_layers", "n_heads")  # model_overrides t
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
-
-
-FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 
 
 @dataclass

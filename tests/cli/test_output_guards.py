@@ -52,20 +52,19 @@ def test_overwrite_refuses_a_workspace(command: list[str], home: Path, tmp_path:
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("home", "it holds {home}/datasets/synthetic-rec, which is an input"),  # the workspace the input is in
+        ("home/datasets/synthetic-rec", "it is an input of this command"),  # the input dataset itself
+    ],
+)
 @pytest.mark.parametrize("command", [STUDENT, TRAJECTORIES])
-def test_overwrite_refuses_the_workspace_the_input_is_in(command: list[str], home: Path) -> None:
-    before = snapshot(home)
-    line = farzictl(*command, "--out", home, "--overwrite", home=home).one_error_line()
-    assert f"refusing to replace {home}: it holds {home / 'datasets' / DATASET}, which is an input" in line
-    assert snapshot(home) == before
-
-
-@pytest.mark.parametrize("command", [STUDENT, TRAJECTORIES])
-def test_overwrite_refuses_the_input_dataset(command: list[str], home: Path) -> None:
-    target = home / "datasets" / DATASET
+def test_overwrite_refuses_an_input_or_what_holds_it(command: list[str], where: str, says: str, home: Path) -> None:
+    target = home.joinpath(*where.split("/")[1:])
     before = snapshot(home)
     line = farzictl(*command, "--out", target, "--overwrite", home=home).one_error_line()
-    assert f"refusing to replace {target}: it is an input of this command" in line
+    assert f"refusing to replace {target}: {says.format(home=home)}" in line
     assert snapshot(home) == before
 
 
