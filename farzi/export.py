@@ -37,6 +37,7 @@ from farzi.data.vocab import EOS, PAD, UNK
 from farzi.distill.bundle import POSITION_CHUNK_ELEMENTS, FarziData, created_now, load_bundle, read_bundle_meta
 from farzi.errors import BundleError, ConfigError
 from farzi.progress import ProgressFn, report
+from farzi.settings import setting
 
 EXPORT_FORMAT = "farzi-export"
 EXPORT_VERSION = 1
@@ -52,11 +53,11 @@ CHUNK_ELEMENTS = POSITION_CHUNK_ELEMENTS  # distributions materialized at once: 
 class ExportConfig:
     """What to write: format ``to``, decoding, ``samples`` per sequence, the sampling seed."""
 
-    to: str = "jsonl"
-    decode: str = "argmax"
-    samples: int = 1
-    seed: int = 0
-    overwrite: bool = False
+    to: str = setting("jsonl", f"Format: {', '.join(FORMATS)}.")
+    decode: str = setting("argmax", f"{' or '.join(DECODINGS)}: most probable or sampled tokens.")
+    samples: int = setting(1, "Decoded sequences per synthetic sequence (--decode sample).")
+    seed: int = setting(0, "Random seed (0 to 2**63-1); same seed, same result on CPU.")
+    overwrite: bool = setting(False, "Replace an existing file that is not a previous export.")
 
     def validate(self) -> None:
         if self.to not in FORMATS:

@@ -391,7 +391,7 @@ def distill_needs(
     teacher = P * TEACHER_BYTES_PER_PARAMETER + checkpoints * omega * F32 * P
     needs.append(Need(f"the teacher, {P} parameters, and its inner states", teacher, _model_fix(model_cfg)))
     if cfg.select_every:
-        rows = min(cfg.recipe_batch or mu, mu)
+        rows = min(cfg.recipe.batch or mu, mu)
         student = training_needs(
             model_name, model_cfg, V, rows, xi, soft_rows=rows, eval_length=L, batch_flag="--recipe-batch", parameters=P
         )

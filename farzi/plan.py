@@ -480,27 +480,24 @@ def plan_distill(
     resume_from: Path | None = None,
 ) -> Plan:
     """The cost of ``distill(ds, cfg, ..., trajectories=trajectories)``: the initial summary, the outer
-    steps (``probe_steps`` of them timed after one warm-up) and the summary selections. With
+    steps (``probe_steps`` of them timed after one warm-up) and the summary selections, timed on the
+    run's own :class:`~farzi.distill.engine.Distillation` (one that writes nothing). With
     ``resume_from`` (the bundle path of a ``--resume``), the outer steps its saved state holds are left out."""
-    from farzi.distill.engine import start_summary
-    from farzi.distill.outer import OuterOptimizer
+    from farzi.distill.engine import Distillation
     from farzi.distill.select import as_bundle, recipe, recipe_config
-    from farzi.distill.teacher import load_teacher
 
     started = _start()
     cfg.validate(ds)
-    torch.manual_seed(cfg.seed)
-    teacher = load_teacher(ds, cfg, trajectories)
+    run = Distillation(ds, cfg, None, trajectories)
+    run.load_teacher()
+    teacher = run.teacher
     checkpoints = len(teacher.omega) if teacher.omega is not None else 0
     cfg.check_memory(ds, teacher.model, checkpoints)  # with the teacher the run will have (Omega's model)
-    latent, decoder, init_seconds = _time_init(cfg, ds, teacher)
-    summary = start_summary(cfg, ds, teacher, latent, decoder)
-    stages = [Stage("initial summary", 1, "init", init_seconds)]
+    stages = [Stage("initial summary", 1, "init", _time_init(run))]
     notes: list[str] = []
     extra = 0
     if cfg.outer_steps:
-        outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
-        each, probe = _time_outer_steps(cfg, ds, teacher, summary, outer, probe_steps)
+        each, probe = _time_outer_steps(run, probe_steps)
         left = max(0, cfg.outer_steps - _steps_done(resume_from))
         stages.append(Stage("outer steps", left, "outer step", each))
         if teacher.omega is not None:  # every checkpoint it starts from stays cached (and its moments)
@@ -519,7 +516,7 @@ def plan_distill(
         rec = recipe_config(recipe(cfg, ds.task), cfg.seed)
         torch.manual_seed(cfg.seed)
         student = build_model(teacher.model.name, teacher.model.config)
-        data = DistributionTrainSet(as_bundle(summary, ds.task, ds.vocab.pad_id))
+        data = DistributionTrainSet(as_bundle(run.summary, ds.task, ds.vocab.pad_id))
         cost = measure_training(student, data, ds, rec, teacher.device)
         one = rec.max_steps * cost.step_seconds + _validations(rec, data.num_sequences) * cost.eval_seconds
         stages.append(Stage("summary selection (a student each)", selections, "selection", one))
@@ -541,10 +538,8 @@ def plan_distill(
     return plan
 
 
-def _time_outer_steps(
-    cfg: Any, ds: PreparedDataset, teacher: Any, summary: Any, outer: Any, probe_steps: int
-) -> tuple[float, Any]:
-    """Seconds of one outer step of ``cfg``, and the config it was timed on.
+def _time_outer_steps(run: Any, probe_steps: int) -> tuple[float, Any]:
+    """Seconds of one outer step of the run, and the config it was timed on.
 
     An outer step is ``meta_batch`` start points of ``inner_steps`` inner steps each, so its cost is
     timed on a bounded piece whatever the counts: at most PROBE_META_BATCH start points (the time scaled
@@ -552,45 +547,36 @@ def _time_outer_steps(
     inner steps and extrapolated along the line through the two (a start point's fixed part, then a
     share per inner step; where timing noise hides the inner steps' share, each counts the whole step).
     """
+    cfg = run.cfg
     mb = min(cfg.meta_batch, PROBE_META_BATCH)
     hi = min(cfg.inner_steps, PROBE_INNER_STEPS)
-    probe = (
-        cfg
-        if (mb, hi) == (cfg.meta_batch, cfg.inner_steps)
-        else dataclasses.replace(cfg, meta_batch=mb, inner_steps=hi)
-    )
+    probe = run if (mb, hi) == (cfg.meta_batch, cfg.inner_steps) else run.variant(meta_batch=mb, inner_steps=hi)
     scale = cfg.meta_batch / mb * cfg.inner_steps / hi  # about how much longer the run's step is
-    each = _time_outer(probe, ds, teacher, summary, outer, probe_steps, scale)
+    each = _time_outer(probe, probe_steps, scale)
     if hi < cfg.inner_steps:
-        one = _time_outer(dataclasses.replace(probe, inner_steps=1), ds, teacher, summary, outer, probe_steps, scale)
+        one = _time_outer(probe.variant(inner_steps=1), probe_steps, scale)
         per = (each - one) / (hi - 1)
         if per <= 0:
             per = each / hi
         each = max(0.0, each - per * hi) + per * cfg.inner_steps
-    return each * cfg.meta_batch / mb, probe
+    return each * cfg.meta_batch / mb, probe.cfg
 
 
-def _time_outer(
-    cfg: Any, ds: PreparedDataset, teacher: Any, summary: Any, outer: Any, probe_steps: int, scale: float
-) -> float:
-    """One warm-up outer step of ``cfg``, then the median of at least ``probe_steps`` more (while the
+def _time_outer(run: Any, probe_steps: int, scale: float) -> float:
+    """One warm-up outer step of ``run``, then the median of at least ``probe_steps`` more (while the
     run has that many)."""
-    from farzi.distill.engine import outer_step
-    from farzi.distill.objectives import make_objective
 
-    objective = make_objective(cfg, ds, teacher)
-
-    def one(k: int) -> float:
+    def one(_k: int) -> float:
         t0 = time.perf_counter()
-        outer_step(1 + k, summary, objective, outer, cfg)
-        _sync(teacher.device)
+        run.step()
+        _sync(run.teacher.device)
         return time.perf_counter() - t0
 
     each = one(0)
-    n = min(probe_steps, cfg.outer_steps - 1)
+    n = min(probe_steps, run.cfg.outer_steps - 1)
     if each < SLOW_STEP_SECONDS and n > 0:
-        most = min(PROBE_MAX_STEPS, cfg.outer_steps - 1)
-        each = _timed_steps(lambda k: one(1 + k), n, lambda e: e * scale * cfg.outer_steps, most=most)
+        most = min(PROBE_MAX_STEPS, run.cfg.outer_steps - 1)
+        each = _timed_steps(one, n, lambda e: e * scale * run.cfg.outer_steps, most=most)
     return each
 
 
@@ -617,20 +603,21 @@ def _steps_done(out: Path | None) -> int:
     return int(step) if step.isascii() and step.isdigit() and len(step) <= 12 else 0
 
 
-def _time_init(cfg: Any, ds: PreparedDataset, teacher: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The initial summary (of the run's shapes) and the seconds the run's own will take. The teacher
-    init fits its latent and decoder in FIT_STEPS Adam steps: it runs here with one, and the fit's
-    step is timed on its own (on random targets of the same shapes: its cost does not depend on them)."""
+def _time_init(run: Any) -> float:
+    """The run's initial summary (set up on ``run``) and the seconds the run's own will take. The
+    teacher init fits its latent and decoder in FIT_STEPS Adam steps: it runs here with one, and the
+    fit's step is timed on its own (on random targets of the same shapes: its cost does not depend on them)."""
     from farzi.distill.config import Init
-    from farzi.distill.init import FIT_STEPS, effective_init, initial_summary
+    from farzi.distill.init import FIT_STEPS, effective_init
     from farzi.distill.summary import banned_mask, fit_summary
 
-    if effective_init(cfg, teacher) is not Init.teacher:
+    cfg, ds = run.cfg, run.ds
+    if effective_init(cfg, run.teacher) is not Init.teacher:
         t0 = time.perf_counter()
-        latent, decoder = initial_summary(cfg, ds, teacher)
-        return latent, decoder, time.perf_counter() - t0
+        run.start()
+        return time.perf_counter() - t0
     t0 = time.perf_counter()
-    latent, decoder = initial_summary(cfg, ds, teacher, fit_steps=1)
+    run.start(fit_steps=1)
     base = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(0)
     targets = torch.softmax(torch.randn(cfg.mu, cfg.xi, ds.vocab_size, generator=gen), dim=-1)
@@ -642,7 +629,7 @@ def _time_init(cfg: Any, ds: PreparedDataset, teacher: Any) -> tuple[torch.Tenso
         fit_summary(targets, decoder0, cfg.tau, banned, steps=1, gen=gen)
         steps += 1
     per_step = (time.perf_counter() - t0) / steps
-    return latent, decoder, base + per_step * (FIT_STEPS - 1)
+    return base + per_step * (FIT_STEPS - 1)
 
 
 def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: Callable | None = None) -> Plan:
@@ -670,7 +657,9 @@ def plan_demo(seed: int = 0, tasks: tuple[str, ...] = ("lm", "rec"), progress: C
             )
             stages += [dataclasses.replace(s, name=f"{name}: trajectories {s.name}") for s in part.stages]
             mu, xi = spec.budget
-            dcfg = DistillConfig(mu=mu, xi=xi, model=spec.model, model_overrides=spec.model_overrides, **spec.distill)
+            dcfg = DistillConfig.from_dict(
+                {"mu": mu, "xi": xi, "model": spec.model, "model_overrides": spec.model_overrides, **spec.distill}
+            )
             # a one-step Omega of the demo's teacher, so the distillation starts as the demo's does
             omega = Path(tmp) / "omega" / name
             one = TrainConfig(lr=2e-3, batch_size=64, max_steps=1, patience=0, eval_every=1, seed=seed)

@@ -9,9 +9,10 @@ cpu|paper`` fills a command's options from them (options given on the command li
 * ``paper``: the paper's ML-100k setting (its Table 4), a GPU run (``device`` ``cuda``);
   recommendation only.
 
-:func:`preset_values` turns a protocol into the options of one command (trajectories, distill,
-train-student), named as the command's options are (``model_overrides`` a mapping of model
-settings, some without an option of their own, e.g. ``d_ff``).
+:func:`preset_values` turns a protocol into a partial config of one command (trajectories, distill,
+train-student), by the flat names of its settings (``model_overrides`` a mapping of model settings,
+some without an option of their own, e.g. ``d_ff``); :func:`command_settings` merges defaults,
+preset, a bundle's recipe and flags in one place.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import copy
 from typing import Any
 
 from farzi.errors import ConfigError
+from farzi.settings import Merged, merge, settings_of
 
 PRESETS = ("cpu", "paper")
 PRESET_COMMANDS = ("trajectories", "distill", "train-student")
@@ -138,9 +140,10 @@ def protocol(preset: str, task: str) -> str:
 
 
 def preset_values(preset: str, task: str, command: str) -> dict[str, Any]:
-    """The options ``command`` takes from ``preset`` on a ``task`` dataset (a fresh copy).
+    """The partial config ``preset`` gives ``command`` on a ``task`` dataset (a fresh copy), by the flat
+    names of the command's settings (:func:`config_class`).
 
-    trajectories: model, runs, every, lr, batch_size, max_steps; distill: budget (the protocol's
+    trajectories: model, runs, every, lr, batch_size, max_steps; distill: mu and xi (the protocol's
     headline budget) and the distillation settings; train-student: the student recipe. All three:
     ``model_overrides`` and, where the protocol sets one, ``device``.
     """
@@ -154,10 +157,44 @@ def preset_values(preset: str, task: str, command: str) -> dict[str, Any]:
         t = p["trajectories"]
         out.update(runs=t["runs"], every=t["every"], **t["train"])
     elif command == "distill":
-        out.update(budget=f"{p['claim_budget']}x{p['xi']}", **p["distill"])
+        out.update(mu=p["claim_budget"], xi=p["xi"], **p["distill"])
         # the teacher settings a distillation takes (its teacher is Omega's model where there is one)
         keep = ("max_len", "d_model", "n_layers", "n_heads", "dropout")
         out["model_overrides"] = {k: v for k, v in out["model_overrides"].items() if k in keep}
     else:
         out.update(p["student"])
     return out
+
+
+def config_class(command: str) -> type:
+    """The config dataclass whose settings are ``command``'s options."""
+    from farzi.distill.config import DistillConfig
+    from farzi.student import StudentConfig
+    from farzi.trajectories import TrajectoriesConfig
+
+    return {"trajectories": TrajectoriesConfig, "distill": DistillConfig, "train-student": StudentConfig}[command]
+
+
+def command_settings(
+    command: str,
+    task: str,
+    flags: dict[str, Any],
+    preset: str | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> Merged:
+    """The settings of one ``command`` run, merged in one place: the config's defaults, then the
+    ``preset`` (a partial config), then a bundle's training ``recipe`` (train-student on a bundle;
+    under a preset only what the preset leaves open and :data:`RECIPE_OVER_PRESET`), then the
+    ``flags`` the user gave; with where
+    each value came from. Nothing is checked here (the config's own validation does that)."""
+    from farzi.student import RECIPE_FIELDS
+
+    cls = config_class(command)
+    given = preset_values(preset, task, command) if preset else {}
+    layers: list[tuple[str, dict[str, Any] | None]] = [("preset", given)]
+    if recipe:  # under a preset: what it leaves open, and the learning rate and weight decay
+        keys = [k for k in RECIPE_FIELDS if k in recipe and (k not in given or k in RECIPE_OVER_PRESET)]
+        kinds = {s.name: s.kind for s in settings_of(cls)}
+        layers.append(("recipe", {k: kinds[k](recipe[k]) for k in keys}))
+    layers.append(("flag", flags))
+    return merge(cls, layers)

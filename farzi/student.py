@@ -31,8 +31,9 @@ from farzi.data.prepared import PreparedDataset
 from farzi.device import resolve_device
 from farzi.distill.bundle import FarziData, load_bundle
 from farzi.errors import ConfigError
-from farzi.models import build_model, make_config, model_task
+from farzi.models import MODEL_OPTIONS, build_model, make_config, model_task
 from farzi.progress import ProgressFn
+from farzi.settings import group, setting
 from farzi.train import TrainConfig, TrainResult, check_model_sizes, check_training_memory, train_model
 
 
@@ -65,6 +66,17 @@ def parse_spec(text: str) -> DataSpec:
         f"--data {text!r} is not a data spec",
         "use full, random:N, head:N, or the path of a Farzi Data bundle (*.safetensors)",
     )
+
+
+def student_recipe(data: str) -> dict[str, Any] | None:
+    """The training recipe the bundle ``data`` names records (None for full data and samples, and for a
+    bundle written without one): what ``train-student`` takes for the settings not given."""
+    spec = parse_spec(data)
+    if spec.kind != "bundle":
+        return None
+    assert spec.path is not None
+    recipe = load_bundle(spec.path).meta.get("recipe")
+    return dict(recipe) if isinstance(recipe, dict) else None
 
 
 def claim_model(
@@ -129,6 +141,23 @@ def training_set(
     seqs = ds.train.subset(idx)
     info = {"kind": spec.kind, "n": len(idx), "tokens": int(seqs.num_tokens)}
     return SequenceTrainSet(seqs, max_len), info
+
+
+@dataclass
+class StudentConfig:
+    """The settings of ``farzictl train-student``: the model, how a bundle is read, and how the student
+    trains (:class:`~farzi.train.TrainConfig`, its options without a prefix; on a bundle, the settings
+    not given come from the recipe it records)."""
+
+    model: str = setting("", "Model: sasrec, gru4rec, fmlp (rec); transformer, rnn (lm).")
+    discrete: bool = setting(False, "Bundle: train on token ids sampled from it, not on distributions.")
+    model_overrides: dict[str, Any] = setting(
+        factory=dict,
+        help="Model settings (--max-len, --d-model, --n-layers, --n-heads, --dropout).",
+        keys=tuple(MODEL_OPTIONS),
+    )
+    train: TrainConfig = group(TrainConfig, prefix="")
+    device: str = setting("cpu", "cpu, cuda or cuda:N (checked before any work).")
 
 
 RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "max_steps", "eval_every", "patience", "metric")

@@ -31,21 +31,24 @@ from farzi.evaluate import check_metric, default_metric, evaluate, metric_is_hig
 from farzi.limits import FLOAT32_MAX
 from farzi.models import SequenceModel
 from farzi.progress import ProgressFn, report
+from farzi.settings import setting
 
 MAX_MODEL_SETTING = 2**31 - 1
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    max_steps: int = 2000
-    eval_every: int = 0  # steps between validations; 0 = once per epoch, at least every 10 steps
-    patience: int = 10  # validations without improvement before stopping; 0 = never stop early
-    metric: str = ""  # validation metric; "" = default_metric(task): xent (rec) / ppl_corpus (lm)
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    seed: int = 0
+    """How a model trains (full data, a sample, Farzi Data, or a trajectory run)."""
+
+    lr: float = setting(1e-3, "Adam learning rate.")
+    weight_decay: float = setting(0.0, "Adam (L2) weight decay.")
+    batch_size: int = setting(128, "Sequences per batch.")
+    max_steps: int = setting(2000, "Most optimizer steps.")
+    eval_every: int = setting(0, "Steps between validations (0 = once per epoch, at least 10).")
+    patience: int = setting(10, "Validations without improvement before stopping (0 = never).")
+    metric: str = setting("", "Validation metric for early stopping (default: xent / ppl_corpus).")
+    grad_clip: float = setting(0.0, "Max gradient norm (0 = off).", cli=False)
+    seed: int = setting(0, "Random seed (0 to 2**63-1); same seed, same result on CPU.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,13 +38,31 @@ from farzi.device import resolve_device
 from farzi.distill.parallel import LOCAL, Collective
 from farzi.distributed import agree
 from farzi.errors import CheckpointError, ConfigError, FarziError, setting_differences
-from farzi.models import build_model, make_config, model_task
+from farzi.models import MODEL_OPTIONS, build_model, make_config, model_task
 from farzi.moments import AdamMoments, adam_moments, load_moments, save_moments
 from farzi.progress import ProgressFn
+from farzi.settings import group, setting
 from farzi.train import TrainConfig, check_model_sizes, check_training_memory, train_model
 
 FORMAT_NAME = "farzi-trajectories"
 FORMAT_VERSION = 1
+
+
+@dataclass
+class TrajectoriesConfig:
+    """The settings of ``farzictl trajectories``: the model, how many runs, how often a checkpoint, and
+    how each run trains (:class:`~farzi.train.TrainConfig`, its options without a prefix)."""
+
+    model: str = setting("", "Model: sasrec, gru4rec, fmlp (rec); transformer, rnn (lm).")
+    runs: int = setting(5, "Training runs from independent random initializations.")
+    every: int = setting(50, "Save a checkpoint every this many steps (and at the end).")
+    model_overrides: dict[str, Any] = setting(
+        factory=dict,
+        help="Model settings (--max-len, --d-model, --n-layers, --n-heads, --dropout).",
+        keys=tuple(MODEL_OPTIONS),
+    )
+    train: TrainConfig = group(lambda: TrainConfig(max_steps=500, patience=0), prefix="")
+    device: str = setting("cpu", "cpu, cuda or cuda:N (checked before any work).")
 
 
 def train_trajectories(

@@ -7,7 +7,6 @@ stderr and exits with status 2.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import sys
@@ -25,32 +24,22 @@ from farzi.data.prepare import SOURCES, PrepareOptions, prepare
 from farzi.data.prepared import load_prepared
 from farzi.demo import TASKS, run_demo
 from farzi.device import resolve_device
-from farzi.distill.config import (
-    DistillConfig,
-    Init,
-    InitWindows,
-    InnerOptimizerName,
-    InnerState,
-    MetaGrad,
-    Objective,
-    StartWeighting,
-    parse_budget,
-)
+from farzi.distill.config import DistillConfig, Objective, parse_budget
 from farzi.distill.engine import claim_bundle, distill
 from farzi.distill.inspect import inspect_bundle
 from farzi.distributed import DEFAULT_TIMEOUT as DEFAULT_RANK_TIMEOUT
 from farzi.distributed import launched
 from farzi.errors import DataError, FarziError
 from farzi.evaluate import evaluate
-from farzi.export import DECODINGS, FORMATS, ExportConfig, export_bundle
+from farzi.export import ExportConfig, export_bundle
 from farzi.models import DEFAULT_MODEL
 from farzi.plan import plan_demo, plan_distill, plan_student, plan_trajectories
-from farzi.presets import RECIPE_OVER_PRESET
-from farzi.student import claim_model, parse_spec, train_student
-from farzi.train import TrainConfig
-from farzi.trajectories import claim_omega, train_trajectories
+from farzi.presets import command_settings
+from farzi.settings import merge
+from farzi.student import StudentConfig, claim_model, parse_spec, student_recipe, train_student
+from farzi.trajectories import TrajectoriesConfig, claim_omega, train_trajectories
 from farzi.workspace import bundles_dir, check_name, dataset_dir, models_dir, trajectories_dir
-from farzictl import launch, session, ui
+from farzictl import launch, options, session, ui
 
 app = typer.Typer(
     name="farzictl",
@@ -77,28 +66,27 @@ Overwrite = Annotated[
 ]
 
 
-@app.command("prepare")
-@ui.handle_errors
+Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (checked before any work).")]
+Dataset = Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")]
+NProc = Annotated[
+    int, typer.Option(help="Run as N ranks on this machine (torch.distributed; under torchrun leave it at 1).")
+]
+Oversubscribe = Annotated[
+    bool, typer.Option("--oversubscribe", help="Allow --nproc above the cores this process may use (CPU ranks).")
+]
+RankTimeout = Annotated[
+    float, typer.Option(help="Seconds a rank waits for the others before the job stops (several ranks only).")
+]
+Resume = Annotated[bool, typer.Option(help="Keep the runs an interrupted job finished; train the rest.")]
+
+
+def _preset(preset: session.PresetName | None) -> str | None:
+    return preset.value if preset is not None else None
+
+
+@options.config_command(app, "prepare", PrepareOptions)
 def prepare_cmd(
     name: Annotated[str, typer.Argument(help=f"Dataset: {', '.join(SOURCES)}.", show_default=False)],
-    source: Annotated[Path | None, typer.Option(help="Directory with the dataset's files (no download).")] = None,
-    train: Annotated[Path | None, typer.Option(help="text: training corpus, one sentence per line.")] = None,
-    valid: Annotated[Path | None, typer.Option(help="text: validation corpus (default: 10% of --train).")] = None,
-    test: Annotated[Path | None, typer.Option(help="text: test corpus (default: 10% of --train).")] = None,
-    path: Annotated[Path | None, typer.Option(help="interactions: CSV/TSV/parquet log.")] = None,
-    user_col: Annotated[str, typer.Option(help="interactions: user column.")] = "user",
-    item_col: Annotated[str, typer.Option(help="interactions: item column.")] = "item",
-    time_col: Annotated[str, typer.Option(help="interactions: time column.")] = "time",
-    separator: Annotated[
-        str | None, typer.Option(help="interactions: field separator (default from the file name).")
-    ] = None,
-    vocab_size: Annotated[int, typer.Option(help="LM: keep this many most frequent training words.")] = 2000,
-    min_length: Annotated[int, typer.Option(help="Recommendation: drop users with fewer interactions.")] = 2,
-    synthetic_vocab: Annotated[int | None, typer.Option(help="synthetic-*: number of words/items.")] = None,
-    synthetic_sequences: Annotated[
-        int | None, typer.Option(help="synthetic-*: number of training sequences/users.")
-    ] = None,
-    mirror: Annotated[str | None, typer.Option(help="Download from this URL (base URL for ptb) instead.")] = None,
     as_name: Annotated[
         str | None, typer.Option("--name", help="Name in the workspace (default: the dataset's).")
     ] = None,
@@ -109,102 +97,26 @@ def prepare_cmd(
     json: Json = False,
     threads: session.Threads = None,
     quiet: session.Quiet = False,
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Download or read a dataset and write it in farzi's prepared format."""
-    opts = PrepareOptions(
-        source=source,
-        train=train,
-        valid=valid,
-        test=test,
-        path=path,
-        user_col=user_col,
-        item_col=item_col,
-        time_col=time_col,
-        separator=separator,
-        vocab_size=vocab_size,
-        min_length=min_length,
-        seed=seed,
-        mirror=mirror,
-        synthetic_vocab=synthetic_vocab,
-        synthetic_sequences=synthetic_sequences,
-    )
-    with ui.progress_bars(not json) as progress:
-        ds = prepare(name, opts, name=as_name, home=home, out=out, progress=progress, overwrite=overwrite)
+    opts = merge(PrepareOptions, [("flag", flags)]).config
+
+    def run(progress: Any, _collective: Any) -> Any:
+        return prepare(name, opts, name=as_name, home=home, out=out, progress=progress, overwrite=overwrite)
+
+    ds, _ = launch.run_job(launch.Job(run), json_out=json)  # type: ignore[misc]
     stats = ds.statistics()
-    if json:
-        ui.print_json(
-            {
-                "name": ds.name,
-                "task": ds.task,
-                "path": str(ds.path),
-                "fingerprint": ds.fingerprint(),
-                "statistics": stats,
-                "extra": ds.extra,
-            }
-        )
-        return
     rows = {k: v for k, v in stats.items() if k != "splits"}
-    for split, s in stats["splits"].items():
-        rows[f"{split} sequences / tokens"] = f"{s['sequences']} / {s['tokens']}"
-    ui.stdout.print(ui.kv_table(f"{ds.name} ({ds.task}) -> {ds.path}", rows))
-
-
-# ------------------------------------------------------------------ shared options
-MaxLen = Annotated[int | None, typer.Option(help="Model context length (default: the model's).")]
-DModel = Annotated[int | None, typer.Option(help="Model width (default: the model's).")]
-NLayers = Annotated[int | None, typer.Option(help="Number of layers (default: the model's).")]
-NHeads = Annotated[int | None, typer.Option(help="Attention heads (Transformer models).")]
-Dropout = Annotated[float | None, typer.Option(help="Dropout rate (default: the model's).")]
-Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
-WeightDecay = Annotated[float, typer.Option(help="Adam (L2) weight decay.")]
-BatchSize = Annotated[int, typer.Option(help="Sequences per batch.")]
-MaxSteps = Annotated[int, typer.Option(help="Most optimizer steps.")]
-Patience = Annotated[int, typer.Option(help="Validations without improvement before stopping (0 = never).")]
-EvalEvery = Annotated[int, typer.Option(help="Steps between validations (0 = once per epoch, at least 10).")]
-Metric = Annotated[str, typer.Option(help="Validation metric for early stopping (default: xent / ppl_corpus).")]
-Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (checked before any work).")]
-NProc = Annotated[
-    int, typer.Option(help="Run as N ranks on this machine (torch.distributed; under torchrun leave it at 1).")
-]
-Oversubscribe = Annotated[
-    bool, typer.Option("--oversubscribe", help="Allow --nproc above the cores this process may use (CPU ranks).")
-]
-RankTimeout = Annotated[
-    float, typer.Option(help="Seconds a rank waits for the others before the job stops (several ranks only).")
-]
-Model = Annotated[str | None, typer.Option(help="Model: sasrec, gru4rec, fmlp (rec); transformer, rnn (lm).")]
-
-
-def _overrides(
-    max_len: int | None, d_model: int | None, n_layers: int | None, n_heads: int | None, dropout: float | None
-) -> dict:
-    return {"max_len": max_len, "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "dropout": dropout}
-
-
-def _train_config(
-    lr: float,
-    weight_decay: float,
-    batch_size: int,
-    max_steps: int,
-    patience: int,
-    eval_every: int,
-    metric: str,
-    seed: int,
-) -> TrainConfig:
-    return TrainConfig(
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        max_steps=max_steps,
-        patience=patience,
-        eval_every=eval_every,
-        metric=metric,
-        seed=seed,
+    for split, sp in stats["splits"].items():
+        rows[f"{split} sequences / tokens"] = f"{sp['sequences']} / {sp['tokens']}"
+    info = {"name": ds.name, "task": ds.task, "path": str(ds.path), "fingerprint": ds.fingerprint()}
+    launch.report(
+        json,
+        {**info, "statistics": stats, "extra": ds.extra},
+        lambda: ui.stdout.print(ui.kv_table(f"{ds.name} ({ds.task}) -> {ds.path}", rows)),
     )
-
-
-def _model_name(model: str | None, task: str) -> str:
-    return model or DEFAULT_MODEL[task]
 
 
 def _curve_table(title: str, curve: list[dict], metric: str) -> None:
@@ -212,30 +124,12 @@ def _curve_table(title: str, curve: list[dict], metric: str) -> None:
     ui.stdout.print(ui.grid(title, ["step", "epoch", "train loss", f"valid {metric}", "seconds"], rows))
 
 
-@app.command("trajectories")
-@ui.handle_errors
+@options.config_command(app, "trajectories", TrajectoriesConfig)
 def trajectories_cmd(
-    ctx: typer.Context,
-    dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
-    model: Model = None,
-    runs: Annotated[int, typer.Option(help="Training runs from independent random initializations.")] = 5,
-    every: Annotated[int, typer.Option(help="Save a checkpoint every this many steps (and at the end).")] = 50,
-    max_len: MaxLen = None,
-    d_model: DModel = None,
-    n_layers: NLayers = None,
-    n_heads: NHeads = None,
-    dropout: Dropout = None,
-    lr: Lr = 1e-3,
-    weight_decay: WeightDecay = 0.0,
-    batch_size: BatchSize = 128,
-    max_steps: MaxSteps = 500,
-    patience: Patience = 0,
-    eval_every: EvalEvery = 0,
-    metric: Metric = "",
+    dataset: Dataset,
     out: Annotated[Path | None, typer.Option(help="Directory (default HOME/trajectories/DATASET/MODEL).")] = None,
-    resume: Annotated[bool, typer.Option(help="Keep the runs an interrupted job finished; train the rest.")] = False,
+    resume: Resume = False,
     overwrite: Overwrite = False,
-    device: Device = "cpu",
     nproc: NProc = 1,
     oversubscribe: Oversubscribe = False,
     rank_timeout: RankTimeout = DEFAULT_RANK_TIMEOUT,
@@ -246,105 +140,45 @@ def trajectories_cmd(
     plan: session.Plan = False,
     threads: session.Threads = None,
     quiet: session.Quiet = False,
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Train R runs of a model on the real data, keeping checkpoints along the way (Omega)."""
-    launch.check_nproc(nproc, device, oversubscribe)
-    if nproc > 1:
-        raise typer.Exit(launch.spawn(nproc, rank_timeout))
+    launch.check_nproc(nproc, flags.get("device", "cpu"), oversubscribe)  # at once; the preset's device in run_job
     ds = resolve_dataset(dataset, home)
-    opts = session.apply_preset(
-        ctx,
-        preset,
-        ds.task,
-        "trajectories",
-        {**locals(), "model_overrides": _overrides(max_len, d_model, n_layers, n_heads, dropout)},
-    )
-    name = _model_name(opts["model"], ds.task)
+    cfg = (merged := command_settings("trajectories", ds.task, flags, _preset(preset))).config
+    name = cfg.model or DEFAULT_MODEL[ds.task]
     target = out or trajectories_dir(ds.name, name, home)
-    cfg = _train_config(
-        opts["lr"], opts["weight_decay"], opts["batch_size"], opts["max_steps"], patience, eval_every, metric, seed
+    args = (ds, name, cfg.runs, cfg.every, cfg.train)
+    job = launch.Job(
+        lambda progress, collective: train_trajectories(
+            *args, target, cfg.model_overrides, cfg.device, progress, overwrite, resume, collective
+        ),
+        cfg.device,
+        lambda: plan_trajectories(*args, cfg.model_overrides, cfg.device),
+        lambda: claim_omega(target, overwrite, ds.path),
+        ranks=True,
     )
-    args = (ds, name, opts["runs"], opts["every"], cfg)
-    if plan:  # the projection alone, before any rank is started
-        ui.announce_plan(plan_trajectories(*args, opts["model_overrides"], opts["device"]), True, json)
-    with (
-        launch.output_claim(plan, lambda: claim_omega(target, overwrite, ds.path)),
-        launch.rank_scope(opts["device"], rank_timeout) as collective,
-    ):
-        cost = plan_trajectories(*args, opts["model_overrides"], opts["device"])
-        preface = ui.announce_plan(cost, False, json) if collective.rank == 0 else None
-        with ui.progress_bars(not json and collective.rank == 0, preface=preface) as progress:
-            manifest = train_trajectories(
-                *args,
-                target,
-                opts["model_overrides"],
-                opts["device"],
-                progress,
-                overwrite=overwrite,
-                resume=resume,
-                collective=collective,
-            )
-    if collective.rank != 0:
+    done = launch.run_job(job, plan, json, nproc, oversubscribe, rank_timeout)
+    if done is None:
         return  # rank 0 reports for the job
-    if json:
-        ui.print_json(
-            {
-                "path": str(target),
-                **{k: manifest[k] for k in ("model", "runs", "every", "summaries", "threads")},
-                "checkpoints": len(manifest["checkpoints"]),
-                "plan": cost.to_dict(),
-            }
-        )
-        return
-    rows = [
-        [s["run"], s["steps"], s["best_metric"], s["wall_seconds"], s["sequences_per_second"]]
-        for s in manifest["summaries"]
-    ]
-    metric_name = manifest["summaries"][0]["metric"]
-    ui.stdout.print(
-        ui.grid(
-            f"Omega: {len(manifest['checkpoints'])} checkpoints of {name} -> {target}",
-            ["run", "steps", f"best valid {metric_name}", "seconds", "seq/s"],
-            rows,
-        )
-    )
+    manifest, cost = done
+    summaries = manifest["summaries"]
+    rows = [[s["run"], s["steps"], s["best_metric"], s["wall_seconds"], s["sequences_per_second"]] for s in summaries]
+    title = f"Omega: {len(manifest['checkpoints'])} checkpoints of {name} -> {target}"
+    columns = ["run", "steps", f"best valid {summaries[0]['metric']}", "seconds", "seq/s"]
+    info = {k: manifest[k] for k in ("model", "runs", "every", "summaries", "threads")}
+    info.update(path=str(target), checkpoints=len(manifest["checkpoints"]), plan=cost.to_dict())
+    info["sources"] = merged.sources
+    launch.report(json, info, lambda: ui.stdout.print(ui.grid(title, columns, rows)))
 
 
-@app.command("train-student")
-@ui.handle_errors
+@options.config_command(app, "train-student", StudentConfig)
 def train_student_cmd(
-    ctx: typer.Context,
-    dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
+    dataset: Dataset,
     data: Annotated[str, typer.Option(help="full, random:N, head:N, or a Farzi Data bundle (*.safetensors).")] = "full",
-    model: Model = None,
-    discrete: Annotated[
-        bool, typer.Option(help="Bundle: train on token ids sampled from it, not on distributions.")
-    ] = False,
-    max_len: MaxLen = None,
-    d_model: DModel = None,
-    n_layers: NLayers = None,
-    n_heads: NHeads = None,
-    dropout: Dropout = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 1e-3, or the bundle's recipe).")] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option(help="Adam (L2) weight decay (default 0, or the bundle's recipe).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Sequences per batch (default 128, or the bundle's recipe).")
-    ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Most optimizer steps (default 2000, or the recipe).")] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="Validations without improvement before stopping (0 = never; default 10).")
-    ] = None,
-    eval_every: Annotated[
-        int | None, typer.Option(help="Steps between validations (0 = once per epoch, at least 10; default 0).")
-    ] = None,
-    metric: Annotated[
-        str | None, typer.Option(help="Validation metric for early stopping (default: xent / ppl_corpus).")
-    ] = None,
     out: Annotated[Path | None, typer.Option(help="Directory (default HOME/models/DATASET/MODEL-DATA-sSEED).")] = None,
     overwrite: Overwrite = False,
-    device: Device = "cpu",
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
@@ -352,61 +186,41 @@ def train_student_cmd(
     plan: session.Plan = False,
     threads: session.Threads = None,
     quiet: session.Quiet = False,
+    *,
+    flags: dict[str, Any],
 ) -> None:
-    """Train a model from scratch on the full data, a sample of it, or Farzi Data."""
+    """Train a model from scratch on the full data, a sample of it, or Farzi Data (on a bundle, the
+    settings not given come from the recipe it records)."""
     ds = resolve_dataset(dataset, home)
-    opts = session.apply_preset(
-        ctx,
-        preset,
-        ds.task,
-        "train-student",
-        {**locals(), "model_overrides": _overrides(max_len, d_model, n_layers, n_heads, dropout)},
+    merged = command_settings("train-student", ds.task, flags, _preset(preset), student_recipe(data))
+    cfg, fills = merged.config, merged.from_source("recipe")
+    name = cfg.model or DEFAULT_MODEL[ds.task]
+    target = out or models_dir(ds.name, home) / f"{name}-{parse_spec(data).label().replace(':', '-')}-s{seed}"
+    args = (ds, name, data, cfg.train)
+    job = launch.Job(
+        lambda progress, _: train_student(
+            *args, target, cfg.model_overrides, cfg.discrete, cfg.device, progress, None, overwrite, fills
+        ),
+        cfg.device,
+        lambda: plan_student(*args, cfg.model_overrides, cfg.discrete, cfg.device, fills),
+        lambda: claim_model(target, overwrite, ds.path, data),
     )
-    model, device = opts["model"], opts["device"]
-    name = _model_name(model, ds.task)
-    label = parse_spec(data).label().replace(":", "-")
-    target = out or models_dir(ds.name, home) / f"{name}-{label}-s{seed}"
-    # flags the user set win; on a bundle the rest come from its recipe, elsewhere from the defaults
-    given = {k: opts[k] for k in ("lr", "weight_decay", "batch_size", "max_steps", "patience", "eval_every")}
-    given["metric"] = metric
-    defaults = TrainConfig()  # lr 1e-3, no weight decay, batch 128, 2000 steps, patience 10, per-epoch eval
-    values = {k: (getattr(defaults, k) if v is None else v) for k, v in given.items()}
-    cfg = _train_config(seed=seed, **values)
-    fills = {k for k, x in given.items() if x is None}
-    if preset is not None:  # the preset's values yield to a bundle's recipe on these
-        fills |= {k for k in RECIPE_OVER_PRESET if not session.given(ctx, k)}
-    with launch.output_claim(plan, lambda: claim_model(target, overwrite, ds.path, data)):
-        cost = plan_student(ds, name, data, cfg, opts["model_overrides"], discrete, device, fills)
-        preface = ui.announce_plan(cost, plan, json)
-        with ui.progress_bars(not json, preface=preface) as progress:
-            result, info = train_student(
-                ds,
-                name,
-                data,
-                cfg,
-                target,
-                opts["model_overrides"],
-                discrete=discrete,
-                device=device,
-                progress=progress,
-                overwrite=overwrite,
-                recipe_fills=fills,
-            )
-    if json:
-        ui.print_json(
-            {
-                "path": str(target),
-                "model": name,
-                "data": info["data"],
-                "result": info["result"],
-                "curve": info["curve"],
-                "threads": info["threads"],
-                "plan": cost.to_dict(),
-            }
-        )
-        return
-    _curve_table(f"{name} on {data} -> {target}", result.curve, result.metric)
-    ui.stdout.print(ui.kv_table("result", info["result"]))
+    (result, info), cost = launch.run_job(job, plan, json)  # type: ignore[misc]
+    keys = ("data", "result", "curve", "threads")
+    launch.report(
+        json,
+        {
+            "path": str(target),
+            "model": name,
+            **{k: info[k] for k in keys},
+            "plan": cost.to_dict(),
+            "sources": merged.sources,
+        },
+        lambda: (
+            _curve_table(f"{name} on {data} -> {target}", result.curve, result.metric),
+            ui.stdout.print(ui.kv_table("result", info["result"])),
+        ),
+    )
 
 
 @app.command("eval")
@@ -454,146 +268,72 @@ def render_metrics(title: str, metrics: dict) -> None:
 
 
 # ------------------------------------------------------------------ distill
-# Options named after DistillConfig's fields take their default and help from it (one source of truth);
-# tests/cli/test_distill_options.py checks that every field has its option.
-_DISTILL = DistillConfig()
-_DISTILL_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(DistillConfig)}
-# fields with an option of the same name; the rest: mu, xi (--budget), model (--model), model_overrides
-# (--max-len, --d-model, --n-layers, --n-heads)
-DISTILL_OPTION_FIELDS = tuple(
-    f.name for f in dataclasses.fields(DistillConfig) if f.name not in ("mu", "xi", "model", "model_overrides")
-)
+Budget = Annotated[
+    str | None, typer.Option(help="MUxXI: number of synthetic sequences x their length.", show_default="50x50")
+]
+Trajectories = Annotated[
+    Path | None, typer.Option(help="Omega directory (default: HOME/trajectories/DATASET/MODEL if it exists).")
+]
+BundleOut = Annotated[
+    Path | None, typer.Option(help="Bundle path (default HOME/bundles/DATASET/farzi-MUxXI-sSEED.safetensors).")
+]
 
 
-def _d(name: str) -> typer.models.OptionInfo:
-    return typer.Option(help=_DISTILL_HELP[name])
-
-
-@app.command("distill")
-@ui.handle_errors
+@options.config_command(app, "distill", DistillConfig)
 def distill_cmd(
-    ctx: typer.Context,
-    dataset: Annotated[str, typer.Argument(help="Prepared dataset: a name in the workspace or a directory.")],
-    budget: Annotated[str, typer.Option(help="MUxXI: number of synthetic sequences x their length.")] = "50x50",
-    latent_dim: Annotated[int, _d("latent_dim")] = _DISTILL.latent_dim,
-    tau: Annotated[float, _d("tau")] = _DISTILL.tau,
-    inner_steps: Annotated[int, _d("inner_steps")] = _DISTILL.inner_steps,
-    inner_lr: Annotated[float, _d("inner_lr")] = _DISTILL.inner_lr,
-    inner_optimizer: Annotated[InnerOptimizerName, _d("inner_optimizer")] = _DISTILL.inner_optimizer,
-    inner_state: Annotated[InnerState, _d("inner_state")] = _DISTILL.inner_state,
-    inner_momentum: Annotated[float, _d("inner_momentum")] = _DISTILL.inner_momentum,
-    inner_weight_decay: Annotated[float, _d("inner_weight_decay")] = _DISTILL.inner_weight_decay,
-    outer_steps: Annotated[int, _d("outer_steps")] = _DISTILL.outer_steps,
-    outer_lr: Annotated[float, _d("outer_lr")] = _DISTILL.outer_lr,
-    outer_weight_decay: Annotated[float, _d("outer_weight_decay")] = _DISTILL.outer_weight_decay,
-    syn_batch: Annotated[int, _d("syn_batch")] = _DISTILL.syn_batch,
-    real_batch: Annotated[int, _d("real_batch")] = _DISTILL.real_batch,
-    meta_batch: Annotated[int, _d("meta_batch")] = _DISTILL.meta_batch,
-    meta_grad: Annotated[MetaGrad, _d("meta_grad")] = _DISTILL.meta_grad,
-    segment: Annotated[int, _d("segment")] = _DISTILL.segment,
-    objective: Annotated[Objective, _d("objective")] = _DISTILL.objective,
-    mtt_offset: Annotated[int, _d("mtt_offset")] = _DISTILL.mtt_offset,
-    start_weighting: Annotated[StartWeighting, _d("start_weighting")] = _DISTILL.start_weighting,
-    omega_runs: Annotated[int, _d("omega_runs")] = _DISTILL.omega_runs,
-    omega_min_step: Annotated[int, _d("omega_min_step")] = _DISTILL.omega_min_step,
-    omega_max_step: Annotated[int, _d("omega_max_step")] = _DISTILL.omega_max_step,
-    grad_clip: Annotated[float, _d("grad_clip")] = _DISTILL.grad_clip,
-    init: Annotated[Init, _d("init")] = _DISTILL.init,
-    init_windows: Annotated[InitWindows, _d("init_windows")] = _DISTILL.init_windows,
-    init_mix: Annotated[float, _d("init_mix")] = _DISTILL.init_mix,
-    init_scale: Annotated[float, _d("init_scale")] = _DISTILL.init_scale,
-    init_sharpness: Annotated[float, _d("init_sharpness")] = _DISTILL.init_sharpness,
-    learn_tau: Annotated[bool, _d("learn_tau")] = _DISTILL.learn_tau,
-    learn_inner_lr: Annotated[bool, _d("learn_inner_lr")] = _DISTILL.learn_inner_lr,
-    recipe_lr: Annotated[float, _d("recipe_lr")] = _DISTILL.recipe_lr,
-    recipe_weight_decay: Annotated[float, _d("recipe_weight_decay")] = _DISTILL.recipe_weight_decay,
-    recipe_steps: Annotated[int, _d("recipe_steps")] = _DISTILL.recipe_steps,
-    recipe_batch: Annotated[int, _d("recipe_batch")] = _DISTILL.recipe_batch,
-    select_every: Annotated[int, _d("select_every")] = _DISTILL.select_every,
-    trajectories: Annotated[
-        Path | None, typer.Option(help="Omega directory (default: HOME/trajectories/DATASET/MODEL if it exists).")
-    ] = None,
-    model: Model = None,
-    max_len: MaxLen = None,
-    d_model: DModel = None,
-    n_layers: NLayers = None,
-    n_heads: NHeads = None,
+    dataset: Dataset,
+    budget: Budget = None,
+    trajectories: Trajectories = None,
     checkpoint_every: Annotated[int, typer.Option(help="Save the run state every N outer steps (for --resume).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run saved beside --out.")] = False,
-    out: Annotated[
-        Path | None, typer.Option(help="Bundle path (default HOME/bundles/DATASET/farzi-MUxXI-sSEED.safetensors).")
-    ] = None,
+    out: BundleOut = None,
     overwrite: Overwrite = False,
-    device: Annotated[str, _d("device")] = _DISTILL.device,
     nproc: NProc = 1,
     oversubscribe: Oversubscribe = False,
     rank_timeout: RankTimeout = DEFAULT_RANK_TIMEOUT,
-    seed: Seed = _DISTILL.seed,
+    seed: Seed = 0,
     home: Home = None,
     json: Json = False,
     preset: session.Preset = None,
     plan: session.Plan = False,
     threads: session.Threads = None,
     quiet: session.Quiet = False,
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Distill a prepared dataset into Farzi Data (a farzi-data v1 bundle)."""
-    given = dict(locals())
-    launch.check_nproc(nproc, device, oversubscribe)
-    if nproc > 1:
-        raise typer.Exit(launch.spawn(nproc, rank_timeout))
+    launch.check_nproc(nproc, flags.get("device", "cpu"), oversubscribe)  # at once; the preset's device in run_job
     ds = resolve_dataset(dataset, home)
-    given["model_overrides"] = _overrides(max_len, d_model, n_layers, n_heads, None)
-    given = session.apply_preset(ctx, preset, ds.task, "distill", given)
-    mu, xi = parse_budget(given["budget"])
-    model = given["model"]
-    name = _model_name(model, ds.task)
-    if trajectories is None and objective is not Objective.mm:
-        guess = trajectories_dir(ds.name, name, home)
-        trajectories = guess if (guess / "manifest.json").is_file() else None
-    overrides = given["model_overrides"]
-    cfg = DistillConfig(
-        mu=mu,
-        xi=xi,
-        model=model or "",
-        model_overrides={k: v for k, v in overrides.items() if v is not None},
-        **{k: given[k] for k in DISTILL_OPTION_FIELDS},
+    flags.update(zip(("mu", "xi"), parse_budget(budget), strict=True) if budget is not None else ())
+    merged = command_settings("distill", ds.task, flags, _preset(preset))
+    (cfg := merged.config).validate(ds)  # settings and device first, then the output, then the cost probe
+    trajectories = trajectories or default_trajectories(ds, cfg, home)
+    target = out or bundles_dir(ds.name, home) / f"farzi-{cfg.mu}x{cfg.xi}-s{cfg.seed}.safetensors"
+    job = launch.Job(
+        lambda progress, collective: distill(
+            ds, cfg, target, trajectories, checkpoint_every, resume, progress, overwrite, collective
+        ),
+        cfg.device,
+        lambda: plan_distill(ds, cfg, trajectories, resume_from=target if resume else None),  # steps left
+        lambda: claim_bundle(target, overwrite, ds.path, trajectories),
+        ranks=True,
     )
-    cfg.validate(ds)  # settings and device first, then the output, then the cost probe
-    target = out or bundles_dir(ds.name, home) / f"farzi-{mu}x{xi}-s{seed}.safetensors"
-    resume_from = target if resume else None  # a resumed run projects only the steps it has left
-    if plan:  # the projection alone, before any rank is started
-        ui.announce_plan(plan_distill(ds, cfg, trajectories, resume_from=resume_from), True, json)
-    with (
-        launch.output_claim(plan, lambda: claim_bundle(target, overwrite, ds.path, trajectories)),
-        launch.rank_scope(device, rank_timeout) as collective,
-    ):
-        cost = plan_distill(ds, cfg, trajectories, resume_from=resume_from)
-        preface = ui.announce_plan(cost, False, json) if collective.rank == 0 else None
-        with ui.progress_bars(not json and collective.rank == 0, preface=preface) as progress:
-            result = distill(
-                ds,
-                cfg,
-                target,
-                trajectories=trajectories,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                progress=progress,
-                overwrite=overwrite,
-                collective=collective,
-            )
-    if collective.rank != 0:
+    done = launch.run_job(job, plan, json, nproc, oversubscribe, rank_timeout)
+    if done is None:
         return  # rank 0 reports for the job
-    info = {
-        "bundle": str(result.path),
-        "log": str(result.log_path),
-        "budget": f"{mu}x{xi}",
-        "trajectories": str(trajectories) if trajectories else None,
-        **result.summary,
-    }
-    if json:
-        ui.print_json({**info, "plan": cost.to_dict()})
-        return
-    ui.stdout.print(ui.kv_table("Farzi Data", info))
+    (result, cost), where = done, str(trajectories) if trajectories else None
+    info = {"bundle": str(result.path), "log": str(result.log_path), "budget": f"{cfg.mu}x{cfg.xi}"}
+    info.update(trajectories=where, **result.summary)
+    extra = {"plan": cost.to_dict(), "sources": merged.sources}
+    launch.report(json, {**info, **extra}, lambda: ui.stdout.print(ui.kv_table("Farzi Data", info)))
+
+
+def default_trajectories(ds: Any, cfg: DistillConfig, home: Path | None) -> Path | None:
+    """The teacher's Omega in the workspace where one exists (an mm run needs none)."""
+    if cfg.objective is Objective.mm:
+        return None
+    guess = trajectories_dir(ds.name, cfg.model or DEFAULT_MODEL[ds.task], home)
+    return guess if (guess / "manifest.json").is_file() else None
 
 
 @app.command("inspect")
@@ -679,51 +419,49 @@ def render_inspect(report: dict) -> None:
         )
 
 
-@app.command("export")
-@ui.handle_errors
+@options.config_command(app, "export", ExportConfig)
 def export_cmd(
     bundle: Annotated[Path, typer.Argument(help="A Farzi Data bundle (*.safetensors).")],
-    to: Annotated[str, typer.Option(help=f"Format: {', '.join(FORMATS)}.")] = "jsonl",
-    samples: Annotated[int, typer.Option(help="Decoded sequences per synthetic sequence (--decode sample).")] = 1,
-    decode: Annotated[str, typer.Option(help=f"{' or '.join(DECODINGS)}: most probable or sampled tokens.")] = "argmax",
     out: Annotated[
         Path | None, typer.Option(help="Output file (default: beside the bundle, the format's suffix).")
     ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Dataset to take the vocabulary from (bundles written without one).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing file that is not a previous export.")] = False,
     seed: Seed = 0,
     home: Home = None,
     json: Json = False,
     threads: session.Threads = None,
     quiet: session.Quiet = False,
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Write Farzi Data as discrete sequences (words, or user/item/position rows) for other tools."""
     ds = resolve_dataset(dataset, home) if dataset else None
-    cfg = ExportConfig(to=to, decode=decode, samples=samples, seed=seed, overwrite=overwrite)
-    with ui.progress_bars(not json) as progress:
-        result = export_bundle(bundle, cfg, out=out, dataset=ds, progress=progress)
+    cfg = merge(ExportConfig, [("flag", flags)]).config
+    job = launch.Job(lambda progress, _: export_bundle(bundle, cfg, out=out, dataset=ds, progress=progress))
+    result, _ = launch.run_job(job, json_out=json)  # type: ignore[misc]
     prov = result.provenance
-    if json:
-        ui.print_json({"path": str(result.path), "sidecar": str(result.sidecar), **prov})
-        return
     rows = {
         "task": prov["task"],
-        "format": to,
-        "decode": decode if decode == "argmax" else f"sample (seed {seed})",
-        "samples per sequence": samples,
+        "format": cfg.to,
+        "decode": cfg.decode if cfg.decode == "argmax" else f"sample (seed {cfg.seed})",
+        "samples per sequence": cfg.samples,
         "budget (mu x xi)": prov["bundle"]["budget"],
         **{k.replace("_", " "): v for k, v in prov["counts"].items()},
         "provenance": str(result.sidecar),
     }
-    if to == "txt" and prov["task"] == "lm":
+    if cfg.to == "txt" and prov["task"] == "lm":
         rows["read back"] = f"farzictl prepare text --train {result.path}"
-    elif to in ("csv", "parquet") and prov["task"] == "rec":
+    elif cfg.to in ("csv", "parquet") and prov["task"] == "rec":
         rows["read back"] = (
             f"farzictl prepare interactions --path {result.path} --user-col user --item-col item --time-col position"
         )
-    ui.stdout.print(ui.kv_table(f"Export: {bundle} -> {result.path}", rows))
+    launch.report(
+        json,
+        {"path": str(result.path), "sidecar": str(result.sidecar), **prov},
+        lambda: ui.stdout.print(ui.kv_table(f"Export: {bundle} -> {result.path}", rows)),
+    )
 
 
 @app.command("demo")
@@ -741,12 +479,12 @@ def demo_cmd(
     tasks = {"lm": ("lm",), "rec": ("rec",), "both": ("lm", "rec")}.get(task)
     if tasks is None:
         raise ui.fail(f"unknown --task {task!r}; use lm, rec or both")
-    cost = plan_demo(seed, tasks)
-    with ui.progress_bars(not json, preface=ui.announce_plan(cost, plan, json)) as progress:
-        result = run_demo(home, seed, tasks, progress)
-    if json:
-        ui.print_json({**result, "plan": cost.to_dict()})
-        return
+    job = launch.Job(lambda progress, _: run_demo(home, seed, tasks, progress), plan=lambda: plan_demo(seed, tasks))
+    result, cost = launch.run_job(job, plan, json)  # type: ignore[misc]
+    launch.report(json, {**result, "plan": cost.to_dict()}, lambda: render_demo(result))
+
+
+def render_demo(result: dict[str, Any]) -> None:
     for name, res in result["tasks"].items():
         metrics = list(TASKS[name].metrics)
         rows = [

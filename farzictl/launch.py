@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,9 +29,10 @@ import typer
 
 from farzi import limits
 from farzi.device import resolve_device
-from farzi.distill.parallel import Collective
-from farzi.distributed import INIT_METHOD_ENV, RESUME_FIX, RankLost, launched, ranks
+from farzi.distill.parallel import LOCAL, Collective
+from farzi.distributed import DEFAULT_TIMEOUT, INIT_METHOD_ENV, RESUME_FIX, RankLost, launched, ranks
 from farzi.errors import ConfigError
+from farzictl import ui
 
 LAUNCHER_ENV = "FARZI_LAUNCHER"  # set in the ranks --nproc starts
 REFUSED_GRACE = 2.0  # seconds the other ranks get to end by themselves once rank 0 stopped with an error
@@ -236,3 +238,53 @@ def _verdict(exits: list[tuple[float, int, int]], nproc: int, errors: dict[int, 
             how = f"killed by {signal.Signals(-code).name}"
     print(f"error: rank {r} of {nproc} died ({how}); the other ranks were stopped; {RESUME_FIX}", file=sys.stderr)
     return 2
+
+
+# ------------------------------------------------------------------ running a command's job
+@dataclass
+class Job:
+    """What a command runs, for :func:`run_job`: ``run(progress, collective)`` does the work; ``plan()``
+    projects its cost (``--plan``), ``claim()`` claims its output before the cost probe, and a job with
+    ``ranks`` may run as several ranks (``--nproc``, torchrun) on ``device``."""
+
+    run: Callable[[Any, Collective], Any]
+    device: str = "cpu"
+    plan: Callable[[], Any] | None = None
+    claim: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+    ranks: bool = False
+
+
+def run_job(
+    job: Job,
+    plan_only: bool = False,
+    json_out: bool = False,
+    nproc: int = 1,
+    oversubscribe: bool = False,
+    rank_timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[Any, Any] | None:
+    """Run ``job`` as every command runs its work: ``--nproc`` ranks (checked, then started), ``--plan``
+    alone (printed, exit 0), else the output claimed, the cost probed and announced, the work under
+    progress bars. Returns (result, plan) on the process that reports, None on the other ranks."""
+    if job.ranks:
+        check_nproc(nproc, job.device, oversubscribe)
+        if nproc > 1:
+            raise typer.Exit(spawn(nproc, rank_timeout))
+    if plan_only and job.plan is not None:  # the projection alone, before any rank is started
+        ui.announce_plan(job.plan(), True, json_out)
+    claim = output_claim(False, job.claim) if job.claim is not None else contextlib.nullcontext()
+    scope = rank_scope(job.device, rank_timeout) if job.ranks else contextlib.nullcontext(LOCAL)
+    with claim, scope as collective:
+        cost = job.plan() if job.plan is not None else None
+        first = collective.rank == 0
+        preface = ui.announce_plan(cost, False, json_out) if cost is not None and first else None
+        with ui.progress_bars(not json_out and first, preface=preface) as progress:
+            result = job.run(progress, collective)
+    return (result, cost) if collective.rank == 0 else None
+
+
+def report(json_out: bool, info: dict[str, Any], show: Callable[[], None]) -> None:
+    """The command's result: ``info`` as JSON with ``--json``, else ``show()`` (rich tables)."""
+    if json_out:
+        ui.print_json(info)
+    else:
+        show()

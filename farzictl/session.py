@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 import typer
 
 from farzi.limits import usable_cores
-from farzi.presets import preset_values
 
 
 @dataclass
@@ -88,23 +87,3 @@ def given(ctx: typer.Context, name: str) -> bool:
     """Whether option ``name`` was set on the command line or by its environment variable."""
     source = ctx.get_parameter_source(name)  # a ParameterSource of the click typer uses (it vendors one)
     return source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP")
-
-
-def apply_preset(
-    ctx: typer.Context, preset: PresetName | None, task: str, command: str, values: dict[str, Any]
-) -> dict[str, Any]:
-    """``values`` (the command's options by name) with the preset's filled in where the user set
-    none; ``values["model_overrides"]`` (a mapping, None entries unset) is merged the same way."""
-    if preset is None:
-        return values
-    out = dict(values)
-    fills = preset_values(preset.value, task, command)
-    overrides = dict(fills.pop("model_overrides", {}))
-    for key, value in (out.get("model_overrides") or {}).items():
-        if value is not None:  # --max-len, --d-model, ... given on the command line
-            overrides[key] = value
-    out["model_overrides"] = overrides
-    for key, value in fills.items():
-        if key in out and not given(ctx, key):
-            out[key] = value
-    return out

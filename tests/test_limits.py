@@ -197,7 +197,7 @@ def test_training_needs_by_hand() -> None:
 
 def _distill(**kw) -> DistillConfig:
     base = dict(mu=4, xi=8, latent_dim=2, model="sasrec", model_overrides=TINY, inner_steps=3, real_batch=5)
-    return DistillConfig(**{**base, **kw})
+    return DistillConfig.from_dict({**base, **kw})
 
 
 def test_distill_needs_by_hand() -> None:
@@ -298,10 +298,8 @@ def test_estimates_of_the_cpu_protocols_stay_far_below_a_laptop() -> None:
 
     for task, vocab, longest, name in (("rec", 1685, 737, "sasrec"), ("lm", 10002, 83, "transformer")):
         values = preset_values("cpu", task, "distill")
-        mu, xi = map(int, values.pop("budget").split("x"))
-        overrides = values.pop("model_overrides")
-        values.pop("model")
-        cfg = DistillConfig(mu=mu, xi=xi, model=name, model_overrides=overrides, **values)
+        overrides = values["model_overrides"]
+        cfg = DistillConfig.from_dict({**values, "model": name})
         mcfg = make_config(name, vocab, **overrides)
         distill = sum(n.nbytes for n in limits.distill_needs(cfg, vocab, longest, name, mcfg, checkpoints=40))
         student = preset_values("cpu", task, "train-student")

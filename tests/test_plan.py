@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farzi.distill.engine import DistillConfig, distill
+from farzi.distill.engine import Distillation, DistillConfig
 from farzi.plan import LONG_SECONDS, plan_distill, plan_student
 
 TINY = {"d_model": 8, "n_layers": 1, "max_len": 16}
@@ -12,13 +12,13 @@ TINY = {"d_model": 8, "n_layers": 1, "max_len": 16}
 
 def _cfg(**kw) -> DistillConfig:
     base = dict(mu=4, xi=8, model="sasrec", model_overrides=TINY, objective="mm", inner_steps=1, real_batch=4)
-    return DistillConfig(**{**base, **kw})
+    return DistillConfig.from_dict({**base, **kw})
 
 
 def test_a_resumed_distillation_projects_only_the_steps_left(tiny_rec, tmp_path: Path) -> None:
     out = tmp_path / "b.safetensors"
     cfg = _cfg(outer_steps=5)
-    distill(tiny_rec, cfg, out, checkpoint_every=1, stop_after=2)  # a run stopped after 2 steps, its state saved
+    Distillation(tiny_rec, cfg, out, checkpoint_every=1).run(until=2)  # a run stopped after 2 steps, its state saved
     state = out.with_suffix(".state.safetensors")
     saved = state.read_bytes()
     fresh = plan_distill(tiny_rec, cfg)

@@ -81,7 +81,8 @@ def test_plan_answers_in_seconds_whatever_the_step_counts(home: Path, tmp_path: 
     outer = next(s for s in info["stages"] if s["unit"] == "outer step")
     assert outer["count"] == 2 and outer["seconds_each"] > 0
     assert any("projected to --inner-steps" in n for n in info["notes"])
-    assert info["long"] and not list(tmp_path.iterdir())
+    assert info["long"] == (info["seconds"] > info["long_seconds"])  # ~1,400 s here: long depends on the machine
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_projection_grows_with_the_inner_steps_and_the_meta_batch(home: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from farzi.data.download import fetch, verify_checksum
 from farzi.data.prepared import PreparedDataset
 from farzi.errors import ChecksumError, ConfigError, DataError
 from farzi.progress import ProgressFn, report
+from farzi.settings import setting
 from farzi.workspace import check_name, dataset_dir, home_dir
 
 PTB_FILES = {
@@ -63,21 +64,21 @@ AMAZON_MAGAZINE_SHA256 = "40287d71ee0c49030ee222888fb21a95941c2c31344e15bdd2e58e
 class PrepareOptions:
     """Everything ``prepare`` may need; each source reads the fields it uses."""
 
-    source: Path | None = None
-    train: Path | None = None
-    valid: Path | None = None
-    test: Path | None = None
-    path: Path | None = None
-    user_col: str = "user"
-    item_col: str = "item"
-    time_col: str = "time"
-    separator: str | None = None
-    vocab_size: int = 2000
-    min_length: int = 2
-    seed: int = 0
-    mirror: str | None = None
-    synthetic_vocab: int | None = None
-    synthetic_sequences: int | None = None
+    source: Path | None = setting(None, "Directory with the dataset's files (no download).")
+    train: Path | None = setting(None, "text: training corpus, one sentence per line.")
+    valid: Path | None = setting(None, "text: validation corpus (default: 10% of --train).")
+    test: Path | None = setting(None, "text: test corpus (default: 10% of --train).")
+    path: Path | None = setting(None, "interactions: CSV/TSV/parquet log.")
+    user_col: str = setting("user", "interactions: user column.")
+    item_col: str = setting("item", "interactions: item column.")
+    time_col: str = setting("time", "interactions: time column.")
+    separator: str | None = setting(None, "interactions: field separator (default from the file name).")
+    vocab_size: int = setting(2000, "LM: keep this many most frequent training words.")
+    min_length: int = setting(2, "Recommendation: drop users with fewer interactions.")
+    seed: int = setting(0, "Random seed (0 to 2**63-1); same seed, same result on CPU.")
+    mirror: str | None = setting(None, "Download from this URL (base URL for ptb) instead.")
+    synthetic_vocab: int | None = setting(None, "synthetic-*: number of words/items.")
+    synthetic_sequences: int | None = setting(None, "synthetic-*: number of training sequences/users.")
 
     def __post_init__(self) -> None:
         self.seed = check_seed(self.seed)

@@ -22,6 +22,8 @@ alone writes the log, the run state and the bundle.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -239,20 +241,6 @@ def _bundle_records(
     }
 
 
-def _finished_bundle(out: Path, cfg: DistillConfig, ds: PreparedDataset) -> FarziData | None:
-    """The bundle at ``out`` when it is this run's finished result (same settings, same data)."""
-    if not out.is_file():
-        return None
-    try:
-        data = load_bundle(out)
-    except BundleError:
-        return None
-    recorded = {k: v for k, v in data.meta["distill"].items() if k not in ("package_version", "device", "threads")}
-    wanted = {k: v for k, v in cfg.to_dict().items() if k != "device"}
-    same_data = data.meta["dataset"].get("fingerprint") == ds.fingerprint()
-    return data if recorded == wanted and same_data else None
-
-
 def start_summary(
     cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher, latent: Tensor, decoder: Tensor
 ) -> Summary:
@@ -276,17 +264,15 @@ def distill(
     checkpoint_every: int = 0,
     resume: bool = False,
     progress: ProgressFn | None = None,
-    stop_after: int | None = None,
     overwrite: bool = False,
     collective: Collective = LOCAL,
 ) -> DistillResult:
-    """Distill ``ds`` into a farzi-data bundle at ``out``.
+    """Distill ``ds`` into a farzi-data bundle at ``out`` (:class:`Distillation` runs it).
 
     A JSONL log of every outer step goes to ``out`` with suffix ``.log.jsonl``;
     with ``checkpoint_every`` the run state is saved to ``.state.safetensors``
     beside it, and ``resume=True`` continues from there (a finished run resumes to
-    its bundle). ``stop_after`` ends the call after that many outer steps in total
-    (for tests of resumption).
+    its bundle).
 
     ``out`` is claimed before any work (:func:`farzi._io.claim_output`): a second
     writer of the same bundle fails at once, and an existing file that is not a
@@ -296,20 +282,281 @@ def distill(
     first compare a fingerprint of them (settings, dataset, trajectories) and all refuse to run
     when one differs or one rank met an error preparing. Only rank 0 touches ``out``.
     """
-    out = Path(out)
-    with contextlib.ExitStack() as claim:
+    run = Distillation(ds, cfg, out, trajectories, checkpoint_every, resume, overwrite, collective, progress)
+    return run.run()
+
+
+class Distillation:
+    """The distillation recipe (torchtune's sense): :meth:`setup` builds the teacher, the initial
+    summary, the outer optimizer, the meta-objective and the summary selection, or restores them from
+    the saved run state; :meth:`step` runs one outer step (log, selection, state); :meth:`save` writes
+    the bundle. :meth:`run` strings them together; ``farzi.plan`` times real steps of the same object.
+
+    ``out=None`` is a run that writes nothing (the plan's probe): no claim, no log, no state.
+    """
+
+    def __init__(
+        self,
+        ds: PreparedDataset,
+        cfg: DistillConfig,
+        out: Path | None,
+        trajectories: Path | None = None,
+        checkpoint_every: int = 0,
+        resume: bool = False,
+        overwrite: bool = False,
+        collective: Collective = LOCAL,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.ds, self.cfg, self.trajectories, self.collective = ds, cfg, trajectories, collective
+        self.out = Path(out) if out is not None else None
+        self.checkpoint_every, self.resume, self.overwrite, self.progress = (
+            checkpoint_every,
+            resume,
+            overwrite,
+            progress,
+        )
+        self.writer = collective.rank == 0 and self.out is not None  # rank 0 alone reads and writes the files
+        self.log: RunLog | None = None
+        self.selection: Selection | None = None
+        self.state = RunState(step=0, log_lines=0)
+        self.first_step, self.wall = 0, 0.0
+
+    # ------------------------------------------------------------------ the run
+    def run(self, until: int | None = None) -> DistillResult:
+        """The whole run; ``until`` ends it after that many outer steps in total, as a kill would
+        (the saved state stays as it was; tests of resumption use it)."""
+        with contextlib.ExitStack() as claim:
+            self._agree_to_start(claim, until)
+            finished = self._finished()
+            if finished is not None:
+                return finished
+            try:
+                self._guarded(self.setup)
+                if self.collective.world > 1:  # every rank starts from rank 0's summary and outer state
+                    self.state = _share_state(self.collective, self.summary, self.outer, self.state)
+                self.first_step, start = self.state.step, time.perf_counter()
+                target = self.cfg.outer_steps if until is None else min(until, self.cfg.outer_steps)
+                while self.state.step < target:
+                    self.step()
+                self.wall = time.perf_counter() - start
+            finally:
+                if self.log is not None:
+                    self.log.close()
+            if self.state.step < self.cfg.outer_steps or not self.writer:
+                return self.result(self._current(), complete=self.state.step >= self.cfg.outer_steps)
+            return self.save()
+
+    def _agree_to_start(self, claim: contextlib.ExitStack, until: int | None) -> None:
+        """Validate and claim the output; every rank stops when one could not (:func:`agree`)."""
         error, fingerprint = None, None
         try:
-            cfg.validate(ds)
-            if checkpoint_every < 0:
-                raise ConfigError(f"--checkpoint-every {checkpoint_every} must be >= 0", "pass 0 to save no state")
-            fingerprint = job_fingerprint(ds, cfg, trajectories, checkpoint_every, resume, stop_after)
-            if collective.rank == 0:
-                claim.enter_context(claim_bundle(out, overwrite, ds.path, trajectories))
+            self.cfg.validate(self.ds)
+            if self.checkpoint_every < 0:
+                raise ConfigError(f"--checkpoint-every {self.checkpoint_every} must be >= 0", "pass 0 to save no state")
+            fingerprint = job_fingerprint(
+                self.ds, self.cfg, self.trajectories, self.checkpoint_every, self.resume, until
+            )
+            if self.writer:
+                assert self.out is not None
+                claim.enter_context(claim_bundle(self.out, self.overwrite, self.ds.path, self.trajectories))
         except FarziError as exc:
             error = exc
-        agree(collective, fingerprint, error, "settings or data")
-        return _distill(ds, cfg, out, trajectories, checkpoint_every, resume, progress, stop_after, collective)
+        agree(self.collective, fingerprint, error, "settings or data")
+
+    def _guarded(self, work: Any) -> None:
+        """``work()``, then the ranks' handshake: an error on one rank stops every rank."""
+        error = None
+        try:
+            work()
+        except FarziError as exc:
+            error = exc
+        agree(self.collective, None, error, "")
+
+    def setup(self, fit_steps: int | None = None) -> None:
+        """Teacher, initial summary, outer optimizer, objective; then, for a run that writes, the saved
+        state (``resume``), the selection and the log. ``fit_steps``: the teacher init's fitting steps
+        (default: the run's; the plan times a few)."""
+        self.load_teacher()
+        self.start(fit_steps)
+        if not self.writer:
+            return
+        assert self.out is not None
+        log_path, state_path = run_paths(self.out)
+        if self.resume:
+            self.state = load_run_state(state_path, self.summary, self.outer, *self._fingerprints())
+        if self.cfg.select_every:
+            self.selection = Selection.create(self.ds.task)
+            self.selection.restore(self.state.extra_tensors, self.state.extra.get("selection", {}))
+            if not self.selection.candidates:  # the initial summary is the first candidate
+                self.selection.consider(0, self.summary, self._score())
+        self.log = RunLog(log_path, self.state.log_lines if self.resume else None)
+
+    def load_teacher(self) -> None:
+        """The teacher and Omega (seeded by the run's seed)."""
+        torch.manual_seed(self.cfg.seed)
+        self.teacher = load_teacher(self.ds, self.cfg, self.trajectories)
+
+    def start(self, fit_steps: int | None = None) -> None:
+        """The initial summary, the outer optimizer and the meta-objective."""
+        latent, decoder = initial_summary(self.cfg, self.ds, self.teacher, fit_steps=fit_steps)
+        self.summary = start_summary(self.cfg, self.ds, self.teacher, latent, decoder)
+        self.outer = OuterOptimizer(self.summary, self.cfg.outer_lr, self.cfg.outer_weight_decay, self.cfg.grad_clip)
+        self.objective = make_objective(self.cfg, self.ds, self.teacher)
+
+    def variant(self, **changes: Any) -> Distillation:
+        """This run with other settings (``meta_batch``, ``inner_steps``, ...) over the same teacher,
+        summary and outer optimizer: what the plan times when the run's own step is too long."""
+        other = copy.copy(self)
+        other.cfg = dataclasses.replace(self.cfg, **changes)
+        other.objective = make_objective(other.cfg, self.ds, self.teacher)
+        return other
+
+    def step(self) -> dict[str, Any]:
+        """One outer step: the update, its log record, the selection when due, the saved state when due."""
+        step, cfg = self.state.step + 1, self.cfg
+        record = outer_step(step, self.summary, self.objective, self.outer, cfg, self.collective)
+        extra_tensors: dict[str, Tensor] = {}
+        extra: dict[str, Any] = {}
+        if self.selection is not None:
+            if self.selection.due(cfg, step):
+                record["selection"] = self.selection.consider(step, self.summary, self._score())
+            extra_tensors, extra["selection"] = self.selection.state()
+        if self.log is not None:
+            self.log.write(record)
+        self.state = RunState(step, len(self.log) if self.log is not None else step, extra_tensors, extra)
+        info = {"meta_loss": record["meta_loss"], "step_s": record["step_seconds"]}
+        if self.log is not None and self.log.skipped:
+            info["skipped"] = self.log.skipped
+        report(self.progress, "distill", step, cfg.outer_steps, **info)
+        if self.writer and self.checkpoint_every and step % self.checkpoint_every == 0:
+            assert self.out is not None
+            save_run_state(run_paths(self.out)[1], self.summary, self.outer, self.state, *self._fingerprints())
+        return record
+
+    def save(self) -> DistillResult:
+        """The bundle of a finished run (the selected summary where there is selection), its run state deleted."""
+        assert self.out is not None and self.log is not None
+        summary, selection = self.summary, self.selection
+        if not summary.is_finite():
+            raise ConfigError(
+                "the distillation diverged: the summary holds NaN or infinite values (no bundle written)",
+                "lower --outer-lr or --inner-lr, or keep --grad-clip on",
+            )
+        latent, decoder = summary.latent.detach().cpu(), summary.decoder.detach().cpu()
+        if selection is not None and selection.best is not None:
+            latent, decoder = selection.best
+        vocab = self.ds.vocab
+        save_bundle(
+            self.out,
+            latent,
+            decoder,
+            summary.current_tau() if selection is None else selection.best_tau,
+            self.ds.task,
+            vocab=list(vocab.tokens),
+            vocab_sha256=vocab.sha256(),
+            specials=dict(vocab.specials),
+            masked_tokens=[vocab.pad_id],
+            **_bundle_records(self.ds, self.cfg, self.teacher, self.trajectories),
+            recipe=recipe(self.cfg, self.ds.task),
+            history=self._history(),
+        )
+        run_paths(self.out)[1].unlink(missing_ok=True)
+        return self.result(load_bundle(self.out), complete=True)
+
+    def _history(self) -> dict[str, Any]:
+        assert self.log is not None
+        cfg, summary = self.cfg, self.summary
+        history: dict[str, Any] = {
+            "log": summarize_log(self.log.records),
+            "init": init_record(cfg, self.ds, self.teacher),
+        }
+        learned = {"tau": summary.current_tau(), "inner_lr": summary.current_inner_lr()}
+        if cfg.learn_tau or cfg.learn_inner_lr:
+            history["learned"] = {k: v for k, v in learned.items() if v is not None}
+        if self.selection is not None:
+            history["selection"] = self.selection.history()
+        return history
+
+    # ------------------------------------------------------------------ finished runs and results
+    def _finished(self) -> DistillResult | None:
+        """With ``resume`` and no saved state: the finished bundle of this same run (rank 0 shares it
+        with the others), else the refusal; None when there is something to run."""
+        if not self.resume:
+            return None
+        finished, error = None, None
+        if self.writer:
+            assert self.out is not None
+            if not run_paths(self.out)[1].is_file():
+                finished = finished_bundle(self.out, self.cfg, self.ds)
+                if finished is None:
+                    state = run_paths(self.out)[1]
+                    error = ConfigError(f"nothing to resume: {state} does not exist", "run without --resume to start")
+        agree(self.collective, None, error, "")
+        if not self.collective.gather(finished is not None)[0]:
+            return None
+        if self.collective.rank == 0:
+            assert finished is not None
+            share_tensors(self.collective, {"latent": finished.latent, "decoder": finished.decoder})
+            return self.result(finished, complete=True, resumed_finished=True)
+        shared, _ = share_tensors(self.collective, None)
+        data = FarziData(shared["latent"], shared["decoder"], self.cfg.tau, {"task": self.ds.task})
+        return self.result(data, complete=True)
+
+    def _current(self) -> FarziData:
+        summary = self.summary
+        return FarziData(
+            summary.latent.detach().cpu(), summary.decoder.detach().cpu(), self.cfg.tau, {"task": self.ds.task}
+        )
+
+    def result(self, data: FarziData, complete: bool, resumed_finished: bool = False) -> DistillResult:
+        """The one result constructor: what this call ran, and the run's figures where this rank knows them."""
+        log_path = run_paths(self.out)[0] if self.out is not None else Path()
+        records = self.log.records if self.log is not None else _read_log(log_path) if resumed_finished else []
+        steps = self.cfg.outer_steps if complete else self.state.step
+        skipped = sum(1 for r in records if r.get("skipped"))
+        final = float(records[-1]["meta_loss"]) if records else math.nan
+        ran = self.state.step - self.first_step
+        summary: dict[str, Any] = {"complete": complete}
+        if not self.writer and self.collective.rank != 0:
+            summary["rank"] = self.collective.rank
+        elif complete:
+            summary.update(
+                steps=steps,
+                skipped=skipped,
+                wall_seconds=round(self.wall, 3),
+                seconds_per_step=round(self.wall / ran, 4) if ran else None,
+                final_meta_loss=final if records else None,
+            )
+            if resumed_finished:
+                summary["resumed"] = "already complete"
+            elif self.collective.world > 1:
+                summary["ranks"] = self.collective.world
+        return DistillResult(data, self.out or Path(), log_path, steps, skipped, self.wall, final, summary)
+
+    def _fingerprints(self) -> tuple[str, str, dict[str, Any]]:
+        return self.cfg.fingerprint(), self.ds.fingerprint(), self.cfg.settings()
+
+    def _score(self) -> float:
+        return _score(self.summary, self.ds, self.teacher, self.cfg)
+
+
+def _score(summary: Summary, ds: PreparedDataset, teacher: Teacher, cfg: DistillConfig) -> float:
+    """The selection's score of a summary: one student trained on it by the recipe (its best validation value)."""
+    return student_score(as_bundle(summary, ds.task, ds.vocab.pad_id), ds, teacher, cfg)
+
+
+def finished_bundle(out: Path, cfg: DistillConfig, ds: PreparedDataset) -> FarziData | None:
+    """The bundle at ``out`` when it is this run's finished result: the same run (the settings'
+    :meth:`DistillConfig.fingerprint`, the one definition of "same run") on the same data."""
+    if not out.is_file():
+        return None
+    try:
+        data = load_bundle(out)
+        recorded = {k: v for k, v in data.meta["distill"].items() if k not in ("package_version", "threads")}
+        same = DistillConfig.from_dict(recorded).fingerprint() == cfg.fingerprint()
+    except (BundleError, ConfigError, TypeError):
+        return None
+    return data if same and data.meta["dataset"].get("fingerprint") == ds.fingerprint() else None
 
 
 def job_fingerprint(
@@ -318,9 +565,9 @@ def job_fingerprint(
     trajectories: Path | None,
     checkpoint_every: int,
     resume: bool,
-    stop_after: int | None,
+    until: int | None,
 ) -> str:
-    """What every rank of one job must share: settings, dataset, trajectory set, how the run is kept."""
+    """What every rank of one job must share: the run (settings), dataset, trajectory set, how it is kept."""
     manifest = Path(trajectories) / "manifest.json" if trajectories else None
     doc = {
         "config": cfg.fingerprint(),
@@ -328,137 +575,10 @@ def job_fingerprint(
         "trajectories": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest and manifest.is_file() else None,
         "checkpoint_every": checkpoint_every,
         "resume": resume,
-        "stop_after": stop_after,
+        "stop_after": until,
         "package": __version__,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def _distill(
-    ds: PreparedDataset,
-    cfg: DistillConfig,
-    out: Path,
-    trajectories: Path | None,
-    checkpoint_every: int,
-    resume: bool,
-    progress: ProgressFn | None,
-    stop_after: int | None,
-    collective: Collective = LOCAL,
-) -> DistillResult:
-    log_path, state_path = run_paths(out)
-    writer = collective.rank == 0  # rank 0 alone reads and writes the run's files
-    finished, error = None, None
-    if resume and writer and not state_path.is_file():
-        finished = _finished_bundle(out, cfg, ds)
-        if finished is None:
-            error = ConfigError(f"nothing to resume: {state_path} does not exist", "run without --resume to start")
-    agree(collective, None, error, "")
-    if collective.gather(finished is not None)[0]:
-        if writer:
-            assert finished is not None
-            share_tensors(collective, {"latent": finished.latent, "decoder": finished.decoder})
-            return _result(finished, out, log_path, _read_log(log_path), wall=0.0, ran=0, resumed_finished=True)
-        shared, _ = share_tensors(collective, None)
-        data = FarziData(shared["latent"], shared["decoder"], cfg.tau, {"task": ds.task})
-        return DistillResult(data, out, log_path, cfg.outer_steps, 0, 0.0, math.nan, {"complete": True})
-    log: RunLog | None = None
-    try:
-        try:
-            torch.manual_seed(cfg.seed)
-            teacher = load_teacher(ds, cfg, trajectories)
-            latent, decoder = initial_summary(cfg, ds, teacher)
-            summary = start_summary(cfg, ds, teacher, latent, decoder)
-            outer = OuterOptimizer(summary, cfg.outer_lr, cfg.outer_weight_decay, cfg.grad_clip)
-            objective = make_objective(cfg, ds, teacher)
-            fingerprints = (cfg.fingerprint(), ds.fingerprint(), cfg.settings())
-            state = RunState(step=0, log_lines=0)
-            if resume and writer:
-                state = load_run_state(state_path, summary, outer, *fingerprints)
-            selection = Selection.create(ds.task) if cfg.select_every and writer else None
-            if selection is not None:
-                selection.restore(state.extra_tensors, state.extra.get("selection", {}))
-                if not selection.candidates:  # the initial summary is the first candidate
-                    selection.consider(0, summary, _score(summary, ds, teacher, cfg))
-            if writer:
-                log = RunLog(log_path, state.log_lines if resume else None)
-        except FarziError as exc:
-            error = exc
-        agree(collective, None, error, "")
-        if collective.world > 1:  # every rank starts from rank 0's summary and outer state
-            state = _share_state(collective, summary, outer, state)
-        first_step = state.step
-        start = time.perf_counter()
-        target = cfg.outer_steps if stop_after is None else min(stop_after, cfg.outer_steps)
-        while state.step < target:
-            step = state.step + 1
-            record = outer_step(step, summary, objective, outer, cfg, collective)
-            extra_tensors: dict[str, Tensor] = {}
-            extra: dict[str, Any] = {}
-            if selection is not None:
-                if selection.due(cfg, step):
-                    record["selection"] = selection.consider(step, summary, _score(summary, ds, teacher, cfg))
-                extra_tensors, extra["selection"] = selection.state()
-            if log is not None:
-                log.write(record)
-            state = RunState(step, len(log) if log is not None else step, extra_tensors, extra)
-            info = {"meta_loss": record["meta_loss"], "step_s": record["step_seconds"]}
-            if log is not None and log.skipped:
-                info["skipped"] = log.skipped
-            report(progress, "distill", state.step, cfg.outer_steps, **info)
-            if writer and checkpoint_every and state.step % checkpoint_every == 0:
-                save_run_state(state_path, summary, outer, state, *fingerprints)
-    finally:
-        if log is not None:
-            log.close()
-    wall = time.perf_counter() - start
-    records = log.records if log is not None else []
-    if state.step < cfg.outer_steps or not writer:  # stop_after: like a kill, the saved state stays as it was
-        data = FarziData(summary.latent.detach().cpu(), summary.decoder.detach().cpu(), cfg.tau, {"task": ds.task})
-        last = records[-1] if records else {}
-        return DistillResult(
-            data,
-            out,
-            log_path,
-            state.step,
-            sum(1 for r in records if r.get("skipped")),
-            wall,
-            float(last.get("meta_loss", math.nan)),
-            {"complete": state.step >= cfg.outer_steps, **({"rank": collective.rank} if not writer else {})},
-        )
-    assert log is not None
-    if not summary.is_finite():
-        raise ConfigError(
-            "the distillation diverged: the summary holds NaN or infinite values (no bundle written)",
-            "lower --outer-lr or --inner-lr, or keep --grad-clip on",
-        )
-    latent, decoder = summary.latent.detach().cpu(), summary.decoder.detach().cpu()
-    if selection is not None and selection.best is not None:
-        latent, decoder = selection.best
-    history: dict[str, Any] = {"log": summarize_log(log.records), "init": init_record(cfg, ds, teacher)}
-    learned = {"tau": summary.current_tau(), "inner_lr": summary.current_inner_lr()}
-    if cfg.learn_tau or cfg.learn_inner_lr:
-        history["learned"] = {k: v for k, v in learned.items() if v is not None}
-    if selection is not None:
-        history["selection"] = selection.history()
-    save_bundle(
-        out,
-        latent,
-        decoder,
-        summary.current_tau() if selection is None else selection.best_tau,
-        ds.task,
-        vocab=list(ds.vocab.tokens),
-        vocab_sha256=ds.vocab.sha256(),
-        specials=dict(ds.vocab.specials),
-        masked_tokens=[ds.vocab.pad_id],
-        **_bundle_records(ds, cfg, teacher, trajectories),
-        recipe=recipe(cfg, ds.task),
-        history=history,
-    )
-    state_path.unlink(missing_ok=True)
-    result = _result(load_bundle(out), out, log_path, log.records, wall, ran=state.step - first_step)
-    if collective.world > 1:
-        result.summary["ranks"] = collective.world
-    return result
 
 
 def _share_state(collective: Collective, summary: Summary, outer: OuterOptimizer, state: RunState) -> RunState:
@@ -474,10 +594,6 @@ def _share_state(collective: Collective, summary: Summary, outer: OuterOptimizer
         outer.load_state_tensors({k: v.to(summary.latent.device) for k, v in tensors.items() if k.startswith("adam.")})
         state = RunState(int(meta["step"]), int(meta["log_lines"]))
     return state
-
-
-def _score(summary: Summary, ds: PreparedDataset, teacher: Teacher, cfg: DistillConfig) -> float:
-    return student_score(as_bundle(summary, ds.task, ds.vocab.pad_id), ds, teacher, cfg)
 
 
 def summarize_log(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -518,32 +634,6 @@ def summarize_log(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _result(
-    data: FarziData,
-    out: Path,
-    log_path: Path,
-    records: list[dict[str, Any]],
-    wall: float,
-    ran: int,
-    resumed_finished: bool = False,
-) -> DistillResult:
-    """The result of a finished run; ``ran`` outer steps were run by this call (in ``wall`` seconds)."""
-    steps = int(data.meta["distill"].get("outer_steps", len(records)))
-    skipped = sum(1 for r in records if r.get("skipped"))
-    final = float(records[-1]["meta_loss"]) if records else math.nan
-    summary: dict[str, Any] = {
-        "complete": True,
-        "steps": steps,
-        "skipped": skipped,
-        "wall_seconds": round(wall, 3),
-        "seconds_per_step": round(wall / ran, 4) if ran else None,
-        "final_meta_loss": final if records else None,
-    }
-    if resumed_finished:
-        summary["resumed"] = "already complete"
-    return DistillResult(data, out, log_path, steps, skipped, wall, final, summary)
-
-
 def _read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -559,6 +649,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 __all__ = [
     "DistillConfig",
     "DistillResult",
+    "Distillation",
     "Init",
     "MetaGrad",
     "Objective",

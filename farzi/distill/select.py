@@ -37,12 +37,12 @@ SELECT_METRIC = {"rec": "xent", "lm": "ppl_corpus"}  # chosen by measurement: be
 
 def recipe(cfg: DistillConfig, task: str) -> dict[str, Any]:
     """The training recipe the bundle is for (what train-student follows on it)."""
-    steps = cfg.recipe_steps
+    steps = cfg.recipe.steps
     return {
         "optimizer": "adam",
-        "lr": cfg.recipe_lr,
-        "weight_decay": cfg.recipe_weight_decay,
-        "batch_size": cfg.recipe_batch or cfg.mu,
+        "lr": cfg.recipe.lr,
+        "weight_decay": cfg.recipe.weight_decay,
+        "batch_size": cfg.recipe.batch or cfg.mu,
         "max_steps": steps,
         "eval_every": max(1, steps // 15),
         "patience": 0,

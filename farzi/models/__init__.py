@@ -36,6 +36,14 @@ MODELS: dict[str, tuple[type[SequenceModel], type[ModelConfig]]] = {
     "rnn": (RNNLM, RNNLMConfig),
 }
 DEFAULT_MODEL = {"rec": "sasrec", "lm": "transformer"}
+# model settings that have command-line options of their own (--max-len, ...): type and help
+MODEL_OPTIONS: dict[str, tuple[type, str]] = {
+    "max_len": (int, "Model context length (default: the model's)."),
+    "d_model": (int, "Model width (default: the model's)."),
+    "n_layers": (int, "Number of layers (default: the model's)."),
+    "n_heads": (int, "Attention heads (Transformer models)."),
+    "dropout": (float, "Dropout rate (default: the model's)."),
+}
 
 
 def model_task(name: str) -> str:

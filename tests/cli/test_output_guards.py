@@ -20,7 +20,7 @@ from snapshot import hidden, snapshot
 import farzictl.app as cli_app
 from farzi.data.prepared import load_prepared
 from farzi.distill.config import DistillConfig, Objective
-from farzi.distill.engine import distill
+from farzi.distill.engine import Distillation, distill
 from farzi.errors import ConfigError
 
 DATASET = "synthetic-rec"
@@ -191,6 +191,6 @@ def test_a_resume_with_other_settings_names_them(home: Path, tmp_path: Path) -> 
     out = tmp_path / "g.safetensors"
     base = {"mu": 2, "xi": 4, "objective": Objective.mm, "inner_steps": 1, "real_batch": 4, "outer_steps": 3}
     base["model_overrides"] = {"d_model": 8, "n_layers": 1, "max_len": 20}
-    distill(ds, DistillConfig(**base), out, checkpoint_every=1, stop_after=1)
+    Distillation(ds, DistillConfig(**base), out, checkpoint_every=1).run(until=1)
     with pytest.raises(ConfigError, match=r"made with other settings: --inner-lr 0.01 \(now 0.5\);"):
         distill(ds, DistillConfig(**{**base, "inner_lr": 0.5}), out, checkpoint_every=1, resume=True)

@@ -191,7 +191,8 @@ def test_preset_values_carry_the_protocols() -> None:
     ptb = PROTOCOLS["ptb-cpu"]
     assert values["model"] == ptb["model"] and values["model_overrides"] == ptb["model_overrides"]
     assert values["max_steps"] == ptb["trajectories"]["train"]["max_steps"]
-    assert preset_values("paper", "rec", "distill")["budget"] == "50x150"
+    paper = preset_values("paper", "rec", "distill")
+    assert (paper["mu"], paper["xi"]) == (50, 150)
     assert preset_values("paper", "rec", "train-student")["device"] == "cuda"
 
 

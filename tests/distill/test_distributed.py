@@ -23,7 +23,7 @@ from cli_runner import farzictl, farzictl_start
 from safetensors.torch import load_file, save_file
 
 from farzi.data.prepared import load_prepared
-from farzi.distill.engine import DistillConfig, average_meta_gradients, distill, run_paths
+from farzi.distill.engine import Distillation, DistillConfig, average_meta_gradients, distill, run_paths
 from farzi.distill.init import initial_summary
 from farzi.distill.objectives import make_objective, step_draws
 from farzi.distill.summary import Summary
@@ -51,7 +51,7 @@ def _cfg(**kw) -> DistillConfig:
         seed=3,
     )
     base.update(kw)
-    return DistillConfig(**base)
+    return DistillConfig.from_dict(base)
 
 
 # ------------------------------------------------------------------ the ranks
@@ -84,7 +84,9 @@ def _rank(job: str, rank: int, world: int, tmp: str, ds_path: str, kw: dict) -> 
                 cfg = _cfg(**kw.get("cfg", {}))
                 if rank > 0:
                     cfg = _cfg(**{**kw.get("cfg", {}), **kw.get("rank_cfg", {})})
-                result = distill(ds, cfg, out / "b.safetensors", collective=collective, **kw.get("run", {}))
+                run = dict(kw.get("run", {}))
+                until = run.pop("until", None)
+                result = Distillation(ds, cfg, out / "b.safetensors", collective=collective, **run).run(until)
                 tensors = {"latent": result.bundle.latent.contiguous(), "decoder": result.bundle.decoder.contiguous()}
                 save_file(tensors, str(out / f"rank{rank}.safetensors"), {"steps": str(result.steps)})
     except BaseException as exc:  # noqa: BLE001 - the parent reads it
@@ -194,7 +196,7 @@ def test_an_error_on_one_rank_stops_every_rank_with_its_message(tiny_lm, tmp_pat
 
 
 def test_a_two_rank_run_resumes_on_one_rank(tiny_lm, tmp_path) -> None:
-    run = {"checkpoint_every": 1, "stop_after": 2}
+    run = {"checkpoint_every": 1, "until": 2}
     assert _run_ranks(tmp_path, tiny_lm, "distill", cfg={"outer_steps": 4}, run=run) == [0, 0]
     out = tmp_path / "b.safetensors"
     assert run_paths(out)[1].is_file() and not out.exists()

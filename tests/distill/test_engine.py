@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from farzi.distill import engine, objectives
-from farzi.distill.engine import DistillConfig, distill, parse_budget
+from farzi.distill.engine import Distillation, DistillConfig, distill, parse_budget
 from farzi.errors import ConfigError
 from farzi.train import TrainConfig
 from farzi.trajectories import train_trajectories
@@ -30,7 +30,7 @@ def _cfg(**kw) -> DistillConfig:
         seed=3,
     )
     base.update(kw)
-    return DistillConfig(**base)
+    return DistillConfig.from_dict(base)
 
 
 @pytest.mark.parametrize(("text", "want"), [("400x50", (400, 50)), ("50X50", (50, 50)), ("3*2", (3, 2))])
@@ -71,7 +71,7 @@ def test_resume_after_a_kill_ends_bitwise_identical(tiny_lm, tmp_path, monkeypat
     cfg = _cfg(outer_steps=5)
     whole = distill(tiny_lm, cfg, tmp_path / "whole.safetensors")
     killed = tmp_path / "killed.safetensors"
-    distill(tiny_lm, cfg, killed, checkpoint_every=2, stop_after=3)
+    Distillation(tiny_lm, cfg, killed, checkpoint_every=2).run(until=3)
     assert killed.with_suffix(".state.safetensors").is_file() and not killed.exists()
     resumed = distill(tiny_lm, cfg, killed, checkpoint_every=2, resume=True)
     assert torch.equal(resumed.bundle.latent, whole.bundle.latent)
@@ -89,7 +89,7 @@ def test_resume_after_a_kill_ends_bitwise_identical(tiny_lm, tmp_path, monkeypat
 
 def test_resume_refuses_other_settings(tiny_lm, tmp_path) -> None:
     out = tmp_path / "b.safetensors"
-    distill(tiny_lm, _cfg(), out, checkpoint_every=1, stop_after=2)
+    Distillation(tiny_lm, _cfg(), out, checkpoint_every=1).run(until=2)
     with pytest.raises(ConfigError, match="other settings"):
         distill(tiny_lm, _cfg(tau=2.0), out, resume=True)
     with pytest.raises(ConfigError, match="nothing to resume"):
@@ -183,7 +183,7 @@ def test_resume_of_a_finished_run_returns_its_bundle(tiny_lm, tmp_path) -> None:
 
 def test_resumed_log_keeps_its_history_when_the_first_step_dies(tiny_lm, tmp_path, monkeypatch) -> None:
     out = tmp_path / "b.safetensors"
-    distill(tiny_lm, _cfg(), out, checkpoint_every=2, stop_after=3)
+    Distillation(tiny_lm, _cfg(), out, checkpoint_every=2).run(until=3)
     log = out.with_suffix(".log.jsonl")
     assert len(log.read_text().splitlines()) == 3
 
@@ -333,7 +333,7 @@ def test_selection_with_a_real_student_and_resume(tiny_lm, tiny_omega, tmp_path,
     whole = distill(tiny_lm, cfg, tmp_path / "whole.safetensors", trajectories=tiny_omega)
     assert len(whole.bundle.meta["history"]["selection"]["candidates"]) == 3
     killed = tmp_path / "killed.safetensors"
-    distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, stop_after=3)
+    Distillation(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2).run(until=3)
     distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, resume=True)
     assert killed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
 
@@ -449,7 +449,7 @@ def test_learned_tau_and_inner_lr_are_outer_parameters(tiny_lm, tiny_omega, tmp_
     assert whole.bundle.tau == pytest.approx(learned["tau"]) and learned["tau"] != cfg.tau
     assert learned["inner_lr"] != cfg.inner_lr
     killed = tmp_path / "killed.safetensors"
-    distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, stop_after=3)
+    Distillation(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2).run(until=3)
     distill(tiny_lm, cfg, killed, trajectories=tiny_omega, checkpoint_every=2, resume=True)
     assert killed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
 

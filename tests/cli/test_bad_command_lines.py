@@ -1,10 +1,10 @@
-"""Every command line that issue 8 reproduced as a crash or a silent loss: exit 2, one line, files kept.
+"""Command lines that once crashed or lost data silently: exit 2, one line, files kept.
 
 Each case builds what the command line needs inside a scratch directory, snapshots that
 directory (names, bytes, modes), runs the command in-process the way a script would, and
 checks: exit status 2, exactly one ``error:`` line naming the problem, no traceback, and the
 scratch directory exactly as it was. The detailed behaviour of each fix is tested beside its
-code; this file is the issue's checklist.
+code; this file is the checklist of whole command lines.
 """
 
 from __future__ import annotations
