@@ -5,18 +5,16 @@
     python -m bench report
     python -m bench pair A.json B.json --data LABEL [--metric M ...]
 
-``run`` executes one experiment from scratch (through the farzi library, the
-same code the CLI calls), writes ``bench/results/EXPERIMENT.json`` (every
-figure with its settings, seeds, machine and wall time) and re-renders
-``bench/REPORT.md`` and its plots from all results present. ``pair`` compares the runs of one
-kind of data in two sample-efficiency results (say, a protocol and a variant of it), paired by seed.
+``run`` executes one experiment from scratch (through the farzi library, the same code the CLI calls),
+writes ``bench/results/EXPERIMENT.json`` (every figure with its settings, seeds, machine and wall time)
+and re-renders ``bench/REPORT.md`` and its plots from all results present. ``pair`` compares the runs of
+one kind of data in two sample-efficiency results (say, a protocol and a variant of it), paired by seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import shutil
 import sys
@@ -27,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, write_result
-from bench.report import EXPERIMENTS, fmt, md_table, render_report
+from bench.report import EXPERIMENTS, NOT_RENDERED, ci, fmt, md_table, render_report
 from farzi.errors import FarziError
 
 
@@ -38,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run one experiment")
     run.add_argument("experiment", choices=sorted(EXPERIMENTS))
     run.add_argument("--protocol", choices=("cpu", "paper"), default="cpu")
-    run.add_argument("--seeds", type=int, default=3)
+    run.add_argument("--seeds", type=int, default=3, help="student seeds per variant (scale-out: repeats)")
     run.add_argument("--smoke", action="store_true", help="toy size, synthetic data (for tests)")
     run.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
     run.add_argument("--results", type=Path, default=RESULTS)
@@ -51,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rep = sub.add_parser("report", help="re-render bench/REPORT.md from bench/results/")
     rep.add_argument("--results", type=Path, default=RESULTS)
+    rep.add_argument("--out", type=Path, default=None, help="write here (default: REPORT.md beside the results)")
     pair = sub.add_parser("pair", help="pair one kind of data across two sample-efficiency results")
     pair.add_argument("a", type=Path)
     pair.add_argument("b", type=Path)
@@ -61,17 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         return _pair(args)
     if args.cmd == "list":
         for name, (_module, title) in sorted(EXPERIMENTS.items()):
-            print(f"{name:22s} {title}")
+            print(f"{name:26s} {title}")
         return 0
     if args.cmd == "report":
-        print(render_report(args.results, args.results.parent / "REPORT.md"))
-        return 0
+        return _report(args.results, args.out or args.results.parent / "REPORT.md")
     torch.set_num_threads(args.threads)
     module = importlib.import_module(f"bench.experiments.{EXPERIMENTS[args.experiment][0]}")
     name = args.experiment + ("-smoke" if args.smoke else "") + ("-paper" if args.protocol == "paper" else "")
     extra = {}
     if args.carry:
-        if "earlier" not in inspect.signature(module.run).parameters:
+        if args.experiment not in getattr(module, "CARRY", ()):
             print(f"error: {args.experiment} has no rows to carry over; run it without --carry", file=sys.stderr)
             return 2
         previous = args.results / f"{name}.json"
@@ -92,15 +90,22 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         print(f"error: {args.experiment}: {e}", file=sys.stderr)
         return 2
-    payload["wall_seconds"] = round(time.perf_counter() - start, 1)
-    payload["protocol"] = args.protocol
-    payload["smoke"] = args.smoke
-    payload["seeds"] = args.seeds
-    path = write_result(name, payload, args.results)
-    print(f"wrote {path}")
-    if not args.smoke:
-        print(render_report(args.results, args.results.parent / "REPORT.md"))
+    payload |= {"wall_seconds": round(time.perf_counter() - start, 1), "protocol": args.protocol}
+    payload |= {"smoke": args.smoke, "seeds": args.seeds}
+    print(f"wrote {write_result(name, payload, args.results)}")
+    if not args.smoke:  # the run stands whatever the report says of other results
+        _report(args.results, args.results.parent / "REPORT.md")
     return 0
+
+
+def _report(results: Path, out: Path) -> int:
+    """Re-render the report; 1 when a generated part could not be rendered (each is named)."""
+    text = render_report(results, out)
+    failed = [line for line in text.splitlines() if NOT_RENDERED in line]
+    for line in failed:
+        print(f"error: {line.strip()[:300]}", file=sys.stderr)
+    print(f"wrote {out}" + (f" ({len(failed)} parts not rendered)" if failed else ""))
+    return 1 if failed else 0
 
 
 def _pair(args: argparse.Namespace) -> int:
@@ -109,19 +114,16 @@ def _pair(args: argparse.Namespace) -> int:
     try:
         a, b = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
         extra = POSITION_METRICS if has_position_metrics(a["runs"]) else ()
-        metrics = args.metric or [*a["settings"]["metrics"], *extra]
-        rows = pair_results(a, b, args.data, metrics)
+        rows = pair_results(a, b, args.data, args.metric or [*a["settings"]["metrics"], *extra])
     except (OSError, ValueError, KeyError) as e:
         fix = "" if isinstance(e, ValueError) else " (give two results of `python -m bench run sample-efficiency-*`)"
         print(f"error: cannot pair {args.a} and {args.b}: {e}{fix}", file=sys.stderr)
         return 2
     print(f"{args.data}: {args.a.name} (a) - {args.b.name} (b), {rows[0]['pairs']} pairs, 95 % bootstrap interval")
-    print(md_table(["metric", "a", "b", "a - b"], [_pair_row(r) for r in rows]))
+    print(
+        md_table(["metric", "a", "b", "a - b"], [[r["metric"], fmt(r["a"], 3), fmt(r["b"], 3), ci(r, 3)] for r in rows])
+    )
     return 0
-
-
-def _pair_row(r: dict) -> list[str]:
-    return [r["metric"], fmt(r["a"], 3), fmt(r["b"], 3), f"{fmt(r['diff'], 3)} [{fmt(r['lo'], 3)}, {fmt(r['hi'], 3)}]"]
 
 
 if __name__ == "__main__":

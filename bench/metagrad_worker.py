@@ -1,20 +1,12 @@
-"""One outer step's meta-gradient on a PTB-shaped problem, in a process of its own.
+"""One outer step's meta-gradient on a PTB-shaped problem, in a process of its own (run by
+bench/experiments/metagrad_cost.py). Prints one JSON row: wall seconds, this process's peak RSS before and
+after, the gradient norm; ``--save-grads PATH`` writes the meta-gradient (latent, decoder) as safetensors.
 
-Prints JSON: wall seconds of the meta-gradient, this process's peak RSS before
-and after it, and the gradient norm; with ``--save-grads PATH`` it also writes
-the meta-gradient (d loss / d latent, d loss / d decoder) as safetensors, so the
-experiment can compare it with the float64 reference. Run by
-bench/experiments/metagrad_cost.py.
-
-Strategies: farzi's own (``reverse``, ``checkpointed``, ``unroll``, ``paper``);
-``reference`` (farzi's ``checkpointed`` with the model, the summary and the
-inner state all in float64: exact recomputation, no reversal) and
-``unroll-f64`` (plain autograd through the loop in float64, a check of the
-reference); and two peer libraries on the same problem, imported here only:
-``torchopt`` (``torchopt.MetaAdam``, unrolled, its default ``eps_root=0``),
-``torchopt-eps-root`` and ``torchopt-eps-root-tiny`` (the same with ``eps_root`` 1e-16 and 1e-24) and ``higher``
-(``higher.innerloop_ctx`` around ``torch.optim.Adam``). A peer that is not
-installed prints a row with ``not_installed``.
+Strategies: farzi's (``reverse``, ``checkpointed``, ``unroll``, ``paper``); ``reference`` (``checkpointed``
+with model, summary and inner state in float64) and ``unroll-f64`` (plain float64 autograd, a check of the
+reference); the peers, imported here only: ``torchopt`` (``torchopt.MetaAdam``, unrolled, ``eps_root`` 0,
+1e-16 and 1e-24 as ``torchopt``, ``torchopt-eps-root``, ``torchopt-eps-root-tiny``) and ``higher``
+(``higher.innerloop_ctx`` around ``torch.optim.Adam``). A peer not installed prints ``not_installed``.
 """
 
 from __future__ import annotations
@@ -69,16 +61,12 @@ class Problem:
 
     def in_dtype(self, dtype: torch.dtype) -> Problem:
         """The same problem, every float cast to ``dtype`` (new leaves for the summary)."""
-        return Problem(
-            copy.deepcopy(self.model).to(dtype),
-            self.names,
-            [p.detach().to(dtype) for p in self.w0],
-            self.latent.detach().to(dtype).requires_grad_(),
-            self.decoder.detach().to(dtype).requires_grad_(),
-            self.banned,
-            self.batches,
-            self.x_real,
-        )
+        latent, decoder = (x.detach().to(dtype).requires_grad_() for x in (self.latent, self.decoder))
+        w0 = [p.detach().to(dtype) for p in self.w0]
+        return Problem(copy.deepcopy(self.model).to(dtype), self.names, w0, latent, decoder, *self.rest())
+
+    def rest(self) -> tuple[Tensor, list[Tensor], Tensor]:
+        return self.banned, self.batches, self.x_real
 
     def syn(self, idx: Tensor | None) -> Tensor:
         return materialize(self.latent, self.decoder, 1.0, self.banned, idx)
@@ -87,22 +75,11 @@ class Problem:
         return next_token_loss(forward(self.x_real), self.x_real)
 
 
-def build_problem(
-    steps: int,
-    vocab: int = 2000,
-    xi: int = 50,
-    mu: int = 400,
-    syn_batch: int = 32,
-    d_model: int = 16,
-    latent_dim: int = 8,
-    real_batch: int = 64,
-    seed: int = 0,
-) -> Problem:
+def build_problem(steps: int, vocab=2000, xi=50, mu=400, syn_batch=32, d_model=16, latent_dim=8, real_batch=64, seed=0):
+    """One PTB-shaped inner run: a 1-layer Transformer LM, a summary, T synthetic batches, a Zipf real batch."""
     torch.manual_seed(seed)
     V = vocab + 3
-    cfg = make_config(
-        "transformer", V, max_len=xi, d_model=d_model, n_layers=1, n_heads=2, d_ff=4 * d_model, dropout=0.0
-    )
+    cfg = make_config("transformer", V, max_len=xi, d_model=d_model, n_layers=1, n_heads=2, d_ff=4 * d_model, dropout=0)
     model = build_model("transformer", cfg).eval()
     names = [n for n, _ in model.named_parameters()]
     w0 = [p.detach().clone() for p in model.parameters()]
@@ -112,9 +89,8 @@ def build_problem(
     # Zipf-distributed "sentences" as the real batch
     probs = 1.0 / torch.arange(1, V - 2, dtype=torch.float64)
     x_real = torch.multinomial(probs, real_batch * xi, replacement=True, generator=gen).view(real_batch, xi) + 3
-    return Problem(
-        model, names, w0, latent.requires_grad_(), decoder.requires_grad_(), banned_mask(V, [0]), batches, x_real
-    )
+    latent, decoder = latent.requires_grad_(), decoder.requires_grad_()
+    return Problem(model, names, w0, latent, decoder, banned_mask(V, [0]), batches, x_real)
 
 
 def _farzi(problem: Problem, strategy: str, dtype: torch.dtype) -> tuple[list[Tensor], float, dict]:
@@ -185,15 +161,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--strategy", required=True, choices=STRATEGIES)
     ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("--vocab", type=int, default=2000)
-    ap.add_argument("--xi", type=int, default=50)
-    ap.add_argument("--mu", type=int, default=400)
-    ap.add_argument("--syn-batch", type=int, default=32)
-    ap.add_argument("--d-model", type=int, default=16)
-    ap.add_argument("--latent-dim", type=int, default=8)
-    ap.add_argument("--real-batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    for flag, default in (("vocab", 2000), ("xi", 50), ("mu", 400), ("syn-batch", 32), ("d-model", 16)):
+        ap.add_argument(f"--{flag}", type=int, default=default)
+    for flag, default in (("latent-dim", 8), ("real-batch", 64), ("threads", 2), ("seed", 0)):
+        ap.add_argument(f"--{flag}", type=int, default=default)
     ap.add_argument("--save-grads", default=None, help="write the meta-gradient here (safetensors)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

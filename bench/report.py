@@ -1,8 +1,13 @@
-"""Render bench/REPORT.md (and its PNG plots) from bench/results/*.json.
+"""Render bench/REPORT.md (and its plots) from bench/results/*.json.
 
-Every number in the report is read from a results file written by
-``python -m bench run``; nothing is typed in by hand except the paper's own
-figures, which are quoted as such.
+REPORT.md is its own template: its prose is written there, once, around generated parts. A section of it
+opens with ``<!--@ NAME -->`` (NAME an experiment; ``r`` is then bench/results/NAME.json); a generated part
+is ``<!--= EXPR -->...<!--/-->``, whose contents are replaced by the Python expression EXPR evaluated with
+``r``, the helpers below and the public names of the experiment's module: inline where the marker is
+inside a line, as a block (blank lines around it) where it ends its line. Whatever a generated part held
+before is thrown away, so ``python -m bench report`` regenerates REPORT.md byte for byte from the results
+(tests/benchmarks checks it). Nothing in a generated part is typed in by hand; the paper's figures, quoted
+in the prose, are.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,104 +26,108 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "sample-efficiency-ml100k": ("sample_efficiency", "Sample efficiency on ML-100k (paper Table 6, Figures 3-4)"),
     "sample-efficiency-ptb": ("sample_efficiency", "Sample efficiency on PTB, offline protocol (paper Table 6)"),
     "student-selection": ("student_selection", "Which validation signal students stop on (issue 9)"),
-    "fidelity-levers": ("fidelity_levers", "Levers of the outer loop, losers included (issue 9)"),
-    "fidelity-levers-ptb": (
-        "fidelity_levers_ptb",
-        "Levers for language modeling: latent dimension, tau, steps, init, student lr (issue 9)",
-    ),
-    "baseline-recipe-ptb": ("baseline_recipe", "Is the PTB full-data baseline at its best recipe? (issue 9)"),
-    "meta-objectives": ("meta_objectives", "Meta-objectives and the inner optimizer (paper Table 2)"),
-    "cross-architecture": ("cross_architecture", "Cross-architecture generalization (paper Table 1)"),
-    "omega-size": ("omega_size", "Number of pretrained trajectories |Omega| (paper Figure 6b)"),
-    "cold-start": ("cold_start", "Popularity-stratified metrics, Farzi vs full (paper Figure 6a)"),
-    "speedup": ("speedup", "Training speed-up on Farzi Data (thesis Table 4.7)"),
+    "fidelity-levers": ("levers", "Levers of the outer loop, losers included (issue 9)"),
+    "fidelity-levers-ptb": ("levers", "Levers for language modeling (issue 9)"),
+    "baseline-recipe-ptb": ("ablations", "Is the PTB full-data baseline at its best recipe? (issue 9)"),
+    "meta-objectives": ("ablations", "Meta-objectives and the inner optimizer (paper Table 2)"),
+    "cross-architecture": ("ablations", "Cross-architecture generalization (paper Table 1)"),
+    "omega-size": ("ablations", "Number of pretrained trajectories |Omega| (paper Figure 6b)"),
+    "cold-start": ("ablations", "Popularity-stratified metrics, Farzi vs full (paper Figure 6a)"),
+    "speedup": ("ablations", "Training speed-up on Farzi Data (thesis Table 4.7)"),
     "metagrad-cost": ("metagrad_cost", "Inner-loop cost vs T per meta-gradient strategy (paper Figure 5)"),
-    "train-throughput": ("train_throughput", "Training throughput at large item vocabularies (issue 11.1)"),
     "scale-out": ("scale_out", "Distillation over 1 and 2 ranks, and dataset memory per rank (issue 10)"),
 }
-ORDER = list(EXPERIMENTS)
+MARK = re.compile(r"<!--@ (\S+) -->|<!--= ([^\n]+?) -->(.*?)<!--/-->", re.S)
+NOT_RENDERED = "**not rendered"
 
 
 def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.{digits}f}"
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
 
 
-def mean_std(mean: float | None, std: float | None, digits: int = 2) -> str:
-    if mean is None:
+def ci(x: dict[str, Any] | None, digits: int = 2) -> str:
+    """An estimate and its 95 % interval: ``{mean, low, high}``, a difference ``{diff, lo, hi}`` or ``{value, ...}``."""
+    if not x:
         return "—"
-    if not std:
-        return fmt(mean, digits)
-    return f"{fmt(mean, digits)} ± {fmt(std, digits)}"
+    m, lo, hi = x.get("mean", x.get("diff", x.get("value"))), x.get("low", x.get("lo")), x.get("high", x.get("hi"))
+    if lo is None:
+        return f"{fmt(m, digits)} (n=1)"
+    return f"{fmt(m, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def verdict(d: dict[str, Any] | None, lower_better: bool = False) -> str:
+    """A paired difference read by its interval: better, worse, or not resolved."""
+    if not d or d.get("lo") is None:
+        return "—"
+    if (d["hi"] < 0) if lower_better else (d["lo"] > 0):
+        return "better"
+    if (d["lo"] > 0) if lower_better else (d["hi"] < 0):
+        return "worse"
+    return "not resolved"
 
 
 def md_table(columns: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     cells = [[fmt(v) if not isinstance(v, str) else v.replace("|", "\\|") for v in row] for row in rows]
-    out += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(out)
+    return "\n".join(out + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def machine_line(result: dict[str, Any]) -> str:
-    m = result.get("machine", {})
+def machine_line(r: dict[str, Any]) -> str:
+    m = r.get("machine", {})
+    load = m.get("load_average")
     return (
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('torch_threads', '?')} torch threads), "
         f"{m.get('memory_gib', '?')} GiB, torch {m.get('torch', '?')}, farzi {m.get('farzi', '?')}"
         + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU")
-        + (
-            f", load average {'/'.join(f'{x:.2f}' for x in m['load_average'])} (1/5/15 min) at the end"
-            if m.get("load_average")
-            else ""
-        )
+        + (f", load average {'/'.join(f'{x:.2f}' for x in load)} (1/5/15 min) at the end" if load else "")
     )
 
 
-def render_report(results: Path = RESULTS, out: Path = BENCH / "REPORT.md") -> str:
+def header(name: str, r: dict[str, Any] | None) -> str:
+    """The command that produced a section's figures, its wall time, machine and date."""
+    if r is None:
+        return f"Not run yet: `python -m bench run {name} --protocol cpu`."
+    return (
+        f"`python -m bench run {name} --protocol {r.get('protocol', 'cpu')} --seeds {r.get('seeds')}` — "
+        f"{fmt(r.get('wall_seconds', 0) / 60, 1)} min on {machine_line(r)}; finished {r.get('finished')}."
+    )
+
+
+def load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def render_report(results: Path = RESULTS, out: Path = BENCH / "REPORT.md", template: str | None = None) -> str:
+    """Fill the template (default: ``out`` as it is, else bench/REPORT.md) from ``results``; write ``out``."""
+    text = template if template is not None else (out if out.is_file() else BENCH / "REPORT.md").read_text()
     plots = out.parent / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    parts = [
-        "# farzi: reproduction report",
-        "",
-        "Generated by `python -m bench report` from `bench/results/*.json`; each section names the command",
-        "that produced its figures. Our figures are measured here; the paper's are quoted from",
-        "Sachdeva et al., *Farzi Data: Autoregressive Data Distillation* (arXiv 2310.09983) where the paper",
-        "has them. Protocol `cpu` is a reduced scale that runs on 2 CPU cores; protocol `paper` uses the",
-        "paper's hyper-parameters and is meant for a GPU.",
-        "",
-        "How the figures below were run: the cpu-protocol experiments ran two at a time on the 2-core machine,",
-        "each with `--threads 1`, so every wall time is that of one core shared with another experiment (the",
-        "machine line of each section gives the thread count it recorded).",
-        "",
-    ]
-    for name in ORDER:
-        module_name, title = EXPERIMENTS[name]
-        module = importlib.import_module(f"bench.experiments.{module_name}")
-        parts.append(f"## {title}")
-        parts.append("")
-        path = results / f"{name}.json"
-        paper_path = results / f"{name}-paper.json"
-        if not path.is_file():
-            parts.append(f"Not run yet: `python -m bench run {name} --protocol cpu`.")
-            parts.append("")
-        else:
-            result = json.loads(path.read_text())
-            parts.append(
-                f"`python -m bench run {name} --protocol cpu --seeds {result.get('seeds')}` — "
-                f"{fmt(result.get('wall_seconds', 0) / 60, 1)} min on {machine_line(result)}; "
-                f"finished {result.get('finished')}."
+    ns: dict[str, Any] = {}
+
+    def fill(m: re.Match) -> str:
+        if m.group(1):  # a section: its result and its experiment's names
+            name = m.group(1)
+            module = (
+                importlib.import_module(f"bench.experiments.{EXPERIMENTS[name][0]}") if name in EXPERIMENTS else None
             )
-            parts.append("")
-            parts.append(module.render(name, result, plots))
-            parts.append("")
-        if hasattr(module, "render_paper"):
-            paper = json.loads(paper_path.read_text()) if paper_path.is_file() else None
-            parts.append(module.render_paper(name, paper))
-            parts.append("")
-    text = "\n".join(parts).rstrip() + "\n"
+            r = load(results, name)
+            ns.clear()
+            ns.update({k: v for k, v in vars(module).items() if not k.startswith("_")} if module else {})
+            ns.update(fmt=fmt, ci=ci, verdict=verdict, md_table=md_table, r=r, name=name, plots=plots)
+            ns.update(header=lambda: header(name, r), load=lambda other: load(results, other))
+            return m.group(0)
+        expr, block = m.group(2), m.group(3).startswith("\n")
+        try:
+            value = str(eval(expr, ns))  # noqa: S307 - the report's own template
+        except Exception as e:  # shown in the report, and `python -m bench report` exits 1
+            value = f"{NOT_RENDERED}: {type(e).__name__}: {e}**"
+        return f"<!--= {expr} -->" + (f"\n\n{value}\n\n" if block else value) + "<!--/-->"
+
+    text = MARK.sub(fill, text)
     out.write_text(text)
     return text

@@ -18,26 +18,21 @@ import time
 from pathlib import Path
 
 
-def pss_mib() -> float | None:
+def _mib(path: str, key: str) -> float | None:
+    """A figure of this process from /proc, in MiB (None where the OS has none)."""
     try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
+        return next(int(x.split()[1]) / 1024 for x in Path(path).read_text().splitlines() if x.startswith(key))
+    except (OSError, StopIteration):
         return None
-    return None
+
+
+def pss_mib() -> float | None:
+    return _mib("/proc/self/smaps_rollup", "Pss:")
 
 
 def rss_peak_mib() -> float:
-    """This process's RSS high-water mark: VmHWM (getrusage's ru_maxrss survives exec, so it would
-    report the benchmark process that started this one when that was larger)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM (getrusage's ru_maxrss survives exec: it would report the process that started this one)."""
+    return _mib("/proc/self/status", "VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:
@@ -45,7 +40,7 @@ def main() -> int:
     ap.add_argument("mode", choices=("distill", "memory"))
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--out", default="")
-    ap.add_argument("--config", default="{}", help="DistillConfig fields as JSON")
+    ap.add_argument("--config", default="{}", help="the distillation's flat record (DistillConfig.from_dict) as JSON")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -53,7 +48,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from farzi.data.prepared import load_prepared
-    from farzi.distill.engine import DistillConfig, distill
+    from farzi.distill.config import DistillConfig
+    from farzi.distill.engine import distill
     from farzi.distributed import ranks
 
     with ranks("cpu", timeout=600) as collective:
@@ -77,7 +73,7 @@ def main() -> int:
             }
         else:
             ds = load_prepared(args.dataset)
-            cfg = DistillConfig(**json.loads(args.config))
+            cfg = DistillConfig.from_dict(json.loads(args.config))
             out = Path(args.out)
             t0 = time.perf_counter()
             result = distill(ds, cfg, out, collective=collective, overwrite=True)

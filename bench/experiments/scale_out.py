@@ -1,17 +1,12 @@
-"""Scale-out (issue 10): distillation over 1 and 2 ranks (torch.distributed, gloo), and the memory a
-rank spends on a large prepared dataset read memory-mapped or decoded from parquet.
+"""Scale-out (issue 10): distillation over 1 and 2 ranks (torch.distributed, gloo), and the memory a rank
+spends on a large prepared dataset read memory-mapped or decoded from parquet.
 
-Throughput: the same distillation run three ways, each in fresh processes (``bench/scale_out_worker.py``),
-one torch thread per rank: 1 rank with a meta-batch of 1 (one inner loop per outer step), 1 rank with a
-meta-batch of 2 (two inner loops one after the other: the algorithm 2 ranks run) and 2 ranks with a
-meta-batch of 1 each (two inner loops side by side, one flat all_reduce). Outer steps per minute come
-from rank 0's outer loop (start-up excluded); inner loops per minute = outer steps per minute x inner
-loops per outer step. Scaling efficiency = 2-rank inner loops per minute / (2 x the 1-rank figure).
-
-Memory: a synthetic interaction log written straight from numpy (no structure, only its size matters),
-saved as a prepared dataset; R ranks load it at the same time and hold it while each reads its PSS
-(proportional set size: a page shared by k processes counts 1/k in each), before and after the load. The
-same directory without its .npy arrays is decoded from parquet into each rank's own memory.
+Throughput: one distillation three ways, each in fresh processes (``bench/scale_out_worker.py``), one
+torch thread per rank, ``--seeds`` repeats in alternating order: 1 rank with a meta-batch of 1, 1 rank with
+a meta-batch of 2 (two inner loops one after the other: what 2 ranks run) and 2 ranks with a meta-batch of
+1 each (side by side, one all_reduce). Outer steps per minute are rank 0's outer loop (start-up excluded).
+Memory: a synthetic log saved as a prepared dataset; R ranks load it at once and report their PSS (a page
+shared by k processes counts 1/k) before and after; the same without its .npy arrays is decoded from parquet.
 """
 
 from __future__ import annotations
@@ -21,15 +16,17 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import BENCH, REPO, python
-from bench.report import fmt, md_table
+from bench.common import BENCH, REPO
+from bench.report import ci, fmt, md_table
+from bench.table import t_interval
+from farzi.data.prepare import PrepareOptions, prepare
 from farzi.data.prepared import SPLITS, PreparedDataset
 from farzi.data.sequences import Sequences
 from farzi.data.vocab import build_item_vocab
@@ -43,16 +40,12 @@ def _ranks(args: list[str], world: int, timeout: float = 3600) -> list[dict[str,
     store = Path(tempfile.mkdtemp(prefix="scale-out-"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    procs = []
-    for r in range(world):
-        e = dict(env)
-        if world > 1:
-            e.update(FARZI_INIT_METHOD=f"file://{store / 'rdv'}", RANK=str(r), WORLD_SIZE=str(world))
-        procs.append(
-            subprocess.Popen(
-                [python(), str(WORKER), *args], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
+    env |= {"FARZI_INIT_METHOD": f"file://{store / 'rdv'}", "WORLD_SIZE": str(world)} if world > 1 else {}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = [
+        subprocess.Popen([sys.executable, str(WORKER), *args], env={**env, "RANK": str(r)}, **pipes)
+        for r in range(world)
+    ]
     rows = []
     try:
         for p in procs:
@@ -68,252 +61,134 @@ def _ranks(args: list[str], world: int, timeout: float = 3600) -> list[dict[str,
     return sorted(rows, key=lambda r: r["rank"])
 
 
-def _synthetic_log(path: Path, users: int, items: int, mean_length: int, seed: int = 0) -> PreparedDataset:
+def _synthetic_log(path: Path, users: int, items: int, mean_length: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     lengths = np.clip(rng.poisson(mean_length, size=users), 2, None)
+    cut = [0, int(users * 0.8), int(users * 0.9), users]
     splits = {}
-    cut = [int(users * 0.8), int(users * 0.9)]
-    bounds = {"train": (0, cut[0]), "valid": (cut[0], cut[1]), "test": (cut[1], users)}
-    for split in SPLITS:
-        lo, hi = bounds[split]
-        n = lengths[lo:hi]
-        offsets = np.zeros(len(n) + 1, dtype=np.int64)
-        np.cumsum(n, out=offsets[1:])
+    for i, split in enumerate(SPLITS):
+        n = lengths[cut[i] : cut[i + 1]]
+        offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
         tokens = rng.integers(1, items + 1, size=int(offsets[-1]), dtype=np.int32)
-        splits[split] = Sequences([f"u{i}" for i in range(lo, hi)], offsets, tokens)
+        splits[split] = Sequences([f"u{u}" for u in range(cut[i], cut[i + 1])], offsets, tokens)
     vocab = build_item_vocab([str(i) for i in range(1, items + 1)])
-    ds = PreparedDataset(name="scale-out-log", task="rec", vocab=vocab, splits=splits, params={"seed": seed})
-    ds.save(path, overwrite=True)
-    return ds
-
-
-def _distill_config(smoke: bool) -> dict[str, Any]:
-    if smoke:
-        return dict(
-            mu=4,
-            xi=8,
-            latent_dim=4,
-            inner_steps=2,
-            outer_steps=3,
-            real_batch=8,
-            syn_batch=4,
-            seed=0,
-            model="sasrec",
-            model_overrides={"d_model": 8, "n_layers": 1, "n_heads": 1, "max_len": 16},
-        )
-    return dict(
-        mu=20,
-        xi=20,
-        latent_dim=8,
-        inner_steps=10,
-        outer_steps=20,
-        real_batch=64,
-        syn_batch=8,
-        seed=0,
-        model="sasrec",
-        model_overrides={"d_model": 32, "n_layers": 1, "n_heads": 1, "max_len": 20},
-    )
+    PreparedDataset("scale-out-log", "rec", vocab, splits, {"seed": seed}).save(path, overwrite=True)
 
 
 def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
-    from farzi.data.prepare import PrepareOptions, prepare
-
     users, items = (60, 40) if smoke else (2000, 500)
-    ds = prepare(
-        "synthetic-rec",
-        PrepareOptions(synthetic_vocab=items, synthetic_sequences=users, seed=1),
-        out=work / "distill-data",
-        overwrite=True,
-    )
-    base = _distill_config(smoke)
-    repeats = max(1, seeds)
+    opts = PrepareOptions(synthetic_vocab=items, synthetic_sequences=users, seed=1)
+    ds = prepare("synthetic-rec", opts, out=work / "distill-data", overwrite=True)
+    size = dict(mu=4, xi=8, latent_dim=4, inner_steps=2, outer_steps=3, real_batch=8, syn_batch=4) if smoke else {}
+    base = {"mu": 20, "xi": 20, "latent_dim": 8, "inner_steps": 10, "outer_steps": 20, "real_batch": 64, "syn_batch": 8}
+    base |= size | {"seed": 0, "model": "sasrec"}
+    base["model_overrides"] = dict(d_model=8 if smoke else 32, n_layers=1, n_heads=1, max_len=16 if smoke else 20)
     rows = []
-    for rep in range(repeats):
-        order = VARIANTS if rep % 2 == 0 else VARIANTS[::-1]
-        for label, world, meta_batch in order:
-            cfg = {**base, "meta_batch": meta_batch}
+    for rep in range(max(1, seeds)):
+        for label, world, meta_batch in VARIANTS if rep % 2 == 0 else VARIANTS[::-1]:
             load = os.getloadavg()[0]
-            got = _ranks(
-                [
-                    "distill",
-                    "--dataset",
-                    str(ds.path),
-                    "--out",
-                    str(work / f"b-{world}-{meta_batch}.safetensors"),
-                    "--config",
-                    json.dumps(cfg),
-                ],
-                world,
-            )
-            zero = got[0]
-            per_min = 60 * zero["outer_steps"] / max(zero["loop_seconds"], 1e-9)
-            rows.append(
-                {
-                    "variant": label,
-                    "ranks": world,
-                    "meta_batch": meta_batch,
-                    "repeat": rep,
-                    "outer_steps_per_min": per_min,
-                    "inner_loops_per_min": per_min * world * meta_batch,
-                    "rss_peak_mib_per_rank": [r["rss_peak_mib"] for r in got],
-                    "load_1min_before": load,
-                    "load_1min_after": os.getloadavg()[0],
-                }
-            )
-    summary = {}
-    for label, world, meta_batch in VARIANTS:
-        mine = [r for r in rows if r["variant"] == label]
-        summary[label] = {
-            "ranks": world,
-            "meta_batch": meta_batch,
-            "outer_steps_per_min": statistics.median(r["outer_steps_per_min"] for r in mine),
-            "inner_loops_per_min": statistics.median(r["inner_loops_per_min"] for r in mine),
-            "inner_loops_per_min_all": [round(r["inner_loops_per_min"], 2) for r in mine],
-            "rss_peak_mib_per_rank": max(max(r["rss_peak_mib_per_rank"]) for r in mine),
-        }
-    one, two = summary[VARIANTS[0][0]], summary[VARIANTS[2][0]]
-    same = summary[VARIANTS[1][0]]
-    scaling = {
-        "efficiency": two["inner_loops_per_min"] / (2 * one["inner_loops_per_min"]),
-        "speedup_same_algorithm": two["outer_steps_per_min"] / same["outer_steps_per_min"],
-    }
-
-    # memory: a large log, R ranks loading it at once
+            out = str(work / f"b-{world}-{meta_batch}.safetensors")
+            cfg = json.dumps({**base, "meta_batch": meta_batch})
+            zero = _ranks(["distill", "--dataset", str(ds.path), "--out", out, "--config", cfg], world)
+            per_min = 60 * zero[0]["outer_steps"] / max(zero[0]["loop_seconds"], 1e-9)
+            rows.append({"variant": label, "ranks": world, "meta_batch": meta_batch, "repeat": rep})
+            rows[-1] |= {"outer_steps_per_min": per_min, "inner_loops_per_min": per_min * world * meta_batch}
+            rows[-1] |= {"rss_peak_mib_per_rank": [r["rss_peak_mib"] for r in zero], "load_1min_before": load}
     m_users, m_items, m_len = (200, 50, 10) if smoke else (400_000, 20_000, 25)
-    t0 = time.perf_counter()
-    big = work / "big-log"
+    big, decoded = work / "big-log", work / "big-log-parquet"
     if not (big / "manifest.json").is_file():
         _synthetic_log(big, m_users, m_items, m_len)
-    decoded = work / "big-log-parquet"
     if not decoded.is_dir():
-        shutil.copytree(big, decoded)
-        for f in decoded.glob("*.npy"):
-            f.unlink()
-    build_seconds = time.perf_counter() - t0
+        shutil.copytree(big, decoded, ignore=shutil.ignore_patterns("*.npy"))
     memory = []
     for storage, path in (("memory-mapped", big), ("parquet", decoded)):
         for world in (1, 2):
             got = _ranks(["memory", "--dataset", str(path)], world)
-            memory.append(
-                {
-                    "storage": storage,
-                    "ranks": world,
-                    "train_tokens": got[0]["train_tokens"],
-                    "memory_mapped": all(r["memory_mapped"] for r in got),
-                    "dataset_pss_mib_per_rank": [round(r["pss_after_mib"] - r["pss_before_mib"], 1) for r in got],
-                    "dataset_pss_mib_total": round(sum(r["pss_after_mib"] - r["pss_before_mib"] for r in got), 1),
-                    "rss_peak_mib_per_rank": [round(r["rss_peak_mib"], 1) for r in got],
-                }
-            )
-    return {
-        "settings": {
-            "threads_per_rank": 1,
-            "distill": base,
-            "distill_data": {"source": "synthetic-rec", "users": users, "items": items},
-            "memory_log": {
-                "users": m_users,
-                "items": m_items,
-                "mean_length": m_len,
-                "build_seconds": round(build_seconds, 1),
-            },
-            "repeats": repeats,
-            "cores": os.cpu_count(),
-        },
-        "rows": rows,
-        "summary": summary,
-        "scaling": scaling,
-        "memory": memory,
-    }
+            pss = [round(r["pss_after_mib"] - r["pss_before_mib"], 1) for r in got]
+            memory.append({"storage": storage, "ranks": world, "train_tokens": got[0]["train_tokens"]})
+            memory[-1] |= {"memory_mapped": all(r["memory_mapped"] for r in got), "dataset_pss_mib_per_rank": pss}
+            memory[-1] |= {"dataset_pss_mib_total": round(sum(pss), 1)}
+            memory[-1] |= {"rss_peak_mib_per_rank": [round(r["rss_peak_mib"], 1) for r in got]}
+    s = dict(threads_per_rank=1, distill=base, distill_data={"source": "synthetic-rec", "users": users, "items": items})
+    s |= dict(memory_log={"users": m_users, "items": m_items, "mean_length": m_len}, repeats=max(1, seeds))
+    return {"settings": s | {"cores": os.cpu_count()}, "rows": rows, "memory": memory}
 
 
-def render(name: str, result: dict[str, Any], plots: Path) -> str:
-    st = result["settings"]
-    table = [
-        [
-            label,
-            s["ranks"],
-            s["meta_batch"],
-            fmt(s["outer_steps_per_min"], 1),
-            fmt(s["inner_loops_per_min"], 1),
-            ", ".join(fmt(x, 1) for x in s["inner_loops_per_min_all"]),
-            fmt(s["rss_peak_mib_per_rank"], 0),
-        ]
-        for label, s in result["summary"].items()
+# ------------------------------------------------------------------------------------ report
+
+
+def _of(r: dict[str, Any], label: str, key: str) -> list[float]:
+    """A variant's figure per repeat (repeat order)."""
+    return [x[key] for x in sorted(r["rows"], key=lambda x: x["repeat"]) if x["variant"] == label]
+
+
+def throughput_table(r: dict[str, Any]) -> str:
+    """Per variant: the median over repeats, every repeat, and the peak RSS per rank."""
+    rows = []
+    for label, world, meta_batch in VARIANTS:
+        loops, peak = _of(r, label, "inner_loops_per_min"), max(max(x) for x in _of(r, label, "rss_peak_mib_per_rank"))
+        outer = statistics.median(_of(r, label, "outer_steps_per_min"))
+        every = ", ".join(fmt(x, 1) for x in loops)
+        rows.append([label, world, meta_batch, fmt(outer, 1), fmt(statistics.median(loops), 1), every, fmt(peak, 0)])
+    cols = ["variant", "ranks", "meta-batch per rank", "outer steps/min", "inner loops/min"]
+    return md_table([*cols, "inner loops/min, every repeat", "peak RSS per rank (MiB)"], rows)
+
+
+def scaling(r: dict[str, Any]) -> dict[str, list[float]]:
+    """Per repeat (the variants of one repeat ran back to back): scaling efficiency (2-rank inner loops per
+    minute / 2 x 1-rank) and 2 ranks' outer steps per minute over 1 rank running both inner loops."""
+    one, same, two = (label for label, _, _ in VARIANTS)
+    eff = [
+        b / (2 * a) for a, b in zip(_of(r, one, "inner_loops_per_min"), _of(r, two, "inner_loops_per_min"), strict=True)
     ]
-    loads = [r["load_1min_before"] for r in result["rows"]]
-    spread = max(
-        max(s["inner_loops_per_min_all"]) / max(min(s["inner_loops_per_min_all"]), 1e-9) - 1
-        for s in result["summary"].values()
-    )
-    sc = result["scaling"]
-    mem = [
-        [
-            m["storage"],
-            m["ranks"],
-            m["train_tokens"],
-            ", ".join(fmt(x, 1) for x in m["dataset_pss_mib_per_rank"]),
-            fmt(m["dataset_pss_mib_total"], 1),
-            ", ".join(fmt(x, 0) for x in m["rss_peak_mib_per_rank"]),
-        ]
-        for m in result["memory"]
+    speed = [
+        b / a for a, b in zip(_of(r, same, "outer_steps_per_min"), _of(r, two, "outer_steps_per_min"), strict=True)
     ]
-    d = st["distill"]
-    ml = st["memory_log"]
-    lines = [
-        f"Distillation of synthetic-rec ({st['distill_data']['users']} users, {st['distill_data']['items']} items), "
-        f"SASRec {d['model_overrides']}, budget {d['mu']}x{d['xi']}, T = {d['inner_steps']}, "
-        f"{d['outer_steps']} outer steps, each variant in fresh processes, 1 torch thread per rank, "
-        f"median of {st['repeats']} repeat(s) (all listed), on a {st['cores']}-core machine shared with other "
-        f"work (1-minute load average before the runs: {fmt(min(loads), 1)} to {fmt(max(loads), 1)}). "
-        "Outer steps per minute are rank 0's outer loop (start-up excluded).",
-        "",
-        md_table(
-            [
-                "variant",
-                "ranks",
-                "meta-batch per rank",
-                "outer steps/min",
-                "inner loops/min",
-                "inner loops/min, every repeat",
-                "peak RSS per rank (MiB)",
-            ],
-            table,
-        ),
-        "",
-        f"Scaling efficiency (2-rank inner loops per minute / 2 x 1-rank): **{fmt(100 * sc['efficiency'], 0)} %**; "
-        f"2 ranks against 1 rank running the same two inner loops one after the other: "
-        f"**{fmt(sc['speedup_same_algorithm'], 2)}x** outer steps per minute. What scales is the number of inner "
-        "loops per outer step (each rank runs its own); one outer step is not faster than one inner loop plus "
-        "an all_reduce of the summary's gradient. On 2 shared cores the two ranks compete with each other and "
-        "with other jobs: read the ratio as this machine's, not as what separate cores or GPUs give. "
-        f"The repeats of one variant differ by up to {fmt(100 * spread, 0)} % (slowest to fastest), "
-        "so neither ratio is measured better than that: this run shows no gain from a second rank here, "
-        "and cannot tell apart gains or losses smaller than that spread.",
-        "",
-        f"Memory of a prepared log of {ml['users']} users (mean length {ml['mean_length']}, {ml['items']} items) "
-        "while R ranks hold it: the PSS each rank gained by loading it (a page shared by k processes counts "
-        "1/k), and its peak RSS (shared pages counted in full).",
-        "",
-        md_table(
-            [
-                "storage",
-                "ranks",
-                "train tokens",
-                "dataset PSS per rank (MiB)",
-                "dataset PSS, all ranks (MiB)",
-                "peak RSS per rank (MiB)",
-            ],
-            mem,
-        ),
+    return {"efficiency": eff, "speedup": speed}
+
+
+def medians(r: dict[str, Any], which: str) -> str:
+    """The ratio of the variants' medians over repeats: efficiency (a percentage) or speedup."""
+    one, same, two = (label for label, _, _ in VARIANTS)
+
+    def med(label: str, key: str) -> float:
+        return statistics.median(_of(r, label, key))
+
+    if which == "efficiency":
+        return f"{fmt(100 * med(two, 'inner_loops_per_min') / (2 * med(one, 'inner_loops_per_min')), 0)} %"
+    return f"{fmt(med(two, 'outer_steps_per_min') / med(same, 'outer_steps_per_min'), 2)}x"
+
+
+def scaling_table(r: dict[str, Any]) -> str:
+    rows = []
+    for what, values in scaling(r).items():
+        mean, lo, hi = t_interval(values)
+        rows.append([what, ", ".join(fmt(v, 2) for v in values), ci({"diff": mean, "lo": lo, "hi": hi})])
+    return md_table(["ratio", "per repeat", "mean [95 % t interval over repeats]"], rows)
+
+
+def spread(r: dict[str, Any]) -> str:
+    """How far apart the repeats of one variant are (slowest to fastest), at most."""
+    loops = [_of(r, label, "inner_loops_per_min") for label, _, _ in VARIANTS]
+    return f"{fmt(100 * max(max(x) / min(x) - 1 for x in loops), 0)} %"
+
+
+def loads(r: dict[str, Any]) -> str:
+    x = [row["load_1min_before"] for row in r["rows"]]
+    return f"{fmt(min(x), 1)} to {fmt(max(x), 1)}"
+
+
+def memory_table(r: dict[str, Any]) -> str:
+    rows = [
+        [m["storage"], m["ranks"], m["train_tokens"], ", ".join(fmt(x, 1) for x in m["dataset_pss_mib_per_rank"])]
+        + [fmt(m["dataset_pss_mib_total"], 1), ", ".join(fmt(x, 0) for x in m["rss_peak_mib_per_rank"])]
+        for m in r["memory"]
     ]
-    by = {(m["storage"], m["ranks"]): m["dataset_pss_mib_total"] for m in result["memory"]}
-    if all(k in by for k in (("memory-mapped", 1), ("memory-mapped", 2), ("parquet", 1), ("parquet", 2))):
-        grow_map = by[("memory-mapped", 2)] / max(by[("memory-mapped", 1)], 1e-9)
-        grow_pq = by[("parquet", 2)] / max(by[("parquet", 1)], 1e-9)
-        lines += [
-            "",
-            f"2 ranks spend {fmt(grow_map, 2)}x the dataset memory of 1 rank when it is memory-mapped, "
-            f"{fmt(grow_pq, 2)}x when each rank decodes the parquet files. The mapped pages are the page "
-            "cache's: the kernel may drop and re-read them under memory pressure.",
-        ]
-    return "\n".join(lines)
+    cols = ["storage", "ranks", "train tokens", "dataset PSS per rank (MiB)", "dataset PSS, all ranks (MiB)"]
+    return md_table([*cols, "peak RSS per rank (MiB)"], rows)
+
+
+def growth(r: dict[str, Any], storage: str) -> str:
+    """The dataset memory of 2 ranks over that of 1 rank."""
+    by = {m["ranks"]: m["dataset_pss_mib_total"] for m in r["memory"] if m["storage"] == storage}
+    return fmt(by[2] / max(by[1], 1e-9), 2)

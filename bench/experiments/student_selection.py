@@ -1,18 +1,11 @@
 """Which validation signal should a student stop on? (issue 9: measured, not assumed)
 
-HR@10 over ML-100k's ~94 validation users moves in steps of ~1.1 points and has a standard error
-of ~4; a student that early-stops on it picks a state by noise. The candidates here:
-
-* ``hr@10``: hit rate of the validation users' last item (the old default);
-* ``nll``: cross-entropy of that last item;
-* ``xent``: cross-entropy over every position of each validation user's most recent items;
-* ``hr_all@10``: hit rate at 10 over those same positions.
-
-Students train without early stopping on the full data, on head:50 and on a Farzi Data bundle,
-validating every 10 steps and recording every candidate and the test metrics at each validation.
-Early stopping with the students' patience is then replayed offline for each candidate: the test
-HR@10 of the state it would have kept, its spread over seeds, and its shortfall from the best test
-state of the run (an oracle no criterion can have).
+HR@10 over ML-100k's ~94 validation users moves in steps of ~1.1 points; a student that early-stops on it
+picks a state by noise. The candidates: ``hr@10`` (the validation users' last item), ``nll`` (its
+cross-entropy), ``xent`` and ``hr_all@10`` (over every position of each user's most recent items).
+Students train without early stopping on the full data, head:50 and a Farzi Data bundle (a variant table,
+:mod:`bench.table`), recording every candidate and the test HR@10 at each validation; early stopping is
+then replayed per candidate, paired by run against the default signal.
 """
 
 from __future__ import annotations
@@ -24,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.experiments import _ml
-from bench.report import fmt, md_table
+from bench.common import settings
+from bench.report import ci, fmt, md_table
+from bench.table import Table, Variant, run_table
 from farzi.evaluate import default_metric, evaluate, metric_is_higher_better
 from farzi.models import build_model, make_config
 from farzi.student import parse_spec, training_set
@@ -34,39 +28,40 @@ from farzi.train import TrainConfig, train_model
 CANDIDATES = ("hr@10", "nll", "xent", "hr_all@10")
 
 
-def curve(ds, s: dict[str, Any], spec: str, seed: int, steps: int, every: int) -> list[dict[str, float]]:
-    """One student's validation candidates and test figures at every validation."""
-    cfg = make_config(s["model"], ds.vocab_size, **s["model_overrides"])
-    train_set, _ = training_set(ds, parse_spec(spec), cfg.max_len, seed)
+def curve(t: Table, ds, s: dict[str, Any], v: Variant, spec: str, seed: int, out: Path) -> dict[str, Any]:
+    """One student's validation candidates and test HR@10 at every validation (no early stopping)."""
+    model_cfg, st = make_config(s["model"], ds.vocab_size, **s["model_overrides"]), s["student"]
+    train_set, _ = training_set(ds, parse_spec(spec), model_cfg.max_len, seed)
     torch.manual_seed(seed)
-    model = build_model(s["model"], cfg)
-    points: list[dict[str, float]] = []
+    model, points = build_model(s["model"], model_cfg), []
 
     def record(step: int, m, validation, _opt) -> None:
-        if validation is None:
-            return
-        test = evaluate(m, ds, "test")
-        m.train()
-        points.append({"step": step, **{f"valid {c}": validation[c] for c in CANDIDATES}, "test hr@10": test["hr@10"]})
+        if validation is not None:
+            test = evaluate(m, ds, "test")
+            m.train()
+            points.append(
+                {"step": step, **{f"valid {c}": validation[c] for c in CANDIDATES}, "test hr@10": test["hr@10"]}
+            )
 
-    st = s["student"]
-    config = TrainConfig(
-        lr=st["lr"],
-        batch_size=st["batch_size"],
-        max_steps=steps,
-        eval_every=every,
-        patience=0,
-        metric="xent",
-        seed=seed,
-    )
-    train_model(model, train_set, ds, config, on_step=record)
-    return points
+    cfg = TrainConfig(lr=st["lr"], batch_size=st["batch_size"], max_steps=st["max_steps"], seed=seed)
+    cfg.eval_every, cfg.patience, cfg.metric = st["eval_every"], 0, "xent"
+    train_model(model, train_set, ds, cfg, on_step=record)
+    return {"points": points}
+
+
+def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
+    s = settings("rec", smoke=smoke, runs=2)
+    patience = 2 if smoke else s["student"]["patience"]
+    s["student"] |= {"max_steps": 6, "eval_every": 2} if smoke else {"max_steps": 400, "eval_every": 10}
+    mu = 4 if smoke else 50
+    variants = {"full": Variant(distill=None), f"head:{mu}": Variant(distill=None, data=f"head:{mu}")}
+    t = Table({**variants, f"farzi {mu}x{s['xi']}": Variant()}, mu=(4, 50), student=curve)
+    return {**run_table(t, s, work, seeds, smoke), "patience": patience}
 
 
 def replay(points: list[dict[str, float]], metric: str, patience: int) -> dict[str, float]:
     """Early stopping on ``metric`` replayed over a recorded run: the state it keeps."""
-    higher = metric_is_higher_better(metric)
-    best_i, bad = 0, 0
+    higher, best_i, bad = metric_is_higher_better(metric), 0, 0
     for i, p in enumerate(points):
         v, b = p[f"valid {metric}"], points[best_i][f"valid {metric}"]
         if i == 0 or (v > b if higher else v < b):
@@ -78,102 +73,53 @@ def replay(points: list[dict[str, float]], metric: str, patience: int) -> dict[s
     return {"step": points[best_i]["step"], "test hr@10": points[best_i]["test hr@10"]}
 
 
-def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
-    s = _ml.base_settings(smoke)
-    ds = _ml.dataset(s, work)
-    if ds is None:
-        return {"skipped": "ML-100k not found under ../shared/datasets"}
-    mu = 4 if smoke else 50
-    traj = _ml.omega(ds, s, work, s["model"], s["model_overrides"])
-    bundle, _ = _ml.bundle(ds, s, work, traj, mu, "farzi-sasrec")
-    steps, every = (6, 2) if smoke else (400, 10)
-    runs = []
-    for label, spec in (("full", "full"), (f"head:{mu}", f"head:{mu}"), (f"farzi {mu}x{s['xi']}", str(bundle))):
-        for seed in range(seeds):
-            runs.append({"data": label, "seed": seed, "points": curve(ds, s, spec, seed, steps, every)})
-    patience = 2 if smoke else s["student"]["patience"]
-    table = []
-    for metric in CANDIDATES:
-        for label in dict.fromkeys(r["data"] for r in runs):
-            group = [r for r in runs if r["data"] == label]
-            picked = [replay(r["points"], metric, patience) for r in group]
-            oracle = [max(p["test hr@10"] for p in r["points"]) for r in group]
-            hr = [p["test hr@10"] for p in picked]
-            table.append(
-                {
-                    "metric": metric,
-                    "data": label,
-                    "test hr@10": statistics.fmean(hr),
-                    "std": statistics.stdev(hr) if len(hr) > 1 else 0.0,
-                    "shortfall": statistics.fmean(o - h for o, h in zip(oracle, hr, strict=True)),
-                    "steps": [p["step"] for p in picked],
-                }
-            )
-    return {"runs": runs, "table": table, "patience": patience, "settings": s, "reused": list(_ml.REUSED)}
-
-
-def versus_default(result: dict[str, Any], n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
-    """Each candidate against the default signal: the test HR@10 of the states they keep, paired by
-    run (the same data and student seed), with a 95 % bootstrap interval over the runs."""
-    default = default_metric("rec")
-    patience = result["patience"]
-    kept = {m: np.array([replay(r["points"], m, patience)["test hr@10"] for r in result["runs"]]) for m in CANDIDATES}
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(len(result["runs"]), size=(n_boot, len(result["runs"])))
+def shortfalls(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per candidate and kind of data: the test HR@10 it keeps, its shortfall from the run's best test state
+    (an oracle), and the steps kept."""
     out = []
-    for m in CANDIDATES:
-        if m == default:
-            continue
+    for metric in CANDIDATES:
+        for label in dict.fromkeys(x["data"] for x in r["runs"]):
+            group = [x for x in r["runs"] if x["data"] == label]
+            picked = [replay(x["points"], metric, r["patience"]) for x in group]
+            hr = [p["test hr@10"] for p in picked]
+            oracle = [max(p["test hr@10"] for p in x["points"]) for x in group]
+            gap = statistics.fmean(o - h for o, h in zip(oracle, hr, strict=True))
+            std = statistics.stdev(hr) if len(hr) > 1 else 0.0
+            out.append({"metric": metric, "data": label, "hr": statistics.fmean(hr), "std": std, "gap": gap})
+            out[-1]["steps"] = [p["step"] for p in picked]
+    return out
+
+
+def shortfall_table(r: dict[str, Any]) -> str:
+    rows = [
+        [x["metric"], x["data"], f"{fmt(x['hr'])} ± {fmt(x['std'])}", fmt(x["gap"]), ", ".join(map(str, x["steps"]))]
+        for x in shortfalls(r)
+    ]
+    return md_table(["validation signal", "data", "test HR@10 kept", "shortfall", "steps kept"], rows)
+
+
+def best(r: dict[str, Any]) -> str:
+    """The candidate with the smallest mean shortfall over the kinds of data."""
+    by: dict[str, list[float]] = {}
+    for x in shortfalls(r):
+        by.setdefault(x["metric"], []).append(x["gap"])
+    return min(by, key=lambda m: statistics.fmean(by[m]))
+
+
+def versus_default(r: dict[str, Any], n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Each candidate against the default signal: the test HR@10 of the states they keep, paired by run
+    (the same data and student seed), with a 95 % bootstrap interval over the runs."""
+    default, runs = default_metric("rec"), r["runs"]
+    kept = {m: np.array([replay(x["points"], m, r["patience"])["test hr@10"] for x in runs]) for m in CANDIDATES}
+    picks = np.random.default_rng(seed).integers(len(runs), size=(n_boot, len(runs)))
+    out = []
+    for m in (m for m in CANDIDATES if m != default):
         d = kept[m] - kept[default]  # [runs]
         lo, hi = np.quantile(d[picks].mean(1), [0.025, 0.975])
         out.append({"metric": m, "diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "runs": len(d)})
     return out
 
 
-def render(name: str, result: dict[str, Any], plots: Path) -> str:
-    if "skipped" in result:
-        return f"Not run: {result['skipped']}."
-    seeds = len({r["seed"] for r in result["runs"]})
-    rows = [
-        [
-            t["metric"],
-            t["data"],
-            f"{fmt(t['test hr@10'])} ± {fmt(t['std'])}",
-            fmt(t["shortfall"]),
-            ", ".join(str(x) for x in t["steps"]),
-        ]
-        for t in result["table"]
-    ]
-    by_metric: dict[str, list[float]] = {}
-    for t in result["table"]:
-        by_metric.setdefault(t["metric"], []).append(t["shortfall"])
-    best = min(by_metric, key=lambda m: statistics.fmean(by_metric[m]))
-    default = default_metric("rec")
-    vs = versus_default(result)
-    better = [v["metric"] for v in vs if v["lo"] > 0]
-    worse = [v["metric"] for v in vs if v["hi"] < 0]
-    vs_rows = [[v["metric"], f"{fmt(v['diff'])} [{fmt(v['lo'])}, {fmt(v['hi'])}]", str(v["runs"])] for v in vs]
-    return "\n".join(
-        [
-            f"ML-100k, SASRec; {seeds} student seeds per kind of data, validated every 10 steps without early "
-            f"stopping; early stopping (patience {result['patience']} validations) replayed per candidate signal. "
-            "'Shortfall' is the mean gap to the run's best test HR@10 (an oracle).",
-            "",
-            md_table(["validation signal", "data", "test HR@10 kept", "shortfall", "steps kept"], rows),
-            "",
-            f"Each signal against the default ({default}): test HR@10 of the kept states, paired by run "
-            "(same data and student seed), 95 % bootstrap interval over the runs.",
-            "",
-            md_table(["validation signal", f"test HR@10 kept: signal - {default}", "runs"], vs_rows),
-            "",
-            f"Smallest mean shortfall over the three kinds of data: **{best}**. "
-            + (
-                f"Better than {default} (interval above 0): {', '.join(better)}; the default should change. "
-                if better
-                else f"No signal keeps a better test state than {default} by that interval"
-                + (f" (worse: {', '.join(worse)})" if worse else "")
-                + f", so students (train-student, the benchmarks, summary selection) keep stopping on {default} "
-                "for recommendation."
-            ),
-        ]
-    )
+def versus_table(r: dict[str, Any]) -> str:
+    rows = [[v["metric"], ci(v), str(v["runs"])] for v in versus_default(r)]
+    return md_table(["validation signal", f"test HR@10 kept: signal - {default_metric('rec')}", "runs"], rows)

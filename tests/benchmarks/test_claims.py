@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.experiments.sample_efficiency import Claim, claim_specs, claims, render_resolution, resolution
+from bench.experiments.sample_efficiency import Claim, claim_specs, claims, resolution, resolution_table
 
 ML = {"claim_budget": 4, "xi": 8, "metrics": ["hr@10"], "n_boot": 200}
 LM = {"claim_budget": 4, "xi": 8, "metrics": ["ppl_corpus"], "n_boot": 200}
@@ -20,7 +20,7 @@ def test_claims_are_read_and_decided_by_their_intervals() -> None:
         _comp("farzi 4x8", "head:4", 2.0, 0.0, 4.0, 1.2, 1.0, 1.4),  # diff touching 0: does not
         _comp("farzi 4x8", "init only 4x8", 2.0, 0.5, 4.0, 1.2, 1.1, 1.4),
     ]
-    out = claims("sample-efficiency-ml100k", ML, comps)
+    out = claims(ML, comps)
     assert [c["holds"] for c in out] == [True, False, True]
     assert (out[0]["value"], out[0]["lo"], out[0]["hi"]) == (0.96, 0.95, 1.02)
     # perplexity: lower is better, so the head and init claims are printed as other - Farzi
@@ -29,7 +29,7 @@ def test_claims_are_read_and_decided_by_their_intervals() -> None:
         _comp("farzi 4x8", "head:4", -10.0, -12.0, -8.0, 0.9, 0.8, 0.95),
         _comp("farzi 4x8", "init only 4x8", -1.0, -2.0, 0.5, 0.99, 0.98, 1.01),
     ]
-    out = claims("sample-efficiency-ptb", LM, lm)
+    out = claims(LM, lm)
     assert [c["holds"] for c in out] == [False, True, False]
     assert (out[1]["value"], out[1]["lo"], out[1]["hi"]) == (10.0, 8.0, 12.0)
     assert Claim("x", "a", "b", "ratio", 1.4, above=False).holds(1.3, 1.4)  # a ratio may touch its bar
@@ -53,5 +53,5 @@ def test_resolution_counts_the_users_a_claim_needs() -> None:
     # the head difference is 100 on 2 of 20 users: its users-alone interval's low end sets the count
     assert vs_head["lo"] < 10.0 and vs_head["needed"] == pytest.approx(20 * ((10 - vs_head["lo"]) / 10) ** 2)
     assert vs_init["value"] == 0.0 and vs_init["needed"] is None  # identical: never resolved
-    text = "\n".join(render_resolution(list(rows.values()), "hr@10"))
-    assert "only the 20 test users resampled" in text and "none: the measured value is not past the bar" in text
+    text = resolution_table({"settings": ML, "runs": runs})
+    assert "| interval, test users alone |" in text and "none: the measured value is not past the bar" in text

@@ -84,41 +84,25 @@ def test_held_elsewhere_sees_another_holder_of_the_lock(tmp_path: Path) -> None:
 def test_while_another_process_trains_omega_the_students_that_need_none_run_first(tmp_path: Path) -> None:
     import fcntl
 
-    from bench.experiments.sample_efficiency import pipeline, settings_for
+    from bench.common import settings
+    from bench.experiments.sample_efficiency import table
+    from bench.table import run_table
 
-    s = settings_for("sample-efficiency-ml100k", "cpu", smoke=True)
+    s = settings("rec", smoke=True)
     out: dict = {}
     with open(tmp_path / ".setup.lock", "w") as other:
         fcntl.flock(other, fcntl.LOCK_EX)  # "another process" is training Omega
-        worker = threading.Thread(target=lambda: out.update(pipeline(s, tmp_path, 1)))
+        worker = threading.Thread(target=lambda: out.update(run_table(table(s), s, tmp_path, 1, smoke=True)))
         worker.start()
-        early = [tmp_path / "jobs" / f"student-{n}-s0.json" for n in ("full", "random-4", "head-4")]
         for _ in range(600):
-            if all(p.is_file() for p in early) or not worker.is_alive():
+            early = [n for n in ("full", "random-4", "head-4") if list((tmp_path / "jobs").glob(f"{n}-1-*.json"))]
+            if len(early) == 3 or not worker.is_alive():
                 break
             worker.join(0.2)
-        assert all(p.is_file() for p in early), sorted(p.name for p in (tmp_path / "jobs").glob("*"))
+        assert len(early) == 3, sorted(p.name for p in (tmp_path / "jobs").glob("*"))
         assert not (tmp_path / "trajectories").exists()  # ... and nothing that needs Omega ran meanwhile
-        assert not list((tmp_path / "jobs").glob("farzi-*"))
+        assert not list((tmp_path / "jobs").glob("farzi-*.json")) and not (tmp_path / "bundles").exists()
     worker.join(300)
     assert not worker.is_alive()
     data = {r["data"] for r in out["runs"]}
     assert {"full", "random:4", "head:4"} <= data and any(d.startswith("farzi") for d in data)
-
-
-def test_a_field_added_later_keeps_older_keys_until_it_is_set() -> None:
-    from bench.common import keyed_config
-    from farzi.distill.config import DistillConfig
-
-    default = keyed_config(DistillConfig(mu=4, xi=8))
-    assert "omega_max_step" not in default and default["omega_min_step"] == 0  # as keys read before the field
-    assert keyed_config(DistillConfig(mu=4, xi=8, omega_max_step=120))["omega_max_step"] == 120
-
-
-def test_a_new_default_that_runs_something_else_is_keyed() -> None:
-    """init_windows' auto joins PTB's sentences where every earlier bundle took windows within them."""
-    from bench.common import keyed_config
-    from farzi.distill.config import DistillConfig
-
-    assert keyed_config(DistillConfig(mu=4, xi=8))["init_windows"] == "auto"
-    assert "init_windows" not in keyed_config(DistillConfig(mu=4, xi=8, init_windows="within"))

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from bench.__main__ import main
+from bench.common import BENCH
+from bench.experiments.sample_efficiency import claims, comparisons
 from bench.report import EXPERIMENTS, render_report
 
 
@@ -23,7 +25,7 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         for name in EXPERIMENTS:
             work = tmp_path_factory.mktemp(f"work-{name}")
-            args = ["run", name, "--smoke", "--seeds", "1", "--threads", "1", "--work", str(work)]
+            args = ["run", name, "--smoke", "--seeds", "2", "--threads", "1", "--work", str(work)]
             assert main([*args, "--results", str(results)]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -33,37 +35,49 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_experiment_writes_a_result(smoke_results: Path, name: str) -> None:
     result = json.loads((smoke_results / f"{name}-smoke.json").read_text())
-    assert result["smoke"] is True
-    assert result["machine"]["cores"] >= 1
-    assert result["wall_seconds"] >= 0
+    assert result["smoke"] is True and result["seeds"] == 2
+    assert result["machine"]["cores"] >= 1 and result["wall_seconds"] >= 0
     assert "skipped" not in result, result.get("skipped")
     assert "failed" not in json.dumps(result.get("rows", [])), "a metagrad worker failed"
+    for x in result.get("runs", []):  # every seed asked for ran (no silent cap)
+        same = [y for y in result["runs"] if y["data"] == x["data"] and y.get("distill_seed") == x.get("distill_seed")]
+        assert len(same) == 2
 
 
 @pytest.mark.parametrize("name", ["sample-efficiency-ml100k", "sample-efficiency-ptb"])
 def test_sample_efficiency_decides_its_claims_on_labelled_pairs(smoke_results: Path, name: str) -> None:
     result = json.loads((smoke_results / f"{name}-smoke.json").read_text())
     labels = {r["data"] for r in result["runs"]}
-    assert result["comparisons"] and all({c["a"], c["b"]} <= labels for c in result["comparisons"])
-    # Farzi against full, head and its own initialization: each claim with its interval and verdict
-    assert len(result["claims"]) == 3
-    assert all(c["lo"] <= c["value"] <= c["hi"] and isinstance(c["holds"], bool) for c in result["claims"])
+    comps = comparisons(result["settings"], result["runs"])
+    assert len(comps) == 5 and all({c["a"], c["b"]} <= labels and c["pairs"] >= 2 for c in comps)
+    found = claims(result["settings"], comps)  # Farzi against full, head and its own initialization
+    assert len(found) == 3 and all(c["lo"] <= c["value"] <= c["hi"] and isinstance(c["holds"], bool) for c in found)
+
+
+def test_lever_rows_are_paired_with_every_reference(smoke_results: Path) -> None:
+    result = json.loads((smoke_results / "fidelity-levers-smoke.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["init only", "base", "meta-batch 4, 25 steps", "recipe lr 5e-4"]
+    assert "xent - base" not in rows["base"] and rows["base"]["xent - init only"]["pairs"] == 2
+    assert rows["recipe lr 5e-4"]["distill_seconds"] < 1  # base's bundle, reused
+    assert abs(rows["init only"]["xent - base"]["diff"] + rows["base"]["xent - init only"]["diff"]) < 1e-9
 
 
 def test_report_renders_every_section(smoke_results: Path, tmp_path: Path) -> None:
-    # the report reads <name>.json; give it the smoke results under those names
-    results = tmp_path / "results"
+    results = tmp_path / "results"  # the report reads <name>.json: the smoke results under those names
     results.mkdir()
     for name in EXPERIMENTS:
         (results / f"{name}.json").write_text((smoke_results / f"{name}-smoke.json").read_text())
-    out = tmp_path / "REPORT.md"
-    text = render_report(results, out)
-    assert out.read_text() == text
-    for _module, title in EXPERIMENTS.values():
-        assert f"## {title}" in text
+    text = render_report(results, tmp_path / "REPORT.md", (BENCH / "REPORT.md").read_text())
     assert "Not run yet" not in text
+    for name in EXPERIMENTS:
+        assert f"`python -m bench run {name} --protocol cpu --seeds 2`" in text
+    for table in ("| data | runs |", "| lever | what |", "| recipe | what |", "| variant | seeds |", "| decile |"):
+        assert table in text
+    assert "| student | data | seeds |" in text and "| comparison | per seed |" in text
+    assert "| strategy | T | seconds |" in text and "| ratio | per repeat |" in text
     assert "not run (no GPU)" in text  # the paper-protocol row, absent a GPU result
-    assert list((tmp_path / "plots").glob("*.png"))
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 5
 
 
 def test_paper_protocol_without_gpu_is_marked_not_run(tmp_path: Path) -> None:
