@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from farzi.data.sequences import Sequences
+from farzi.models.sparse import SparseDist
 
 
 def pad_right(seqs: list[np.ndarray], length: int | None = None) -> Tensor:
@@ -147,7 +148,9 @@ class DistributionTrainSet:
         latent = summary.latent  # type: ignore[attr-defined]
         self.num_sequences = int(latent.shape[0])
         xi = int(latent.shape[1]) if latent.ndim == 3 else 1
-        self.sequence_bytes = 4 * xi * int(summary.vocab_size)  # type: ignore[attr-defined]
+        support = getattr(summary, "support", None)  # a sparse bundle: K candidates a position (id and p)
+        width = 3 * int(support.shape[-1]) if support is not None else int(summary.vocab_size)  # type: ignore[attr-defined]
+        self.sequence_bytes = 4 * xi * width
         per_sequence = self.sequence_bytes * (3 if discrete else 1)  # discrete: float32 + its float64 copy
         self.chunk = max(1, max_batch_bytes // per_sequence)  # sequences materialized at once
 
@@ -164,10 +167,16 @@ class DistributionTrainSet:
 
     def _materialize(self, idx: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.summary.materialize(idx.to(self.summary.latent.device))  # type: ignore[attr-defined]
+            # a sparse bundle's batches stay sparse (FarziData.batch); anything else with materialize() is dense
+            make = getattr(self.summary, "batch", None) or self.summary.materialize  # type: ignore[attr-defined]
+            return make(idx.to(self.summary.latent.device))  # type: ignore[attr-defined]
 
     def _sample(self, idx: Tensor, gen: torch.Generator) -> Tensor:
-        dist = self._materialize(idx)  # [B, L, V]
+        dist = self._materialize(idx)  # [B, L, V], or sparse [B, L, K]
+        if isinstance(dist, SparseDist):  # a draw among each position's candidates
+            B, L, K = dist.shape
+            pick = torch.multinomial(dist.p.reshape(B * L, K).double().cpu(), 1, generator=gen)  # [B * L, 1]
+            return dist.idx.reshape(B * L, K).cpu().gather(1, pick).view(B, L)
         B, L, V = dist.shape
         flat = dist.reshape(B * L, V).double().cpu()
         del dist

@@ -609,7 +609,7 @@ def _time_init(run: Any) -> float:
     fit's step is timed on its own (on random targets of the same shapes: its cost does not depend on them)."""
     from farzi.distill.config import Init
     from farzi.distill.init import FIT_STEPS, effective_init
-    from farzi.distill.summary import banned_mask, fit_summary
+    from farzi.distill.summary import banned_mask, fit_sparse_summary, fit_summary
 
     cfg, ds = run.cfg, run.ds
     if effective_init(cfg, run.teacher) is not Init.teacher:
@@ -620,13 +620,25 @@ def _time_init(run: Any) -> float:
     run.start(fit_steps=1)
     base = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(0)
-    targets = torch.softmax(torch.randn(cfg.mu, cfg.xi, ds.vocab_size, generator=gen), dim=-1)
     decoder0 = torch.randn(cfg.latent_dim, ds.vocab_size, generator=gen)
-    banned = banned_mask(ds.vocab_size, [ds.vocab.pad_id])
-    fit_summary(targets, decoder0, cfg.tau, banned, steps=1, gen=gen)  # warm-up
+    if cfg.support:  # the fit over each position's candidates alone
+        shape = (cfg.mu, cfg.xi, cfg.support)
+        cand = torch.randint(1, ds.vocab_size, shape, generator=gen)
+        weights = torch.softmax(torch.randn(shape, generator=gen), dim=-1)
+
+        def fit() -> None:
+            fit_sparse_summary(cand, weights, decoder0, cfg.tau, steps=1, gen=gen)
+    else:
+        targets = torch.softmax(torch.randn(cfg.mu, cfg.xi, ds.vocab_size, generator=gen), dim=-1)
+        banned = banned_mask(ds.vocab_size, [ds.vocab.pad_id])
+
+        def fit() -> None:
+            fit_summary(targets, decoder0, cfg.tau, banned, steps=1, gen=gen)
+
+    fit()  # warm-up
     steps, t0 = 0, time.perf_counter()
     while steps < 20 and (steps < 2 or time.perf_counter() - t0 < 2.0):
-        fit_summary(targets, decoder0, cfg.tau, banned, steps=1, gen=gen)
+        fit()
         steps += 1
     per_step = (time.perf_counter() - t0) / steps
     return base + per_step * (FIT_STEPS - 1)

@@ -35,11 +35,14 @@ from farzi._io import atomic_file
 from farzi._safetensors import load_tensors, read_header, save_tensors
 from farzi._version import __version__
 from farzi.device import resolve_device
-from farzi.distill.summary import banned_mask, materialize
+from farzi.distill.summary import banned_mask, materialize, materialize_sparse
 from farzi.errors import BundleError
+from farzi.models.sparse import SparseDist
 
 FORMAT_NAME = "farzi-data"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this farzi reads and writes; a dense bundle is still written as v1
+SPARSE_VERSION = 2  # v2 adds the optional tensor `support` (a sparse summary's candidates)
+INT_DTYPES = {"I32", "I64"}
 MAX_FILE_BYTES = 8 * 1024**3
 MAX_ELEMENTS = 2**31 - 1
 # xi * V: one sequence's distributions, 2**24 values = 64 MiB in float32 (Netflix, |V| 17,770 at
@@ -116,6 +119,7 @@ class FarziData:
     tau: float
     meta: dict[str, Any]
     path: Path | None = None
+    support: Tensor | None = None  # [mu, xi, K] candidate token ids of a sparse summary (None: dense)
     _banned: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -153,12 +157,27 @@ class FarziData:
             self._banned = banned_mask(self.vocab_size, list(self.meta.get("masked_tokens", [])), self.latent.device)
         return self._banned
 
+    @property
+    def sparse(self) -> bool:
+        """Whether each position's distribution is over its K candidates (``support``) alone."""
+        return self.support is not None
+
     def materialize(self, idx: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
-        """Distributions softmax(latent[idx] @ decoder / tau): [len(idx) or mu, xi, V]."""
+        """Distributions softmax(latent[idx] @ decoder / tau): [len(idx) or mu, xi, V] (a sparse
+        bundle's: over each position's candidates, 0 elsewhere)."""
         latent, decoder = self.latent, self.decoder
         if dtype is not None:
             latent, decoder = latent.to(dtype), decoder.to(dtype)
+        if self.support is not None:
+            return materialize_sparse(latent, decoder, self.tau, self.support, idx).dense(self.vocab_size)
         return materialize(latent, decoder, self.tau, self.banned, idx)
+
+    def batch(self, idx: Tensor | None = None) -> Tensor | SparseDist:
+        """What a student trains on: :meth:`materialize`'s distributions, or for a sparse bundle the
+        same as a :class:`~farzi.models.sparse.SparseDist` [b, xi, K] (never [b, xi, V])."""
+        if self.support is not None:
+            return materialize_sparse(self.latent, self.decoder, self.tau, self.support, idx)
+        return self.materialize(idx)
 
     def positions(self, chunk_elements: int = POSITION_CHUNK_ELEMENTS) -> Iterator[tuple[int, Tensor]]:
         """Every position's distribution, sequence after sequence, a chunk at a time.
@@ -174,6 +193,12 @@ class FarziData:
         flat = self.latent.reshape(-1, self.latent_dim)  # [mu * xi, d]
         banned = torch.nonzero(self.banned).flatten()  # [b] token ids
         for start, end in position_spans(flat.shape[0], chunk_elements // self.vocab_size):
+            if self.support is not None:
+                with torch.no_grad():
+                    cand = self.support.reshape(-1, self.support.shape[-1])[start:end]  # [c, K]
+                    dist = materialize_sparse(flat[start:end].unsqueeze(0), self.decoder, self.tau, cand.unsqueeze(0))
+                    yield start, dist.dense(self.vocab_size)[0]
+                continue
             with torch.no_grad():
                 logits = flat[start:end] @ self.decoder  # [c, V]
                 logits.div_(self.tau)
@@ -183,7 +208,8 @@ class FarziData:
             yield start, probs
 
     def to(self, device: str | torch.device) -> FarziData:
-        return FarziData(self.latent.to(device), self.decoder.to(device), self.tau, self.meta, self.path)
+        support = self.support.to(device) if self.support is not None else None
+        return FarziData(self.latent.to(device), self.decoder.to(device), self.tau, self.meta, self.path, support)
 
     def check_vocabulary(self, vocab_size: int, vocab_sha256: str, dataset_name: str) -> None:
         """Refuse use with a dataset whose vocabulary differs (ids would mean other tokens)."""
@@ -211,15 +237,17 @@ def save_bundle(
     distill: dict[str, Any],
     recipe: dict[str, Any] | None = None,
     history: dict[str, Any] | None = None,
+    support: Tensor | None = None,
 ) -> Path:
-    """Write a farzi-data v1 bundle atomically (temporary file + rename).
+    """Write a farzi-data bundle atomically (temporary file + rename): v1 for a dense summary, v2
+    with the tensor ``support`` [mu, xi, K] for a sparse one.
 
     ``recipe`` (how a student should train on it) and ``history`` (what the distillation log
     says, and which summary was selected) are optional metadata (formats/farzi-data-v1.md).
     """
     meta = {
         "format": FORMAT_NAME,
-        "version": str(FORMAT_VERSION),
+        "version": str(1 if support is None else SPARSE_VERSION),
         "task": task,
         "tau": repr(float(tau)),
         "vocab_size": str(int(decoder.shape[1])),
@@ -238,7 +266,10 @@ def save_bundle(
     if history is not None:
         meta["history"] = json.dumps(history, sort_keys=True)
     with atomic_file(Path(path)) as tmp:
-        save_tensors(tmp, {"latent": latent.float(), "decoder": decoder.float()}, meta)
+        tensors = {"latent": latent.float(), "decoder": decoder.float()}
+        if support is not None:
+            tensors["support"] = support.to(torch.int32 if decoder.shape[1] <= 2**31 - 1 else torch.int64)
+        save_tensors(tmp, tensors, meta)
     return Path(path)
 
 
@@ -314,9 +345,23 @@ def read_bundle_meta(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[dict[
     path = Path(path)
     header, raw = read_header(path, BundleError, _FIX, max_file_bytes=max_bytes)
     meta = _parse_meta(path, raw)
-    if set(header) != {"latent", "decoder"}:
+    expected = {"latent", "decoder"} | (
+        {"support"} if "support" in header and meta["version"] >= SPARSE_VERSION else set()
+    )
+    if set(header) != expected:
         raise BundleError(f"{path}: expected tensors 'latent' and 'decoder', found {sorted(header)}", _FIX)
     lat, dec = header["latent"], header["decoder"]
+    if "support" in header:
+        sup = header["support"]
+        if sup["dtype"] not in INT_DTYPES:
+            raise BundleError(f"{path}: tensor 'support' has dtype {sup['dtype']}, expected I32 or I64", _FIX)
+        shape = sup["shape"]
+        if len(shape) != 3 or shape[:2] != lat["shape"][:2] or not 1 <= shape[2] <= dec["shape"][1]:
+            raise BundleError(
+                f"{path}: tensor 'support' has shape {shape}, expected [mu, xi, K] = "
+                f"[{lat['shape'][0]}, {lat['shape'][1]}, K] with 1 <= K <= {dec['shape'][1]}",
+                _FIX,
+            )
     for name, entry, rank in (("latent", lat, 3), ("decoder", dec, 2)):
         if entry["dtype"] not in FLOAT_DTYPES:
             raise BundleError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, expected a float type", _FIX)
@@ -380,6 +425,11 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", max_bytes:
     for name, t in (("latent", latent), ("decoder", decoder)):
         if not torch.isfinite(t).all():
             raise BundleError(f"{path}: tensor {name!r} holds NaN or infinite values", _FIX)
+    support = tensors["support"].long() if "support" in tensors else None
+    if support is not None:
+        masked = torch.tensor(meta["masked_tokens"], dtype=torch.long, device=support.device)
+        if bool((support < 0).any() or (support >= meta["vocab_size"]).any() or torch.isin(support, masked).any()):
+            raise BundleError(f"{path}: tensor 'support' holds ids outside the vocabulary or masked tokens", _FIX)
     # |latent[i, j] @ decoder[:, v]| <= |row| * |column| (Cauchy-Schwarz): bounded, materialize
     # never meets an infinite logit, so never returns NaN (in float32 and wider)
     tau = float(meta["tau"])
@@ -389,4 +439,4 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", max_bytes:
             f"{path}: latent @ decoder / tau would overflow float32 (tau {tau}, largest |row| * |column| {prod:.3g})",
             _FIX,
         )
-    return FarziData(latent=latent, decoder=decoder, tau=tau, meta=meta, path=path)
+    return FarziData(latent=latent, decoder=decoder, tau=tau, meta=meta, path=path, support=support)

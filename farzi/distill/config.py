@@ -63,6 +63,13 @@ class InnerState(str, Enum):
     omega = "omega"  # the Adam moments and step count the trajectory run had at the checkpoint
 
 
+class InnerSoftmax(str, Enum):
+    """Over what the inner loss's softmax runs on a sparse summary."""
+
+    full = "full"  # the whole vocabulary (exact cross-entropy)
+    candidates = "candidates"  # the union of the step's batch's candidates: O(|union| d) a position
+
+
 class StartWeighting(str, Enum):
     """How the start points of one outer step are weighted when their meta-gradients are averaged."""
 
@@ -220,6 +227,25 @@ class DistillConfig:
     )
     learn_tau: bool = setting(False, "Learn the temperature as an outer parameter.")
     learn_inner_lr: bool = setting(False, "Learn the inner learning rate as an outer parameter (from --inner-lr).")
+    support: int = setting(
+        0,
+        "Candidate tokens per synthetic position: a sparse summary over each position's K largest "
+        "logits, refreshed as the outer loop goes (0 = dense, the whole vocabulary).",
+        least=0,
+        fix="0 keeps the whole vocabulary",
+    )
+    inner_softmax: InnerSoftmax = setting(
+        InnerSoftmax.full,
+        "Sparse summary: the inner loss's softmax over the whole vocabulary (full) or over the "
+        "candidates the step's batch holds (candidates: cheaper at a large vocabulary).",
+        word="inner softmax",
+    )
+    support_refresh: int = setting(
+        10,
+        "Sparse summary: outer steps between refreshes of the candidates (0 = never).",
+        least=0,
+        fix="0 keeps the first candidates",
+    )
     recipe: RecipeConfig = group(RecipeConfig)
     select_every: int = setting(
         0,
@@ -308,6 +334,11 @@ class DistillConfig:
             raise ConfigError(
                 f"budget length {self.xi} exceeds the longest training sequence of {ds.name!r} ({max_seq})",
                 f"pick a length of at most {max_seq}",
+            )
+        if self.support > ds.vocab_size - 1:
+            raise ConfigError(
+                f"--support {self.support} exceeds the {ds.vocab_size - 1} tokens a position of {ds.name!r} can take",
+                f"pass at most --support {ds.vocab_size - 1}, or 0 for a dense summary",
             )
         if self.latent_dim * ds.vocab_size > MAX_SUMMARY_ELEMENTS:
             raise ConfigError(

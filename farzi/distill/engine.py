@@ -48,7 +48,7 @@ from farzi.distill.config import (
     StartWeighting,
     parse_budget,
 )
-from farzi.distill.init import init_record, initial_summary
+from farzi.distill.init import init_record, initial_sparse_summary, initial_summary
 from farzi.distill.objectives import Contribution, MetaObjective, grad_norm, make_objective, step_draws
 from farzi.distill.outer import STATE_FORMAT, OuterOptimizer, RunState, load_run_state, save_run_state
 from farzi.distill.parallel import LOCAL, Collective, start_indices
@@ -242,9 +242,15 @@ def _bundle_records(
 
 
 def start_summary(
-    cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher, latent: Tensor, decoder: Tensor
+    cfg: DistillConfig,
+    ds: PreparedDataset,
+    teacher: Teacher,
+    latent: Tensor,
+    decoder: Tensor,
+    support: Tensor | None = None,
 ) -> Summary:
-    """The outer parameters from an initial summary: latent and decoder, and log tau / log inner lr when learned."""
+    """The outer parameters from an initial summary: latent and decoder, and log tau / log inner lr when
+    learned; a sparse one's candidates (``support``, else each position's ``cfg.support`` largest logits)."""
     return Summary.create(
         latent,
         decoder,
@@ -253,6 +259,7 @@ def start_summary(
         teacher.device,
         learn_tau=cfg.learn_tau,
         inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
+        support=support if support is not None else cfg.support,
     )
 
 
@@ -384,6 +391,8 @@ class Distillation:
         log_path, state_path = run_paths(self.out)
         if self.resume:
             self.state = load_run_state(state_path, self.summary, self.outer, *self._fingerprints())
+            if "support" in self.state.extra_tensors:  # the candidates in use when the state was saved
+                self.summary.support = self.state.extra_tensors["support"].to(self.summary.latent.device)
         if self.cfg.select_every:
             self.selection = Selection.create(self.ds.task)
             self.selection.restore(self.state.extra_tensors, self.state.extra.get("selection", {}))
@@ -397,9 +406,13 @@ class Distillation:
         self.teacher = load_teacher(self.ds, self.cfg, self.trajectories)
 
     def start(self, fit_steps: int | None = None) -> None:
-        """The initial summary, the outer optimizer and the meta-objective."""
-        latent, decoder = initial_summary(self.cfg, self.ds, self.teacher, fit_steps=fit_steps)
-        self.summary = start_summary(self.cfg, self.ds, self.teacher, latent, decoder)
+        """The initial summary (sparse with ``--support``), the outer optimizer and the meta-objective."""
+        if self.cfg.support:
+            latent, decoder, support = initial_sparse_summary(self.cfg, self.ds, self.teacher, fit_steps=fit_steps)
+            self.summary = start_summary(self.cfg, self.ds, self.teacher, latent, decoder, support)
+        else:
+            latent, decoder = initial_summary(self.cfg, self.ds, self.teacher, fit_steps=fit_steps)
+            self.summary = start_summary(self.cfg, self.ds, self.teacher, latent, decoder)
         self.outer = OuterOptimizer(self.summary, self.cfg.outer_lr, self.cfg.outer_weight_decay, self.cfg.grad_clip)
         self.objective = make_objective(self.cfg, self.ds, self.teacher)
 
@@ -415,12 +428,16 @@ class Distillation:
         """One outer step: the update, its log record, the selection when due, the saved state when due."""
         step, cfg = self.state.step + 1, self.cfg
         record = outer_step(step, self.summary, self.objective, self.outer, cfg, self.collective)
+        if cfg.support and cfg.support_refresh and step % cfg.support_refresh == 0 and step < cfg.outer_steps:
+            self.summary.refresh_support(cfg.support)  # every rank alike: their summaries are bitwise equal
         extra_tensors: dict[str, Tensor] = {}
         extra: dict[str, Any] = {}
         if self.selection is not None:
             if self.selection.due(cfg, step):
                 record["selection"] = self.selection.consider(step, self.summary, self._score())
             extra_tensors, extra["selection"] = self.selection.state()
+        if self.summary.support is not None:
+            extra_tensors["support"] = self.summary.support.cpu()
         if self.log is not None:
             self.log.write(record)
         self.state = RunState(step, len(self.log) if self.log is not None else step, extra_tensors, extra)
@@ -443,8 +460,10 @@ class Distillation:
                 "lower --outer-lr or --inner-lr, or keep --grad-clip on",
             )
         latent, decoder = summary.latent.detach().cpu(), summary.decoder.detach().cpu()
+        support = summary.support.cpu() if summary.support is not None else None
         if selection is not None and selection.best is not None:
             latent, decoder = selection.best
+            support = selection.best_support
         vocab = self.ds.vocab
         save_bundle(
             self.out,
@@ -459,6 +478,7 @@ class Distillation:
             **_bundle_records(self.ds, self.cfg, self.teacher, self.trajectories),
             recipe=recipe(self.cfg, self.ds.task),
             history=self._history(),
+            support=support,
         )
         run_paths(self.out)[1].unlink(missing_ok=True)
         return self.result(load_bundle(self.out), complete=True)
@@ -503,10 +523,7 @@ class Distillation:
         return self.result(data, complete=True)
 
     def _current(self) -> FarziData:
-        summary = self.summary
-        return FarziData(
-            summary.latent.detach().cpu(), summary.decoder.detach().cpu(), self.cfg.tau, {"task": self.ds.task}
-        )
+        return as_bundle(self.summary, self.ds.task, self.ds.vocab.pad_id, tau=self.cfg.tau)
 
     def result(self, data: FarziData, complete: bool, resumed_finished: bool = False) -> DistillResult:
         """The one result constructor: what this call ran, and the run's figures where this rank knows them."""
@@ -586,12 +603,16 @@ def _share_state(collective: Collective, summary: Summary, outer: OuterOptimizer
     mine = None
     if collective.rank == 0:
         mine = {**dict(zip(summary.names, (p.detach() for p in summary.params), strict=True)), **outer.state_tensors()}
+        if summary.support is not None:
+            mine["support"] = summary.support
     tensors, meta = share_tensors(collective, mine, {"step": state.step, "log_lines": state.log_lines})
     if collective.rank != 0:
         with torch.no_grad():
             for name, p in zip(summary.names, summary.params, strict=True):
                 p.copy_(tensors[name].to(p.device))
         outer.load_state_tensors({k: v.to(summary.latent.device) for k, v in tensors.items() if k.startswith("adam.")})
+        if "support" in tensors:
+            summary.support = tensors["support"].to(summary.latent.device)
         state = RunState(int(meta["step"]), int(meta["log_lines"]))
     return state
 

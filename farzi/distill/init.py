@@ -22,12 +22,15 @@ from farzi.data.prepared import PreparedDataset
 from farzi.distill.config import DistillConfig, Init
 from farzi.distill.summary import (
     banned_mask,
+    fit_sparse_summary,
     fit_summary,
     init_from_real,
     init_summary,
     principal_decoder,
     real_windows,
+    sparse_teacher_targets,
     teacher_targets,
+    top_support,
     windows_kind,
 )
 from farzi.distill.teacher import Teacher
@@ -51,6 +54,29 @@ def init_record(cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> di
     if init in (Init.teacher, Init.real):
         out["windows"] = windows_kind(ds.train, cfg.xi, cfg.init_windows.value)
     return out
+
+
+def initial_sparse_summary(
+    cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher, fit_steps: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(latent, decoder, support [mu, xi, K]) of a sparse summary (``--support K``). The teacher init
+    keeps each position's K heaviest targets and fits over them alone (O(K d) a position and step, not
+    O(V d)); the other inits take each position's K largest logits of their dense start."""
+    k = cfg.support
+    if effective_init(cfg, teacher) is not Init.teacher:
+        latent, decoder = initial_summary(cfg, ds, teacher)
+        return latent, decoder, top_support(latent, decoder, k, banned_mask(ds.vocab_size, [ds.vocab.pad_id]))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pad = [ds.vocab.pad_id]
+    tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen, cfg.init_windows.value)  # [mu, xi]
+    model = teacher.trained_model()
+    banned = banned_mask(ds.vocab_size, pad, tokens.device)
+    support, weights = sparse_teacher_targets(tokens, model, cfg.init_mix, banned, k)  # [mu, xi, K] each
+    decoder0 = principal_decoder(model.token_embeddings(), cfg.latent_dim, pad)  # [d, V]
+    steps = FIT_STEPS if fit_steps is None else fit_steps
+    latent, decoder = fit_sparse_summary(support, weights, decoder0, cfg.tau, steps=steps, gen=gen)
+    _check_finite(latent, decoder, cfg, Init.teacher)
+    return latent, decoder, support
 
 
 def initial_summary(
@@ -79,9 +105,13 @@ def initial_summary(
         latent, decoder = init_from_real(tokens, emb, cfg.latent_dim, cfg.init_sharpness, cfg.tau, pad)
     else:
         latent, decoder = init_summary(cfg.mu, cfg.xi, cfg.latent_dim, ds.vocab_size, gen, cfg.init_scale)
+    _check_finite(latent, decoder, cfg, init)
+    return latent, decoder
+
+
+def _check_finite(latent: Tensor, decoder: Tensor, cfg: DistillConfig, init: Init) -> None:
     if not (torch.isfinite(latent).all() and torch.isfinite(decoder).all()):
         raise ConfigError(
             f"the initial summary ({init.value} init, tau {cfg.tau:g}) holds NaN or infinite values",
             "pick a --tau closer to 1 or a smaller --init-sharpness / --init-scale",
         )
-    return latent, decoder

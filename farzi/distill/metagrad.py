@@ -39,7 +39,8 @@ from torch import Tensor
 from torch.func import functional_call
 
 from farzi.distill.inner import InnerOptimizer
-from farzi.models import SequenceModel, next_token_loss
+from farzi.models import SequenceModel, SparseDist, next_token_loss
+from farzi.models.loss import candidate_loss
 
 STRATEGIES = ("reverse", "checkpointed", "unroll", "paper")
 REVERSE_ANCHOR = 16  # reversal drifts ~1.4x per step on small models: re-anchor every 16 steps
@@ -67,6 +68,8 @@ class InnerLoop:
     # a learned inner learning rate: a scalar leaf log(lr) among ``data_params``; the optimizer's own lr
     # is then ignored and the meta-gradient covers log(lr) too
     log_lr: Tensor | None = None
+    # sparse summaries: the inner loss's softmax over the batch's candidates (farzi.models.loss.candidate_loss)
+    candidates_only: bool = False
 
     def __post_init__(self) -> None:
         # dropout (or any train-mode layer) would draw new masks in every forward pass, so the
@@ -86,8 +89,10 @@ class InnerLoop:
         return type(self.state0)(*[[x.to(p) for x, p in zip(f, w, strict=True)] for f in self.state0])
 
     def loss(self, w: Tensors, x: Tensor) -> Tensor:
-        logits = functional_call(self.model, dict(zip(self.names, w, strict=True)), (x,))
-        return next_token_loss(logits, x)
+        params = dict(zip(self.names, w, strict=True))
+        if self.candidates_only and isinstance(x, SparseDist):
+            return candidate_loss(self.model, params, x)
+        return next_token_loss(functional_call(self.model, params, (x,)), x)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch.func import functional_call
 
 from farzi.batching import pad_right
 from farzi.data.prepared import PreparedDataset
-from farzi.distill.config import DistillConfig, InnerOptimizerName, InnerState, Objective
+from farzi.distill.config import DistillConfig, InnerOptimizerName, InnerSoftmax, InnerState, Objective
 from farzi.distill.inner import SGD, Adam, AdamState, InnerOptimizer
 from farzi.distill.metagrad import InnerLoop, meta_gradient
 from farzi.distill.summary import Summary
@@ -166,6 +166,7 @@ class MetaObjective:
             state0=start.state,
             step0=start.step,
             log_lr=summary.log_inner_lr,
+            candidates_only=self.cfg.inner_softmax is InnerSoftmax.candidates,
         )
         mg = meta_gradient(loop, start.w, terminal, self.cfg.meta_grad.value, segment=self.cfg.segment or None)
         stats = {"inner_loss_first": mg.inner_loss_first, "inner_loss_last": mg.inner_loss_last, **mg.stats}

@@ -157,5 +157,9 @@ def load_run_state(
         raise ConfigError(f"{path} has a corrupt run record", fix) from None
     if not isinstance(extra, dict):
         raise ConfigError(f"{path} has a corrupt run record", fix)
-    extra_tensors = {k: v for k, v in t.items() if k.startswith("best.")}
+    extra_tensors = {k: v for k, v in t.items() if k.startswith("best.") or k == "support"}
+    if summary.support is not None:
+        entry = header.get("support")
+        if entry is None or list(entry["shape"]) != list(summary.support.shape):
+            raise ConfigError(f"{path}: tensor 'support' is missing or has the wrong shape", fix)
     return RunState(int(counts[0]), int(counts[1]), extra_tensors, extra)

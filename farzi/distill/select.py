@@ -55,13 +55,15 @@ def recipe_config(rec: dict[str, Any], seed: int) -> TrainConfig:
     return apply_recipe(TrainConfig(seed=seed), rec, RECIPE_FIELDS)[0]
 
 
-def as_bundle(summary: Summary, task: str, pad: int) -> FarziData:
-    """A detached CPU copy of the summary, as the training sets read bundles."""
+def as_bundle(summary: Summary, task: str, pad: int, tau: float | None = None) -> FarziData:
+    """A detached CPU copy of the summary (its candidates too, for a sparse one), as the training sets
+    read bundles; ``tau``: another temperature than the summary's current one."""
     return FarziData(
         summary.latent.detach().cpu().clone(),
         summary.decoder.detach().cpu().clone(),
-        summary.current_tau(),
+        summary.current_tau() if tau is None else tau,
         {"task": task, "masked_tokens": [pad]},
+        support=summary.support.cpu().clone() if summary.support is not None else None,
     )
 
 
@@ -85,6 +87,7 @@ class Selection:
     best_value: float = math.nan
     best: tuple[Tensor, Tensor] | None = None  # (latent, decoder) of the best candidate
     best_tau: float = math.nan  # its temperature (learned or not)
+    best_support: Tensor | None = None  # its candidates (a sparse summary)
 
     @classmethod
     def create(cls, task: str) -> Selection:
@@ -101,6 +104,7 @@ class Selection:
             self.best_step, self.best_value = step, value
             self.best = (summary.latent.detach().cpu().clone(), summary.decoder.detach().cpu().clone())
             self.best_tau = summary.current_tau()
+            self.best_support = summary.support.detach().cpu().clone() if summary.support is not None else None
         record = {"step": step, "value": value}
         self.candidates.append(record)
         return {**record, "metric": self.metric, "best_step": self.best_step}
@@ -111,6 +115,8 @@ class Selection:
     # -- resumable
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors = {} if self.best is None else {"best.latent": self.best[0], "best.decoder": self.best[1]}
+        if self.best_support is not None:
+            tensors["best.support"] = self.best_support
         meta = {"candidates": self.candidates, "best_step": self.best_step, "best_value": self.best_value}
         return tensors, {**meta, "best_tau": self.best_tau}
 
@@ -121,3 +127,5 @@ class Selection:
         self.best_tau = float(meta.get("best_tau", math.nan))
         if "best.latent" in tensors:
             self.best = (tensors["best.latent"].cpu(), tensors["best.decoder"].cpu())
+        if "best.support" in tensors:
+            self.best_support = tensors["best.support"].cpu()

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from farzi.models.sparse import SparseDist
+
 
 def banned_mask(vocab_size: int, banned: list[int], device: torch.device | str = "cpu") -> Tensor:
     mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
@@ -30,6 +32,36 @@ def materialize(
     logits = (z @ decoder) / tau  # [b, xi, V]
     logits = logits.masked_fill(banned, float("-inf"))
     return F.softmax(logits, dim=-1)
+
+
+def materialize_sparse(
+    latent: Tensor, decoder: Tensor, tau: float | Tensor, support: Tensor, idx: Tensor | None = None
+) -> SparseDist:
+    """softmax over each position's K candidates of (latent @ decoder[:, candidates] / tau).
+
+    latent [mu, xi, d], decoder [d, V], support [mu, xi, K] token ids -> SparseDist of [b, xi, K]
+    (b = len(idx), or mu): O(K d) per position, never [b, xi, V]. Differentiable in latent and decoder.
+    """
+    z = latent if idx is None else latent[idx]  # [b, xi, d]
+    cand = support if idx is None else support[idx]  # [b, xi, K]
+    columns = F.embedding(cand, decoder.t())  # [b, xi, K, d]
+    logits = (columns @ z.unsqueeze(-1)).squeeze(-1) / tau  # [b, xi, K]
+    return SparseDist(cand, F.softmax(logits, dim=-1))
+
+
+@torch.no_grad()
+def top_support(latent: Tensor, decoder: Tensor, k: int, banned: Tensor, chunk_elements: int = 1 << 22) -> Tensor:
+    """Each position's ``k`` largest logits of the dense summary ``latent @ decoder`` (banned tokens
+    never chosen), in descending order: [mu, xi, k] token ids. A chunk of positions at a time (at most
+    ``chunk_elements`` logits at once)."""
+    mu, xi, d = latent.shape
+    flat = latent.reshape(mu * xi, d)
+    out = torch.empty(mu * xi, k, dtype=torch.long, device=latent.device)
+    rows = max(1, chunk_elements // decoder.shape[1])
+    for lo in range(0, mu * xi, rows):
+        logits = (flat[lo : lo + rows] @ decoder).masked_fill_(banned, float("-inf"))  # [n, V]
+        out[lo : lo + rows] = logits.topk(k, dim=-1).indices
+    return out.view(mu, xi, k)
 
 
 def init_summary(
@@ -129,6 +161,56 @@ def fit_summary(
     return latent.detach(), decoder.detach()
 
 
+def fit_sparse_summary(
+    support: Tensor,
+    weights: Tensor,
+    decoder0: Tensor,
+    tau: float,
+    steps: int = 500,
+    lr: float = 0.05,
+    gen: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`fit_summary` over each position's candidates alone: latent and decoder whose softmax
+    over ``support`` [mu, xi, K] best fits ``weights`` [mu, xi, K]; O(K d) a position and step
+    instead of O(V d). Decoder columns no position lists keep ``decoder0``'s values."""
+    mu, xi, _ = support.shape
+    d = decoder0.shape[0]
+    latent = (0.1 * torch.randn(mu, xi, d, generator=gen)).requires_grad_()
+    decoder = decoder0.detach().clone().float().requires_grad_()
+    opt = torch.optim.Adam([latent, decoder], lr=lr)
+    for _ in range(steps):
+        columns = F.embedding(support, decoder.t())  # [mu, xi, K, d]
+        p_log = F.log_softmax((columns @ latent.unsqueeze(-1)).squeeze(-1) / tau, dim=-1)  # [mu, xi, K]
+        loss = -(weights * p_log).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return latent.detach(), decoder.detach()
+
+
+@torch.no_grad()
+def sparse_teacher_targets(
+    tokens: Tensor, model: torch.nn.Module, mix: float, banned: Tensor, k: int, chunk_elements: int = 1 << 24
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` heaviest tokens of :func:`teacher_targets` at each position and their weights
+    renormalized over them: (support [mu, xi, k], weights [mu, xi, k]), a few windows at a time (at
+    most ``chunk_elements`` of the [*, V] targets at once)."""
+    mu, xi = tokens.shape
+    rows = max(1, chunk_elements // (xi * int(banned.numel())))
+    support = torch.empty(mu, xi, k, dtype=torch.long)
+    weights = torch.empty(mu, xi, k)
+    for lo in range(0, mu, rows):
+        part = tokens[lo : lo + rows]
+        targets = teacher_targets(part, model(part), mix, banned).masked_fill_(banned, -1.0)  # never a candidate
+        w, idx = targets.topk(k, dim=-1)  # [n, xi, k]
+        w = w.clamp_min(0.0)
+        support[lo : lo + rows], weights[lo : lo + rows] = (
+            idx.cpu(),
+            (w / w.sum(-1, keepdim=True).clamp_min(1e-30)).cpu(),
+        )
+    return support, weights
+
+
 def teacher_targets(tokens: Tensor, teacher_logits: Tensor, mix: float, banned: Tensor) -> Tensor:
     """Distributions for real windows ``tokens`` [mu, xi]: at each position after the first,
     ``mix`` of the real token plus ``1 - mix`` of the teacher's prediction for it
@@ -166,6 +248,7 @@ class Summary:
     banned: Tensor  # [V] bool: tokens that never get mass (padding)
     log_tau: Tensor | None = None  # [] learned log temperature
     log_inner_lr: Tensor | None = None  # [] learned log inner learning rate
+    support: Tensor | None = None  # [mu, xi, K] candidate token ids of a sparse summary (None: dense)
 
     @classmethod
     def create(
@@ -177,13 +260,16 @@ class Summary:
         device: torch.device,
         learn_tau: bool = False,
         inner_lr: float | None = None,
+        support: int | Tensor = 0,
     ) -> Summary:
-        """``inner_lr`` given: the inner learning rate is learned, starting there."""
+        """``inner_lr`` given: the inner learning rate is learned, starting there. ``support``: a sparse
+        summary over these candidates [mu, xi, K], or K > 0: over each position's K largest initial
+        logits (:meth:`refresh_support`)."""
 
         def scalar(x: float) -> Tensor:
             return torch.tensor(math.log(x), dtype=torch.float32, device=device).requires_grad_()
 
-        return cls(
+        out = cls(
             latent.to(device).requires_grad_(),
             decoder.to(device).requires_grad_(),
             tau,
@@ -191,6 +277,15 @@ class Summary:
             scalar(tau) if learn_tau else None,
             scalar(inner_lr) if inner_lr is not None else None,
         )
+        if isinstance(support, Tensor):
+            out.support = support.to(device)
+        elif support:
+            out.refresh_support(support)
+        return out
+
+    def refresh_support(self, k: int) -> None:
+        """Each position's candidates: the ``k`` largest logits of the dense summary as it is now."""
+        self.support = top_support(self.latent.detach(), self.decoder.detach(), k, self.banned)
 
     @property
     def mu(self) -> int:
@@ -225,8 +320,11 @@ class Summary:
     def current_inner_lr(self) -> float | None:
         return None if self.log_inner_lr is None else float(self.log_inner_lr.detach().exp())
 
-    def syn(self, idx: Tensor | None = None) -> Tensor:
-        """Distributions of the sequences ``idx`` (all when None): [b, xi, V], differentiable."""
+    def syn(self, idx: Tensor | None = None) -> Tensor | SparseDist:
+        """Distributions of the sequences ``idx`` (all when None), differentiable: [b, xi, V], or over
+        each position's K candidates for a sparse summary (:class:`~farzi.models.sparse.SparseDist`)."""
+        if self.support is not None:
+            return materialize_sparse(self.latent, self.decoder, self.temperature, self.support, idx)
         return materialize(self.latent, self.decoder, self.temperature, self.banned, idx)
 
     def is_finite(self) -> bool:

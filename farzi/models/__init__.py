@@ -26,6 +26,7 @@ from farzi.models.loss import (
 )
 from farzi.models.rnn_lm import RNNLM, RNNLMConfig
 from farzi.models.sasrec import SASRec, SASRecConfig
+from farzi.models.sparse import SparseDist
 from farzi.models.transformer_lm import TransformerLM, TransformerLMConfig
 
 MODELS: dict[str, tuple[type[SequenceModel], type[ModelConfig]]] = {
@@ -92,6 +93,7 @@ __all__ = [
     "NEG_INF",
     "ModelConfig",
     "SequenceModel",
+    "SparseDist",
     "build_model",
     "make_config",
     "model_class",

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from farzi.models.loss import NEG_INF, features_next_token_loss
+from farzi.models.sparse import SparseDist
 
 # NEG_INF = -1e4: finite, so 0 * NEG_INF stays 0 in soft cross-entropy
 
@@ -97,15 +98,20 @@ class SequenceModel(nn.Module):
         raise AttributeError(f"{type(self).__name__} has no token embedding table")
 
 
-def padding_mask(x: Tensor) -> Tensor:
-    """[B, L] bool, True at real (non-pad) positions, for ids or distributions."""
+def padding_mask(x: Tensor | SparseDist) -> Tensor:
+    """[B, L] bool, True at real (non-pad) positions, for ids or distributions (dense or sparse)."""
+    if isinstance(x, SparseDist):
+        return x.p.sum(dim=-1) > 0
     if x.dtype in (torch.int64, torch.int32):
         return x != 0
     return x.sum(dim=-1) > 0
 
 
-def embed(x: Tensor, table: Tensor) -> Tensor:
-    """Embed ids ([B, L] -> [B, L, d]) or distributions ([B, L, V] @ [V, d])."""
+def embed(x: Tensor | SparseDist, table: Tensor) -> Tensor:
+    """Embed ids ([B, L] -> [B, L, d]), distributions ([B, L, V] @ [V, d]) or sparse distributions
+    (sum over K of p_k E[idx_k]: O(K d) per position)."""
+    if isinstance(x, SparseDist):
+        return (x.p.to(table.dtype).unsqueeze(-1) * F.embedding(x.idx, table)).sum(-2)  # [B, L, d]
     if x.dtype in (torch.int64, torch.int32):
         return F.embedding(x, table)
     return x.to(table.dtype) @ table
@@ -132,7 +138,11 @@ def next_token_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") ->
     nothing is scored).
     """
     logp = F.log_softmax(logits[:, :-1], dim=-1)  # [B, L-1, V]
-    if targets.dtype in (torch.int64, torch.int32):
+    if isinstance(targets, SparseDist):
+        idx, p = targets.idx[:, 1:], targets.p[:, 1:].to(logp.dtype)  # [B, L-1, K]
+        valid = p.sum(-1) > 0
+        nll = -(p * logp.gather(-1, idx)).sum(-1)  # [B, L-1]
+    elif targets.dtype in (torch.int64, torch.int32):
         tgt = targets[:, 1:]
         valid = tgt != 0
         nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # [B, L-1]

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from farzi.models.sparse import SparseDist
+
 if TYPE_CHECKING:
     from farzi.models.base import SequenceModel
 
@@ -173,6 +175,18 @@ def linear_cross_entropy(h: Tensor, table: Tensor, target: Tensor, chunk: int | 
     return _LinearCrossEntropy.apply(h, table, target, chunk)
 
 
+def sparse_cross_entropy(h: Tensor, table: Tensor, target: SparseDist, chunk: int | None = None) -> Tensor:
+    """Per-position cross-entropy of the tied scores against sparse targets (idx, p [N, K]):
+    mass * logsumexp(h @ table.T) - sum_k p_k (h . table[idx_k]). The log-sum-exp comes from the
+    ids path (:func:`linear_cross_entropy` against one candidate, plus that candidate's logit), so it
+    never holds more than one chunk of [chunk, V] logits; the candidates' terms cost O(K d)."""
+    p = target.p.to(h.dtype)  # [N, K]
+    picked = (F.embedding(target.idx, table) * h.unsqueeze(1)).sum(-1)  # [N, K]: each candidate's logit
+    first = target.idx[:, 0]  # [N]: one candidate (never <pad>)
+    lse = linear_cross_entropy(h, table, first, chunk) + picked[:, 0]  # [N]
+    return lse * p.sum(-1) - (p * picked).sum(-1)
+
+
 def scored_positions(h: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The positions that have a next-token target, gathered.
 
@@ -180,6 +194,13 @@ def scored_positions(h: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor
     happens here). Returns (h_scored [N, d], targets_scored [N] or [N, V], valid [B, L-1] bool).
     """
     B, L, d = h.shape
+    if isinstance(targets, SparseDist):
+        p, idx = targets.p[:, 1:], targets.idx[:, 1:]  # [B, L-1, K]
+        valid = p.sum(-1) > 0
+        flat = valid.reshape(-1).nonzero().squeeze(1)  # [N]
+        hs = h[:, :-1].reshape(B * (L - 1), d).index_select(0, flat)  # [N, d]
+        K = p.shape[-1]
+        return hs, SparseDist(idx.reshape(-1, K).index_select(0, flat), p.reshape(-1, K).index_select(0, flat)), valid
     tgt = targets[:, 1:]
     valid = tgt != 0 if is_ids(targets) else tgt.sum(-1) > 0  # [B, L-1]
     flat = valid.reshape(-1).nonzero().squeeze(1)  # [N]
@@ -204,7 +225,11 @@ def features_next_token_loss(
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"unknown reduction {reduction!r}; use mean, sum or none")
     hs, ts, valid = scored_positions(h, targets)
-    nll = linear_cross_entropy(hs, table, ts, chunk)  # [N]
+    nll = (
+        sparse_cross_entropy(hs, table, ts, chunk)
+        if isinstance(ts, SparseDist)
+        else linear_cross_entropy(hs, table, ts, chunk)
+    )
     if reduction == "none":
         flat = valid.reshape(-1).nonzero().squeeze(1)
         out = nll.new_zeros(valid.numel()).index_add(0, flat, nll)
@@ -258,3 +283,30 @@ def functional_loss(
     """
     named = {f"model.{k}": v for k, v in params.items()}
     return functional_call(_LossOf(model), named, (x, targets, reduction))
+
+
+class _FeaturesAndTable(nn.Module):
+    """Wraps a model so that ``functional_call`` reaches its features and output table."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor | SparseDist) -> tuple[Tensor, Tensor]:
+        return self.model.features(x), self.model.output_table()
+
+
+def candidate_loss(model: SequenceModel, params: dict[str, Tensor], x: SparseDist) -> Tensor:
+    """Next-token cross-entropy of sparse ``x`` against its own targets, the softmax taken over the
+    candidates the batch holds (their union) instead of the whole vocabulary: O(|union| d) per
+    position instead of O(V d). A deterministic function of the weights and ``x`` (no sampling), so
+    its meta-gradient is exact; it equals the full loss where the union is the whole vocabulary
+    (less ``<pad>``). Plain autograd (any order of derivative)."""
+    named = {f"model.{k}": v for k, v in params.items()}
+    h, table = functional_call(_FeaturesAndTable(model), named, (x,))  # [B, L, d], [V, d]
+    union, where = torch.unique(x.idx, return_inverse=True)  # [u], [B, L, K]: each candidate's column
+    logp = F.log_softmax(h[:, :-1] @ table[union].t(), dim=-1)  # [B, L-1, u]
+    p = x.p[:, 1:].to(logp.dtype)  # [B, L-1, K]
+    valid = p.sum(-1) > 0
+    nll = -(p * logp.gather(-1, where[:, 1:])).sum(-1) * valid  # [B, L-1]
+    return nll.sum() / valid.sum().clamp_min(1)

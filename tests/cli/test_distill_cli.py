@@ -60,7 +60,7 @@ if not CUDA:  # where CUDA exists the case does not apply, so it is left out
 OTHER_TRAJECTORIES = "trajectories-of-another-dataset"
 BAD_INSPECT = {
     "truncated": ("truncated",),
-    "newer-version": ("farzi-data v2", "upgrade farzi"),
+    "newer-version": ("farzi-data v3", "upgrade farzi"),
 }
 
 
@@ -82,7 +82,7 @@ def _broken_copies(bundle: Path, work: Path) -> dict[str, Path]:
     cut.write_bytes(data[: 8 + n + (len(data) - 8 - n) // 2])  # header intact, half the tensors
     newer = work / "newer.safetensors"
     meta = read_header(bundle, BundleError, "")[1]
-    save_file({"latent": torch.zeros(4, 8, 8), "decoder": torch.zeros(8, 33)}, str(newer), {**meta, "version": "2"})
+    save_file({"latent": torch.zeros(4, 8, 8), "decoder": torch.zeros(8, 33)}, str(newer), {**meta, "version": "3"})
     return {"truncated": cut, "newer-version": newer}
 
 

@@ -169,8 +169,37 @@ def test_wrong_format_name(tmp_path: Path) -> None:
 
 
 def test_newer_version_asks_for_an_upgrade(tmp_path: Path) -> None:
-    path = rewrite(write(tmp_path / "b.safetensors"), {"version": "2"})
-    rejection(path, "farzi-data v2", "upgrade farzi")
+    path = rewrite(write(tmp_path / "b.safetensors"), {"version": "3"})
+    rejection(path, "farzi-data v3", "upgrade farzi")
+
+
+def _support(path: Path, dtype: torch.dtype = torch.int32, low: int = 1) -> torch.Tensor:
+    data = load_bundle(path)
+    return torch.randint(low, data.vocab_size, (data.mu, data.xi, 2), dtype=torch.int64).to(dtype)
+
+
+def test_a_v2_bundle_with_support_is_sparse(tmp_path: Path) -> None:
+    path = write(tmp_path / "b.safetensors")
+    support = _support(path)
+    data = load_bundle(rewrite(path, {"version": "2"}, support=support))
+    assert data.sparse and torch.equal(data.support, support.long())
+    assert torch.allclose(data.materialize().sum(-1), torch.ones(data.mu, data.xi))
+
+
+@pytest.mark.parametrize(
+    ("version", "dtype", "low", "expected"),
+    [
+        ("1", torch.int32, 1, "expected tensors 'latent' and 'decoder'"),  # support needs v2
+        ("2", torch.float32, 1, "tensor 'support' has dtype F32, expected I32 or I64"),
+        ("2", torch.int64, 0, "ids outside the vocabulary or masked tokens"),  # <pad> is masked
+    ],
+)
+def test_a_bad_support_is_refused(tmp_path: Path, version: str, dtype: torch.dtype, low: int, expected: str) -> None:
+    path = write(tmp_path / "b.safetensors")
+    support = _support(path, dtype, low)
+    if low == 0:
+        support[0, 0, 0] = 0
+    rejection(rewrite(path, {"version": version}, support=support), expected)
 
 
 @pytest.mark.parametrize("version", ["", "0", "one", "1.0", "-1", "1" * 13])

@@ -133,7 +133,7 @@ def _broken(tmp: Path, tiny_lm: PreparedDataset) -> dict[str, Path]:
         files[name].write_bytes(blob)
     meta = read_header(good, BundleError, "")[1]
     tensors = {"latent": torch.zeros(3, 5, 4), "decoder": torch.zeros(4, tiny_lm.vocab_size)}
-    for name, change in {"newer": {"version": "2"}, "other-format": {"format": "farzi-trajectories"}}.items():
+    for name, change in {"newer": {"version": "3"}, "other-format": {"format": "farzi-trajectories"}}.items():
         files[name] = tmp / f"{name}.safetensors"
         save_file(tensors, str(files[name]), metadata={**meta, **change})
     files["directory"] = tmp / "dir.safetensors"
