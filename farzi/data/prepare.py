@@ -2,8 +2,9 @@
 
 Sources: ``ptb`` (download or ``--source``), ``ptb-offline`` (the offline
 protocol of the shared datasets), ``ml-100k``, ``ml-1m``, ``amazon-magazine``,
-``netflix`` (``--source`` only, streamed), ``text``, ``interactions``, and the
-embedded ``synthetic-lm`` / ``synthetic-rec``.
+``amazon-beauty`` and ``netflix`` (``--source`` only), ``text``, ``interactions``
+(a CSV/TSV/parquet table, or a text log in the ``lines``, ``pairs`` or ``recbole``
+layout: :mod:`farzi.data.logformats`), and the embedded ``synthetic-lm`` / ``synthetic-rec``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import polars as pl
 from farzi._io import atomic_file, claim_output, sha256_file
 from farzi._seed import check_seed
 from farzi.data import interactions as inter
-from farzi.data import synthetic, text
+from farzi.data import logformats, synthetic, text
 from farzi.data._read import check_readable, read_bytes, reading
 from farzi.data.download import fetch, verify_checksum
 from farzi.data.prepared import PreparedDataset
@@ -58,6 +59,12 @@ AMAZON_MAGAZINE_URLS = (
 # library pins for the same URL (ISG-Siegen/OmniRec, src/omnirec/data_loaders/amazon2018.py,
 # "Amazon2018MagazineSubscriptions"): one third-party source, not re-computed here (no network).
 AMAZON_MAGAZINE_SHA256 = "40287d71ee0c49030ee222888fb21a95941c2c31344e15bdd2e58e0f63831c2d"
+# Amazon Beauty (5-core) as the S3-Rec / ICLRec line of work preprocessed it (data/Beauty.txt in their
+# repositories: one user per line, items in time order, ids renumbered from 1). No public URL serves it
+# on its own and no checksum is published: this sha256 is of the maintainers' copy
+# (../shared/datasets/README.md: 22,363 users, 12,101 items, 198,502 interactions).
+AMAZON_BEAUTY_FILE = "Beauty.txt"
+AMAZON_BEAUTY_SHA256 = "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8"
 
 
 @dataclass
@@ -68,7 +75,14 @@ class PrepareOptions:
     train: Path | None = setting(None, "text: training corpus, one sentence per line.")
     valid: Path | None = setting(None, "text: validation corpus (default: 10% of --train).")
     test: Path | None = setting(None, "text: test corpus (default: 10% of --train).")
-    path: Path | None = setting(None, "interactions: CSV/TSV/parquet log.")
+    path: Path | None = setting(None, "interactions: the log (CSV/TSV/parquet table, or text in --format's layout).")
+    format: str = setting(
+        "",
+        "interactions: the log's layout: csv (a table with --user-col/--item-col/--time-col), lines "
+        "(`user item item ...`, one user per line), pairs (`user item` per line) or recbole (a RecBole .inter "
+        "file); in lines, pairs and a recbole file without timestamp the file order is the time order "
+        "(default: from the file name, recbole for a .inter file, else csv).",
+    )
     user_col: str = setting("user", "interactions: user column.")
     item_col: str = setting("item", "interactions: item column.")
     time_col: str = setting("time", "interactions: time column.")
@@ -388,6 +402,32 @@ def _build_amazon_magazine(opts: PrepareOptions, home: Path, progress: ProgressF
     )
 
 
+def _build_amazon_beauty(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
+    fname = AMAZON_BEAUTY_FILE
+    if opts.source is None:
+        raise DataError(
+            f"amazon-beauty needs --source DIR with {fname}: there is no public URL to download it from",
+            f"pass --source pointing at a directory with {fname} (Amazon Beauty as S3-Rec/ICLRec preprocessed it, "
+            "one user per line)",
+        )
+    src = _source_dir(opts.source)
+    path = _require_file(src, fname, f"put S3-Rec's {fname} (one user per line: user item item ...) in {src}")
+    digest = verify_checksum(path, sha256=AMAZON_BEAUTY_SHA256)
+    lf, labels, _ = logformats.read_log(path, "lines")
+    vocab, splits, info = _rec(lf, str(path), opts, None, labels)
+    with reading(path):
+        size = path.stat().st_size
+    record = {"name": path.name, "bytes": size, "sha256": digest, "sha256_pinned": True}
+    return _Built(
+        "rec",
+        vocab,
+        splits,
+        info,
+        source={"kind": "amazon-beauty", "files": [record]},
+        params={"min_length": opts.min_length, "format": "lines", "time_order": logformats.time_order("lines", False)},
+    )
+
+
 def netflix_frame(files: list[Path]) -> pl.LazyFrame:
     """Stream Netflix Prize ``combined_data_*.txt`` into (user, item, time) rows.
 
@@ -440,8 +480,14 @@ def _build_netflix(opts: PrepareOptions, home: Path, progress: ProgressFn | None
 
 def _build_interactions(opts: PrepareOptions, home: Path, progress: ProgressFn | None) -> _Built:
     if opts.path is None:
-        raise DataError("interactions needs --path FILE", "pass a CSV, TSV or parquet log with --path")
+        raise DataError(
+            "interactions needs --path FILE",
+            "pass a CSV, TSV or parquet log with --path (or a text log with --format lines, pairs or recbole)",
+        )
     path = Path(opts.path)
+    fmt = logformats.resolve_format(path, opts.format)
+    if fmt != "csv":
+        return _build_text_log(opts, path, fmt)
     separator = inter.resolve_separator(path, opts.separator)
     lf = inter.scan_table(path, separator=separator)
     lf = inter.select_columns(lf, path, opts.user_col, opts.item_col, opts.time_col, separator=separator)
@@ -455,10 +501,43 @@ def _build_interactions(opts: PrepareOptions, home: Path, progress: ProgressFn |
         source={"kind": "interactions", "files": [_file_record(Path(opts.path))]},
         params={
             "min_length": opts.min_length,
+            "format": "csv",
+            "time_order": logformats.time_order("csv", True),
             "user_col": opts.user_col,
             "item_col": opts.item_col,
             "time_col": opts.time_col,
         },
+    )
+
+
+def _build_text_log(opts: PrepareOptions, path: Path, fmt: str) -> _Built:
+    """``interactions`` with ``--format lines|pairs|recbole``: the text log parsed, then the CSV pipeline."""
+    if inter._is_parquet(path):
+        raise ConfigError(
+            f"--format {fmt} reads a text log, and {path} is a parquet table",
+            "pass --format csv (or leave --format out) for a parquet file",
+        )
+    defaults = PrepareOptions()
+    for flag, name in (("--user-col", "user_col"), ("--item-col", "item_col"), ("--time-col", "time_col")):
+        if getattr(opts, name) != getattr(defaults, name):
+            raise ConfigError(
+                f"{flag} applies to --format csv only: a {fmt} log's columns are fixed by its layout",
+                f"leave out {flag}, or pass --format csv for a table with named columns",
+            )
+    if opts.separator is not None:
+        raise ConfigError(
+            f"--separator applies to --format csv only: a {fmt} log's separator is fixed by its layout",
+            "leave out --separator, or pass --format csv for a delimited table",
+        )
+    lf, labels, stamped = logformats.read_log(path, fmt)
+    vocab, splits, info = _rec(lf, str(path), opts, None, labels)
+    return _Built(
+        "rec",
+        vocab,
+        splits,
+        info,
+        source={"kind": "interactions", "files": [_file_record(path)]},
+        params={"min_length": opts.min_length, "format": fmt, "time_order": logformats.time_order(fmt, stamped)},
     )
 
 
@@ -482,6 +561,7 @@ SOURCES: dict[str, Callable[[PrepareOptions, Path, ProgressFn | None], _Built]] 
     "ml-100k": _build_ml100k,
     "ml-1m": _build_ml1m,
     "amazon-magazine": _build_amazon_magazine,
+    "amazon-beauty": _build_amazon_beauty,
     "netflix": _build_netflix,
     "text": _build_text,
     "interactions": _build_interactions,
@@ -516,6 +596,8 @@ def prepare(
         raise ConfigError(f"--vocab-size {opts.vocab_size} must be positive", "pass e.g. --vocab-size 2000")
     if opts.min_length < 2:
         raise ConfigError(f"--min-length {opts.min_length} must be at least 2", "a user needs a context and a target")
+    if opts.format:
+        logformats.resolve_format(Path(opts.path or "log"), opts.format)  # a wrong --format, whatever the source
     name = check_name(name or source, "dataset name")
     home_path = home_dir(home)
     target = Path(out) if out is not None else dataset_dir(name, home)

@@ -197,6 +197,8 @@ def test_prepare_interactions_end_to_end(tmp_path: Path) -> None:
         "source": "interactions",
         "seed": 0,
         "min_length": 2,
+        "format": "csv",  # the layout (--format, from the file name) ...
+        "time_order": "timestamps",  # ... and what orders a user's items (a csv log has a time column)
         "user_col": "who",
         "item_col": "what",
         "time_col": "when",
