@@ -374,6 +374,7 @@ def render_inspect(report: dict) -> None:
         "budget (mu x xi)": report["budget"],
         "latent": report["shapes"]["latent"],
         "decoder": report["shapes"]["decoder"],
+        "distributions": f"sparse, {report['support']} candidates a position" if report.get("support") else "dense",
         "tau": report["tau"],
         "dataset": f"{report['dataset'].get('name')} ({str(report['dataset'].get('fingerprint'))[:12]})",
         "teacher": f"{report['teacher']['model']} ({report['teacher']['checkpoints']} checkpoints)",

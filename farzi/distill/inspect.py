@@ -60,10 +60,11 @@ def inspect_bundle(
     report: dict[str, Any] = {
         "path": str(path),
         "valid": True,
-        "verdict": "valid farzi-data v1 bundle",
+        "verdict": f"valid farzi-data v{meta['version']} bundle",
         "format": f"{meta['format']} v{meta['version']}",
         "task": data.task,
         "shapes": {"latent": list(data.latent.shape), "decoder": list(data.decoder.shape)},
+        "support": int(data.support.shape[-1]) if data.support is not None else None,  # K candidates, or dense
         "budget": f"{data.mu}x{data.xi}",
         "tau": data.tau,
         "dataset": meta["dataset"],
