@@ -59,6 +59,7 @@ BUSY_WAIT_SHARE = 0.1  # a probe during which work waited for a CPU this share o
 PROBE_INNER_STEPS = 10  # an outer step with more inner steps is timed at 1 and at this many, and extrapolated
 PROBE_META_BATCH = 2  # ... one with a larger meta-batch at this many start points, and scaled to the meta-batch
 CPU_PRESSURE = Path("/proc/pressure/cpu")
+SPARSE_VOCAB = 8192  # a long distillation over at least this many tokens names --support among its levers
 
 
 @dataclass
@@ -535,6 +536,10 @@ def plan_distill(
         levers[-1].effect = "fewer selections (each trains a student)"
     levers.append(Lever("--real-batch", cfg.real_batch, effect="per outer step: the real-data loss"))
     plan.levers = [lv for lv in levers if lv.value]
+    if not cfg.support and ds.vocab_size >= SPARSE_VOCAB:
+        plan.levers.append(
+            Lever("--support", 0, 64, effect="a sparse summary: each position over K candidates, O(K d) not O(|V| d)")
+        )
     return plan
 
 
