@@ -67,10 +67,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, h: Tensor, table: Tensor, target: Tensor, chunk: int) -> Tensor:  # type: ignore[override]
-        ids = is_ids(target)
+    def forward(  # type: ignore[override]
+        ctx: Any, h: Tensor, table: Tensor, target: Tensor, chunk: int, weights: Tensor | None = None
+    ) -> Tensor:
+        # weights given: a sparse target, ``target`` [N, K] candidate ids and ``weights`` [N, K] their mass
+        ids = is_ids(target) and weights is None
         want_h, want_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        want_target = (not ids) and ctx.needs_input_grad[2]
+        want_target = (not ids) and (ctx.needs_input_grad[2] or (weights is not None and ctx.needs_input_grad[4]))
         fuse = (want_h or want_table) and not want_target  # gradients now, while each chunk's logits are at hand
         N = h.shape[0]
         nll = h.new_empty(N)  # [N]
@@ -83,6 +86,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if ids:
                 t = target[lo:hi]
                 picked = logits.gather(1, t.unsqueeze(1)).squeeze(1)  # [n]: the target's logit
+            elif weights is not None:
+                t, w = target[lo:hi], weights[lo:hi].to(logits.dtype)  # [n, K] each
+                mass = w.sum(-1)  # [n]
+                picked = (w * logits.gather(1, t)).sum(-1)  # [n]: sum_k w_k logit_{t_k}
             else:
                 t = target[lo:hi].to(logits.dtype)  # [n, V]
                 mass = t.sum(-1)  # [n]
@@ -98,6 +105,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad = probs.div_(total)  # softmax [n, V]
             if ids:
                 grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((hi - lo, 1), -1.0))
+            elif weights is not None:
+                grad.mul_(mass.unsqueeze(1)).scatter_add_(1, t, -w)
             else:
                 grad.mul_(mass.unsqueeze(1)).sub_(t)
             grad[:, 0] = 0.0  # the <pad> logit is a constant
@@ -107,19 +116,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 dtable.addmm_(grad.t(), h[lo:hi])  # type: ignore[union-attr]
         ctx.chunk, ctx.ids, ctx.fused = chunk, ids, fuse
         ctx.want_target = want_target
-        ctx.save_for_backward(h, table, target, dh, dtable)
+        ctx.save_for_backward(h, table, target, dh, dtable, weights)
         return nll
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        h, table, target, dh, dtable = ctx.saved_tensors
+        h, table, target, dh, dtable, weights = ctx.saved_tensors
         want_h, want_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         N = h.shape[0]
         uniform = N > 0 and bool((g == g[0]).all())  # a mean or sum of the nll: one weight for every position
         if ctx.fused and uniform and not torch.is_grad_enabled():
             scale = g[0]
-            return (dh * g.unsqueeze(1) if want_h else None, dtable * scale if want_table else None, None, None)
-        return _recomputed_backward(h, table, target, g, ctx.chunk, ctx.ids, want_h, want_table, ctx.want_target)
+            return (dh * g.unsqueeze(1) if want_h else None, dtable * scale if want_table else None, None, None, None)
+        if weights is not None:  # the sparse target as a dense one, chunk by chunk in _recomputed_backward
+            target = (target, weights)
+        grads = _recomputed_backward(h, table, target, g, ctx.chunk, ctx.ids, want_h, want_table, ctx.want_target)
+        if weights is not None:
+            return (*grads[:2], None, None, grads[2])
+        return (*grads, None)
 
 
 def _recomputed_backward(
@@ -143,6 +157,9 @@ def _recomputed_backward(
         logp = F.log_softmax(_chunk_logits(h_c, table), dim=-1)  # [n, V]
         if ids:
             t_c = F.one_hot(target[lo:hi], table.shape[0]).to(logp.dtype)  # [n, V]
+        elif isinstance(target, tuple):  # sparse: candidates and their mass, scattered into [n, V]
+            idx, w = target[0][lo:hi], target[1][lo:hi].to(logp.dtype)
+            t_c = logp.new_zeros(logp.shape).scatter_add(1, idx, w)
         else:
             t_c = target[lo:hi].to(logp.dtype)
         if want_h or want_table:
@@ -153,9 +170,11 @@ def _recomputed_backward(
             if want_table:
                 dtable = dtable + grad.t() @ h_c  # type: ignore[operator]
         if want_target:
-            dt_parts.append((-logp * g_c).to(target.dtype))  # [n, V]
+            dt_c = -logp * g_c  # [n, V]
+            dt_parts.append(dt_c.gather(1, idx).to(w.dtype) if isinstance(target, tuple) else dt_c.to(target.dtype))
+    like = target[1] if isinstance(target, tuple) else target
     dh = (torch.cat(dh_parts) if dh_parts else torch.zeros_like(h)) if want_h else None
-    dt = (torch.cat(dt_parts) if dt_parts else torch.zeros_like(target)) if want_target else None
+    dt = (torch.cat(dt_parts) if dt_parts else torch.zeros_like(like)) if want_target else None
     return dh, dtable, dt, None
 
 
@@ -172,19 +191,16 @@ def linear_cross_entropy(h: Tensor, table: Tensor, target: Tensor, chunk: int | 
     Never holds more than one chunk of [chunk, V] logits (``chunk_positions(V)`` by default).
     """
     chunk = chunk or chunk_positions(table.shape[0])
-    return _LinearCrossEntropy.apply(h, table, target, chunk)
+    return _LinearCrossEntropy.apply(h, table, target, chunk, None)
 
 
 def sparse_cross_entropy(h: Tensor, table: Tensor, target: SparseDist, chunk: int | None = None) -> Tensor:
     """Per-position cross-entropy of the tied scores against sparse targets (idx, p [N, K]):
-    mass * logsumexp(h @ table.T) - sum_k p_k (h . table[idx_k]). The log-sum-exp comes from the
-    ids path (:func:`linear_cross_entropy` against one candidate, plus that candidate's logit), so it
-    never holds more than one chunk of [chunk, V] logits; the candidates' terms cost O(K d)."""
-    p = target.p.to(h.dtype)  # [N, K]
-    picked = (F.embedding(target.idx, table) * h.unsqueeze(1)).sum(-1)  # [N, K]: each candidate's logit
-    first = target.idx[:, 0]  # [N]: one candidate (never <pad>)
-    lse = linear_cross_entropy(h, table, first, chunk) + picked[:, 0]  # [N]
-    return lse * p.sum(-1) - (p * picked).sum(-1)
+    mass * logsumexp(h @ table.T) - sum_k p_k logit_{idx_k}, a chunk of [chunk, V] logits at a time,
+    its backward fused as for token ids (the candidates' logits and their gradient are read from and
+    scattered into the chunk's logits: O(K) a position beyond a step on ids)."""
+    chunk = chunk or chunk_positions(table.shape[0])
+    return _LinearCrossEntropy.apply(h, table, target.idx, chunk, target.p)
 
 
 def scored_positions(h: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -254,3 +254,21 @@ def test_a_sparse_teacher_init_fits_over_the_candidates(tiny_lm, tmp_path) -> No
     assert float(p[..., 0].mean()) > 1 / 4  # the heaviest target leads after the fit
     out = distill(tiny_lm, cfg, tmp_path / "t.safetensors", trajectories=omega)
     assert out.bundle.meta["history"]["init"]["init"] == "teacher"
+
+
+def test_a_students_fused_step_on_sparse_targets_matches_the_dense_one() -> None:
+    """Targets without gradient (a bundle's): the fused backward of farzi.models.loss, as for token ids."""
+    latent, decoder, _, support = _summary()
+    with torch.no_grad():
+        x = materialize_sparse(latent, decoder, 1.0, support)
+    cfg = make_config("sasrec", V, max_len=XI, d_model=8, n_layers=1, dropout=0.0)
+    model = build_model("sasrec", cfg).double().eval()
+    params = list(model.parameters())
+    for chunk in (None, 7):  # one chunk of positions, and several
+        from farzi.models.loss import features_next_token_loss
+
+        a = features_next_token_loss(model.features(x), model.output_table(), x, chunk=chunk)
+        b = features_next_token_loss(model.features(x.dense(V)), model.output_table(), x.dense(V), chunk=chunk)
+        for u, w in zip(torch.autograd.grad(a, params), torch.autograd.grad(b, params), strict=True):
+            assert torch.allclose(u, w, atol=1e-10)
+        assert torch.allclose(a, b, atol=1e-12)
