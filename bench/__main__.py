@@ -41,12 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
     run.add_argument("--results", type=Path, default=RESULTS)
     run.add_argument("--threads", type=int, default=2)
-    run.add_argument(
-        "--carry",
-        action="store_true",
-        help="lever experiments: take over the rows of RESULTS/EXPERIMENT.json measured with the same settings "
-        "and seeds, measuring only new levers (and the references, checked against the earlier figures)",
-    )
+    carry = "lever experiments: take over the rows of RESULTS/EXPERIMENT.json measured with the same settings and "
+    carry += "seeds, measuring only new levers (and the references, checked against the earlier figures)"
+    run.add_argument("--carry", action="store_true", help=carry)
+    run.add_argument("--support", help="vocab-scaling: the summaries' support K to measure, e.g. 0,64 (0: dense)")
     rep = sub.add_parser("report", help="re-render bench/REPORT.md from bench/results/")
     rep.add_argument("--results", type=Path, default=RESULTS)
     rep.add_argument("--out", type=Path, default=None, help="write here (default: REPORT.md beside the results)")
@@ -59,15 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "pair":
         return _pair(args)
     if args.cmd == "list":
-        for name, (_module, title) in sorted(EXPERIMENTS.items()):
-            print(f"{name:26s} {title}")
+        print("\n".join(f"{name:26s} {title}" for name, (_module, title) in sorted(EXPERIMENTS.items())))
         return 0
     if args.cmd == "report":
         return _report(args.results, args.out or args.results.parent / "REPORT.md")
     torch.set_num_threads(args.threads)
     module = importlib.import_module(f"bench.experiments.{EXPERIMENTS[args.experiment][0]}")
     name = args.experiment + ("-smoke" if args.smoke else "") + ("-paper" if args.protocol == "paper" else "")
-    extra = {}
+    extra = {"support": [int(k) for k in args.support.split(",")]} if args.support else {}
     if args.carry:
         if args.experiment not in getattr(module, "CARRY", ()):
             print(f"error: {args.experiment} has no rows to carry over; run it without --carry", file=sys.stderr)
@@ -120,9 +117,8 @@ def _pair(args: argparse.Namespace) -> int:
         print(f"error: cannot pair {args.a} and {args.b}: {e}{fix}", file=sys.stderr)
         return 2
     print(f"{args.data}: {args.a.name} (a) - {args.b.name} (b), {rows[0]['pairs']} pairs, 95 % bootstrap interval")
-    print(
-        md_table(["metric", "a", "b", "a - b"], [[r["metric"], fmt(r["a"], 3), fmt(r["b"], 3), ci(r, 3)] for r in rows])
-    )
+    table = [[r["metric"], fmt(r["a"], 3), fmt(r["b"], 3), ci(r, 3)] for r in rows]
+    print(md_table(["metric", "a", "b", "a - b"], table))
     return 0
 
 

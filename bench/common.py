@@ -4,6 +4,7 @@ processes that share a work directory."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import hashlib
@@ -13,7 +14,6 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,34 +34,17 @@ REPO = BENCH.parent
 SHARED = REPO.parent / "shared" / "datasets"
 
 # toy size for the smoke tests: synthetic data, seconds per experiment
-_SMOKE: dict[str, Any] = {
-    "prepare": {"synthetic_vocab": 30, "synthetic_sequences": 60},
-    "trajectories": {"runs": 1, "every": 3, "train": {"lr": 2e-3, "batch_size": 16, "max_steps": 6}},
-    "budgets": [4],
-    "distill_seeds": 2,
-    "n_boot": 100,
-    "xi": 8,
-    "claim_budget": 4,
-    "distill": dict(latent_dim=4, inner_steps=2, outer_steps=2, syn_batch=0, real_batch=8, init="teacher"),
-    "student": {"lr": 2e-3, "batch_size": 16, "max_steps": 6, "patience": 0, "eval_every": 3},
-}
-SETTINGS: dict[str, dict[str, Any]] = {
-    **{name: PROTOCOLS[name] for name in ("ml100k-cpu", "ptb-cpu", "ml100k-paper")},  # one source: farzi.presets
-    "smoke-rec": {
-        **_SMOKE,
-        "source": "synthetic-rec",
-        "model": "sasrec",
-        "model_overrides": {"max_len": 16, "d_model": 8, "n_layers": 1, "dropout": 0.1},
-        "metrics": ["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"],
-    },
-    "smoke-lm": {
-        **_SMOKE,
-        "source": "synthetic-lm",
-        "model": "transformer",
-        "model_overrides": {"max_len": 32, "d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 16, "dropout": 0.1},
-        "metrics": ["ppl_corpus", "ppl_sentence", "accuracy"],
-    },
-}
+_SMOKE: dict[str, Any] = dict(budgets=[4], distill_seeds=2, n_boot=100, xi=8, claim_budget=4)
+_SMOKE["prepare"] = {"synthetic_vocab": 30, "synthetic_sequences": 60}
+_SMOKE["trajectories"] = {"runs": 1, "every": 3, "train": {"lr": 2e-3, "batch_size": 16, "max_steps": 6}}
+_SMOKE["distill"] = dict(latent_dim=4, inner_steps=2, outer_steps=2, syn_batch=0, real_batch=8, init="teacher")
+_SMOKE["student"] = {"lr": 2e-3, "batch_size": 16, "max_steps": 6, "patience": 0, "eval_every": 3}
+_REC = dict(source="synthetic-rec", model="sasrec", metrics=["hr@10", "hr@100", "ndcg@10", "ndcg@100", "auc"])
+_REC["model_overrides"] = {"max_len": 16, "d_model": 8, "n_layers": 1, "dropout": 0.1}
+_LM = dict(source="synthetic-lm", model="transformer", metrics=["ppl_corpus", "ppl_sentence", "accuracy"])
+_LM["model_overrides"] = {"max_len": 32, "d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 16, "dropout": 0.1}
+SETTINGS: dict[str, dict[str, Any]] = {"smoke-rec": _SMOKE | _REC, "smoke-lm": _SMOKE | _LM}
+SETTINGS |= {name: PROTOCOLS[name] for name in ("ml100k-cpu", "ptb-cpu", "ml100k-paper")}  # one source: farzi.presets
 
 
 def settings(task: str, protocol: str = "cpu", smoke: bool = False, runs: int | None = None) -> dict[str, Any]:
@@ -92,8 +75,7 @@ def _key(*parts: Any) -> str:
 def trajectories(ds, s: dict[str, Any], work: Path, changes: dict[str, Any] | None = None) -> Path:
     """Omega for the settings, with ``changes``: "model" and "overrides" (the teacher), "runs", and "train"
     (changes to its TrainConfig); trained once per work directory (one process trains, others wait)."""
-    changes = changes or {}
-    tr = s["trajectories"]
+    changes, tr = changes or {}, s["trajectories"]
     tr = {**tr, "runs": changes.get("runs", tr["runs"]), "train": {**tr["train"], **changes.get("train", {})}}
     model, overrides = changes.get("model", s["model"]), {**s["model_overrides"], **changes.get("overrides", {})}
     out = work / "trajectories" / f"{model}-{_key(ds.fingerprint(), model, overrides, tr['runs'], tr)}"
@@ -127,17 +109,13 @@ def bundle(ds, s: dict[str, Any], work: Path, traj: Path | None, cfg: DistillCon
 
 
 # ----------------------------------------------------------------------------- machine and results
-
-
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     info = {}
     for path, key in (("/proc/cpuinfo", "model name"), ("/proc/meminfo", "MemTotal")):
-        try:
+        with contextlib.suppress(OSError, StopIteration):
             lines = Path(path).read_text().splitlines()
             info[key] = next(x.split(":", 1)[1].strip() for x in lines if x.startswith(key))
-        except (OSError, StopIteration):
-            pass
     m = dict(cpu=info.get("model name", platform.processor() or ""), cores=os.cpu_count())
     m |= dict(torch_threads=torch.get_num_threads(), python=platform.python_version(), torch=torch.__version__)
     m["memory_gib"] = round(int(info["MemTotal"].split()[0]) / 1024**2, 1) if "MemTotal" in info else None
@@ -147,18 +125,16 @@ def machine() -> dict[str, Any]:
 
 def load_average() -> list[float] | None:
     """The machine's 1, 5 and 15 minute load averages (other people's work included), where the OS has them."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):
         return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
+    return None
 
 
 def write_result(name: str, payload: dict[str, Any], results: Path = RESULTS) -> Path:
     results.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     payload = {"experiment": name, "machine": machine(), "finished": stamp, **payload}
-    path = results / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
+    path, tmp = results / f"{name}.json", results / f"{name}.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
@@ -173,9 +149,7 @@ def run_json(cmd: list[str], timeout: float | None = None, env: dict[str, str] |
 
 
 # ----------------------------------------------------------------------------- work several processes share
-
-
-@contextmanager
+@contextlib.contextmanager
 def exclusive(path: Path):
     """Hold an exclusive lock on ``path`` (created if missing) for the block: other processes wait."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +194,7 @@ def _claim(path: Path) -> bool:
 
 
 def as_json(x: Any) -> Any:
-    """``x`` as it reads back from JSON (keys sorted, tuples as lists, other objects as strings): what
-    two sets of settings are compared as."""
+    """``x`` as read back from JSON (keys sorted, tuples as lists, other objects as strings): as settings compare."""
     return json.loads(json.dumps(x, sort_keys=True, default=str))
 
 
@@ -234,11 +207,10 @@ def shared_jobs(
 ) -> dict[str, dict[str, Any]]:
     """Run ``jobs`` (key, function returning a JSON-able dict), sharing them with other processes.
 
-    Each finished job is kept as ``STORE/KEY.json``; a job that another live process holds
-    (``STORE/KEY.claim`` with its pid) is left to it and waited for, and one whose holder died is taken
-    over. So ``python -m bench run X --work DIR`` started twice on one ``DIR`` splits the jobs between
-    the two (one core each with ``--threads 1``), and a rerun after a kill redoes only what is missing.
-    ``settings`` (JSON-able): what the results depend on beyond their keys, kept as
+    Each finished job is kept as ``STORE/KEY.json``; a job that another live process holds (``STORE/KEY.claim`` with its
+    pid) is left to it and waited for, and one whose holder died is taken over. So ``python -m bench run X --work DIR``
+    started twice on one ``DIR`` splits the jobs between the two (one core each with ``--threads 1``), and a rerun after
+    a kill redoes only what is missing. ``settings`` (JSON-able): what the results depend on beyond their keys, kept as
     ``STORE/settings.json``; a store kept for other settings is refused. Returns every job's result.
     """
     store.mkdir(parents=True, exist_ok=True)
@@ -247,21 +219,16 @@ def shared_jobs(
         if not kept.is_file():
             tmp = store / f".settings.{os.getpid()}.tmp"
             tmp.write_text(json.dumps(wanted, sort_keys=True))
-            try:
-                os.link(tmp, kept)  # the first process's settings win; a second one compares with them
-            except FileExistsError:
-                pass
+            with contextlib.suppress(FileExistsError):  # the first process's settings win; a second one compares
+                os.link(tmp, kept)
             tmp.unlink()
         if json.loads(kept.read_text()) != wanted:
-            raise ValueError(
-                f"{store} holds jobs of other settings than these; pass another --work (or remove {store})"
-            )
+            why = f"{store} holds jobs of other settings than these; pass another --work (or remove {store})"
+            raise ValueError(why)
     done: dict[str, dict[str, Any]] = {}
     while True:
-        for key, fn in jobs:
+        for key, fn in (job for job in jobs if job[0] not in done):
             result_file, claim_file = store / f"{key}.json", store / f"{key}.claim"
-            if key in done:
-                continue
             if result_file.is_file():
                 done[key] = json.loads(result_file.read_text())
             elif _claim(claim_file):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -62,11 +63,8 @@ class Problem:
     def in_dtype(self, dtype: torch.dtype) -> Problem:
         """The same problem, every float cast to ``dtype`` (new leaves for the summary)."""
         latent, decoder = (x.detach().to(dtype).requires_grad_() for x in (self.latent, self.decoder))
-        w0 = [p.detach().to(dtype) for p in self.w0]
-        return Problem(copy.deepcopy(self.model).to(dtype), self.names, w0, latent, decoder, *self.rest())
-
-    def rest(self) -> tuple[Tensor, list[Tensor], Tensor]:
-        return self.banned, self.batches, self.x_real
+        w0, model = [p.detach().to(dtype) for p in self.w0], copy.deepcopy(self.model).to(dtype)
+        return dataclasses.replace(self, model=model, w0=w0, latent=latent, decoder=decoder)
 
     def syn(self, idx: Tensor | None) -> Tensor:
         return materialize(self.latent, self.decoder, 1.0, self.banned, idx)
@@ -139,10 +137,8 @@ def _higher(problem: Problem) -> tuple[list[Tensor], float, dict]:
 
 def solve(problem: Problem, strategy: str) -> tuple[list[Tensor], float, dict]:
     """(d meta-loss / d [latent, decoder], meta-loss, stats); ImportError where a peer is not installed."""
-    if strategy in FARZI:
-        return _farzi(problem, strategy, torch.float32)
-    if strategy in ("reference", "unroll-f64"):
-        return _farzi(problem, strategy, torch.float64)
+    if strategy in (*FARZI, "reference", "unroll-f64"):
+        return _farzi(problem, strategy, torch.float32 if strategy in FARZI else torch.float64)
     if strategy in EPS_ROOTS:
         return _torchopt(problem, EPS_ROOTS[strategy])
     if strategy == "higher":
@@ -161,16 +157,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--strategy", required=True, choices=STRATEGIES)
     ap.add_argument("--steps", type=int, required=True)
-    for flag, default in (("vocab", 2000), ("xi", 50), ("mu", 400), ("syn-batch", 32), ("d-model", 16)):
-        ap.add_argument(f"--{flag}", type=int, default=default)
-    for flag, default in (("latent-dim", 8), ("real-batch", 64), ("threads", 2), ("seed", 0)):
-        ap.add_argument(f"--{flag}", type=int, default=default)
+    sizes = dict(vocab=2000, xi=50, mu=400, syn_batch=32, d_model=16, latent_dim=8, real_batch=64, threads=2, seed=0)
+    for flag, default in sizes.items():
+        ap.add_argument(f"--{flag.replace('_', '-')}", type=int, default=default)
     ap.add_argument("--save-grads", default=None, help="write the meta-gradient here (safetensors)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    problem = build_problem(
-        args.steps, args.vocab, args.xi, args.mu, args.syn_batch, args.d_model, args.latent_dim, args.real_batch
-    )
+    a = args
+    problem = build_problem(a.steps, a.vocab, a.xi, a.mu, a.syn_batch, a.d_model, a.latent_dim, a.real_batch)
     row = {"strategy": args.strategy, "steps": args.steps}
     try:  # import a peer before the clock starts (and before the RSS baseline), as farzi's modules already are
         if args.strategy in PEERS:
@@ -178,8 +172,7 @@ def main() -> None:
     except ImportError as exc:
         print(json.dumps({**row, "not_installed": exc.name or str(exc)}))
         return
-    before = rss_mib()
-    start = time.perf_counter()
+    before, start = rss_mib(), time.perf_counter()
     grads, meta_loss, stats = solve(problem, args.strategy)
     seconds = time.perf_counter() - start
     if args.save_grads:
@@ -188,16 +181,9 @@ def main() -> None:
         tensors = {"latent": grads[0], "decoder": grads[1]}
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, args.save_grads)
     norm = float(torch.cat([g.flatten() for g in grads]).norm())
-    row |= {
-        "seconds": round(seconds, 3),
-        "rss_before_mib": round(before, 1),
-        "peak_rss_mib": round(rss_mib(), 1),
-        "grad_norm": norm if math.isfinite(norm) else str(norm),
-        "meta_loss": meta_loss,
-        "stats": stats,
-        "params": sum(p.numel() for p in problem.w0),
-    }
-    print(json.dumps(row))
+    row |= {"seconds": round(seconds, 3), "rss_before_mib": round(before, 1), "peak_rss_mib": round(rss_mib(), 1)}
+    row |= {"grad_norm": norm if math.isfinite(norm) else str(norm), "meta_loss": meta_loss, "stats": stats}
+    print(json.dumps(row | {"params": sum(p.numel() for p in problem.w0)}))
 
 
 if __name__ == "__main__":

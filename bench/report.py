@@ -1,13 +1,12 @@
 """Render bench/REPORT.md (and its plots) from bench/results/*.json.
 
-REPORT.md is its own template: its prose is written there, once, around generated parts. A section of it
-opens with ``<!--@ NAME -->`` (NAME an experiment; ``r`` is then bench/results/NAME.json); a generated part
-is ``<!--= EXPR -->...<!--/-->``, whose contents are replaced by the Python expression EXPR evaluated with
-``r``, the helpers below and the public names of the experiment's module: inline where the marker is
-inside a line, as a block (blank lines around it) where it ends its line. Whatever a generated part held
-before is thrown away, so ``python -m bench report`` regenerates REPORT.md byte for byte from the results
-(tests/benchmarks checks it). Nothing in a generated part is typed in by hand; the paper's figures, quoted
-in the prose, are.
+REPORT.md is its own template: its prose is written there, once, around generated parts. A section of it opens with
+``<!--@ NAME -->`` (NAME an experiment; ``r`` is then bench/results/NAME.json); a generated part is
+``<!--= EXPR -->...<!--/-->``, whose contents are replaced by the Python expression EXPR evaluated with ``r``, the
+helpers below and the public names of the experiment's module: inline where the marker is inside a line, as a block
+(blank lines around it) where it ends its line. Whatever a generated part held before is thrown away, so
+``python -m bench report`` regenerates REPORT.md byte for byte from the results (tests/benchmarks checks it). Nothing in
+a generated part is typed in by hand; the paper's figures, quoted in the prose, are.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "speedup": ("ablations", "Training speed-up on Farzi Data (thesis Table 4.7)"),
     "metagrad-cost": ("metagrad_cost", "Inner-loop cost vs T per meta-gradient strategy (paper Figure 5)"),
     "scale-out": ("scale_out", "Distillation over 1 and 2 ranks, and dataset memory per rank (issue 10)"),
+    "vocab-scaling": ("vocab_scaling", "Distillation and student cost against |V|, dense and sparse (issue 28)"),
 }
 MARK = re.compile(r"<!--@ (\S+) -->|<!--= ([^\n]+?) -->(.*?)<!--/-->", re.S)
 NOT_RENDERED = "**not rendered"
@@ -78,23 +78,18 @@ def md_table(columns: list[str], rows: list[list[Any]]) -> str:
 
 def machine_line(r: dict[str, Any]) -> str:
     m = r.get("machine", {})
-    load = m.get("load_average")
-    return (
-        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('torch_threads', '?')} torch threads), "
-        f"{m.get('memory_gib', '?')} GiB, torch {m.get('torch', '?')}, farzi {m.get('farzi', '?')}"
-        + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU")
-        + (f", load average {'/'.join(f'{x:.2f}' for x in load)} (1/5/15 min) at the end" if load else "")
-    )
+    line = f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('torch_threads', '?')} torch threads), "
+    line += f"{m.get('memory_gib', '?')} GiB, torch {m.get('torch', '?')}, farzi {m.get('farzi', '?')}"
+    load = f", load average {'/'.join(f'{x:.2f}' for x in m.get('load_average') or [])} (1/5/15 min) at the end"
+    return line + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU") + (load if m.get("load_average") else "")
 
 
 def header(name: str, r: dict[str, Any] | None) -> str:
     """The command that produced a section's figures, its wall time, machine and date."""
     if r is None:
         return f"Not run yet: `python -m bench run {name} --protocol cpu`."
-    return (
-        f"`python -m bench run {name} --protocol {r.get('protocol', 'cpu')} --seeds {r.get('seeds')}` — "
-        f"{fmt(r.get('wall_seconds', 0) / 60, 1)} min on {machine_line(r)}; finished {r.get('finished')}."
-    )
+    cmd = f"`python -m bench run {name} --protocol {r.get('protocol', 'cpu')} --seeds {r.get('seeds')}`"
+    return f"{cmd} — {fmt(r.get('wall_seconds', 0) / 60, 1)} min on {machine_line(r)}; finished {r.get('finished')}."
 
 
 def load(results: Path, name: str) -> dict[str, Any] | None:
@@ -111,11 +106,9 @@ def render_report(results: Path = RESULTS, out: Path = BENCH / "REPORT.md", temp
 
     def fill(m: re.Match) -> str:
         if m.group(1):  # a section: its result and its experiment's names
-            name = m.group(1)
-            module = (
-                importlib.import_module(f"bench.experiments.{EXPERIMENTS[name][0]}") if name in EXPERIMENTS else None
-            )
-            r = load(results, name)
+            name, r = m.group(1), load(results, m.group(1))
+            found = EXPERIMENTS.get(name)
+            module = importlib.import_module(f"bench.experiments.{found[0]}") if found else None
             ns.clear()
             ns.update({k: v for k, v in vars(module).items() if not k.startswith("_")} if module else {})
             ns.update(fmt=fmt, ci=ci, verdict=verdict, md_table=md_table, r=r, name=name, plots=plots)

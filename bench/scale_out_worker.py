@@ -53,6 +53,7 @@ def main() -> int:
     from farzi.distributed import ranks
 
     with ranks("cpu", timeout=600) as collective:
+        row = {"rank": collective.rank, "ranks": collective.world}
         if args.mode == "memory":
             collective.gather(None)  # everyone imported: measure from here
             before = pss_mib()
@@ -61,31 +62,15 @@ def main() -> int:
             collective.gather(None)  # every rank holds its copy (or its mapping) now
             after = pss_mib()
             collective.gather(None)
-            row = {
-                "rank": collective.rank,
-                "ranks": collective.world,
-                "pss_before_mib": before,
-                "pss_after_mib": after,
-                "rss_peak_mib": rss_peak_mib(),
-                "train_tokens": int(ds.train.num_tokens),
-                "memory_mapped": type(ds.train.tokens).__name__ == "memmap",
-                "checksum": checksum,
-            }
+            row |= {"pss_before_mib": before, "pss_after_mib": after, "rss_peak_mib": rss_peak_mib()}
+            mapped = type(ds.train.tokens).__name__ == "memmap"
+            row |= {"train_tokens": int(ds.train.num_tokens), "memory_mapped": mapped, "checksum": checksum}
         else:
-            ds = load_prepared(args.dataset)
-            cfg = DistillConfig.from_dict(json.loads(args.config))
-            out = Path(args.out)
+            ds, cfg = load_prepared(args.dataset), DistillConfig.from_dict(json.loads(args.config))
             t0 = time.perf_counter()
-            result = distill(ds, cfg, out, collective=collective, overwrite=True)
-            wall = time.perf_counter() - t0
-            row = {
-                "rank": collective.rank,
-                "ranks": collective.world,
-                "outer_steps": result.steps,
-                "loop_seconds": round(result.wall_seconds, 4),
-                "call_seconds": round(wall, 4),
-                "rss_peak_mib": round(rss_peak_mib(), 1),
-            }
+            result = distill(ds, cfg, Path(args.out), collective=collective, overwrite=True)
+            row |= {"outer_steps": result.steps, "loop_seconds": round(result.wall_seconds, 4)}
+            row |= {"call_seconds": round(time.perf_counter() - t0, 4), "rss_peak_mib": round(rss_peak_mib(), 1)}
     sys.stdout.write(json.dumps(row) + "\n")
     return 0
 

@@ -1,10 +1,9 @@
-"""The variant-table runner: every comparison in bench is a table of variants, each a set of settings (a
-distillation's changes, the students' changes, or a kind of data), run over student seeds and paired with
-the table's reference variants. Each variant is one job kept under ``WORK/jobs/`` (its bundles and its
-students over every seed): processes on one ``--work`` split them, a rerun measures only what is missing,
-and ``--carry`` takes over an earlier result's rows. Pairs are by student seed (and distillation seed where
-both sides have one); their interval is a bootstrap over seeds and test units
-(:func:`farzi.compare.paired_difference`) where the runs keep per-unit figures, else a Student t interval
+"""The variant-table runner: every comparison in bench is a table of variants, each a set of settings (a distillation's
+changes, the students' changes, or a kind of data), run over student seeds and paired with the table's reference
+variants. Each variant is one job kept under ``WORK/jobs/`` (its bundles and its students over every seed): processes on
+one ``--work`` split them, a rerun measures only what is missing, and ``--carry`` takes over an earlier result's rows.
+Pairs are by student seed (and distillation seed where both sides have one); their interval is a bootstrap over seeds
+and test units (:func:`farzi.compare.paired_difference`) where the runs keep per-unit figures, else a Student t interval
 over the per-seed differences (:func:`t_interval`).
 """
 
@@ -20,19 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    REUSED,
-    SHARED,
-    _key,
-    as_json,
-    bundle,
-    distill_config,
-    exclusive,
-    held_elsewhere,
-    prepare_dataset,
-    shared_jobs,
-    trajectories,
-)
+from bench import common
 from farzi.compare import metric_interval, paired_difference
 from farzi.distill.bundle import read_bundle_meta
 from farzi.evaluate import evaluate
@@ -99,12 +86,11 @@ def _slug(name: str) -> str:
 
 
 def _measure(t: Table, ds, s: dict[str, Any], work: Path, mu: int, seeds: int, timings: dict, name: str) -> dict:
-    v = t.variants[name]
+    v, bundles = t.variants[name], []
     specs: list[tuple[str, int | None]] = [(v.data, None)]
-    bundles = []
     if v.distill is not None:
         start = time.perf_counter()
-        traj = None if v.omega is None else trajectories(ds, s, work, v.omega)
+        traj = None if v.omega is None else common.trajectories(ds, s, work, v.omega)
         timings["trajectories"] += time.perf_counter() - start
         specs = []
         for d in range(v.distill_seeds):
@@ -112,7 +98,7 @@ def _measure(t: Table, ds, s: dict[str, Any], work: Path, mu: int, seeds: int, t
             changes = {**t.base, **v.distill}
             if traj is None:  # no trajectories: the settings' model, untrained, is the teacher
                 changes.setdefault("model_overrides", s["model_overrides"])
-            path, summary = bundle(ds, s, work, traj, distill_config(s, v.mu or mu, d, **changes))
+            path, summary = common.bundle(ds, s, work, traj, common.distill_config(s, v.mu or mu, d, **changes))
             seconds = time.perf_counter() - start
             timings["distill"] += seconds
             selection = read_bundle_meta(path)[0].get("history", {}).get("selection") or {}
@@ -134,16 +120,15 @@ def run_table(
 ) -> dict[str, Any]:
     """Measure every variant of ``t`` with the settings ``s`` over ``seeds`` student seeds; the result.
 
-    ``earlier`` (``--carry``): a previous result of the table, whose rows are taken over for the variants
-    this work directory has not measured (paired with that run's references, as they were), if it ran
-    the same settings and seeds; the references are measured again, and the result says whether they
-    reproduce it."""
+    ``earlier`` (``--carry``): a previous result of the table, whose rows are taken over for the variants this work
+    directory has not measured (paired with that run's references, as they were), if it ran the same settings and seeds;
+    the references are measured again, and the result says whether they reproduce it."""
     timings = dict.fromkeys(("prepare", "trajectories", "distill", "students"), 0.0)
     start = time.perf_counter()
-    with exclusive(work / ".data.lock"):
-        ds = prepare_dataset(s, work)
+    with common.exclusive(work / ".data.lock"):
+        ds = common.prepare_dataset(s, work)
     if ds is None:
-        return {"skipped": f"{s['source']} not found under {SHARED}", "settings": s}
+        return {"skipped": f"{s['source']} not found under {common.SHARED}", "settings": s}
     timings["prepare"] = time.perf_counter() - start
     mu, n_boot = (t.mu[0] if smoke else t.mu[1]), s.get("n_boot", 2000)
     names = list(t.smoke if smoke and t.smoke else t.variants)
@@ -151,7 +136,7 @@ def run_table(
 
     def key(n: str) -> str:
         v = {k: x for k, x in dataclasses.asdict(t.variants[n]).items() if k != "what"}
-        return f"{_slug(n)}-{seeds}-{_key(mu, v)[:6]}"
+        return f"{_slug(n)}-{seeds}-{common._key(mu, v)[:6]}"
 
     def done_here(_key: str, result: dict[str, Any]) -> None:
         mine.append(result["variant"])
@@ -161,16 +146,17 @@ def run_table(
     todo = [n for n in names if n not in carry]
     jobs = {n: (key(n), partial(_measure, t, ds, s, work, mu, seeds, timings, n)) for n in todo}
     # what the kept jobs depend on beyond their keys, defaults included (a changed default is other settings)
-    kept = {"settings": s, "table": as_json([t.base, t.split, t.recipe_fills, t.stratify])}
-    kept |= {"distill": distill_config(s, mu, **t.base).to_dict(), "student": TrainConfig(**s["student"]).to_dict()}
-    if held_elsewhere(work / ".setup.lock"):  # another process trains Omega: first the students that need none
-        shared_jobs(store, [jobs[n] for n in todo if t.variants[n].distill is None], done_here, settings=kept)
-    results = shared_jobs(store, list(jobs.values()), done_here, settings=kept)
+    kept = {"settings": s, "table": common.as_json([t.base, t.split, t.recipe_fills, t.stratify])}
+    kept |= {"distill": common.distill_config(s, mu, **t.base).to_dict()}
+    kept["student"] = TrainConfig(**s["student"]).to_dict()
+    if common.held_elsewhere(work / ".setup.lock"):  # another process trains Omega: first the students that need none
+        common.shared_jobs(store, [jobs[n] for n in todo if t.variants[n].distill is None], done_here, settings=kept)
+    results = common.shared_jobs(store, list(jobs.values()), done_here, settings=kept)
     done = {r["variant"]: r for r in results.values()}
     runs = [x for n in names if n in done for x in done[n]["runs"]]
     out = dict(settings=s, mu=mu, seeds=seeds, dataset=ds.name, train_sequences=len(ds.train), measured_here=mine)
     out |= dict(train_tokens=int(ds.train.num_tokens), timings={k: round(x, 1) for k, x in timings.items()})
-    out |= dict(reused=list(REUSED), bundles={n: done[n]["bundles"] for n in done if done[n]["bundles"]})
+    out |= dict(reused=list(common.REUSED), bundles={n: done[n]["bundles"] for n in done if done[n]["bundles"]})
     if t.keep_units:
         return {**out, "runs": runs}
     by = rows(runs, list(done), t.references, t.metrics, n_boot)
@@ -197,9 +183,8 @@ def name_of(row: dict[str, Any]) -> str:
 def carried(t: Table, earlier: dict[str, Any] | None, s: dict[str, Any], seeds: int) -> dict[str, dict]:
     """The rows of an earlier result that a run may take over unmeasured, by variant: only from a full
     (not smoke) run with the same settings and seeds, and never a reference (those are measured again)."""
-    if not earlier or earlier.get("smoke") or earlier.get("seeds") != seeds:
-        return {}
-    if as_json(earlier.get("settings")) != as_json(s):
+    same = earlier and not earlier.get("smoke") and earlier.get("seeds") == seeds
+    if not same or common.as_json(earlier.get("settings")) != common.as_json(s):
         return {}
     rows = {name_of(r): r for r in earlier.get("rows", [])}
     return {n: r for n, r in rows.items() if n in t.variants and n not in t.references}
@@ -231,6 +216,11 @@ def t_interval(xs: list[float]) -> tuple[float, float | None, float | None]:
     q += 0 if df <= 10 else (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
     half = q * statistics.stdev(xs) / math.sqrt(len(xs))
     return mean, mean - half, mean + half
+
+
+def t_diff(xs: list[float]) -> dict[str, Any]:
+    """:func:`t_interval` as a difference, ``{diff, lo, hi}`` (what :func:`bench.report.ci` prints)."""
+    return dict(zip(("diff", "lo", "hi"), t_interval(xs), strict=True))
 
 
 def pairs(runs: list[dict[str, Any]], a: str, b: str) -> tuple[list[dict], list[dict]]:
@@ -271,17 +261,8 @@ def compare(
         return {**paired_difference(*units, metric, n_boot=n_boot, resample_runs=resample_runs), "method": "bootstrap"}
     va, vb = [value(r, metric) for r in ra], [value(r, metric) for r in rb]
     diff, lo, hi = t_interval([x - y for x, y in zip(va, vb, strict=True)])
-    mean_a, mean_b = statistics.fmean(va), statistics.fmean(vb)
-    return {
-        "metric": metric,
-        "a": mean_a,
-        "b": mean_b,
-        "diff": diff,
-        "lo": lo,
-        "hi": hi,
-        "pairs": len(va),
-        "method": "t",
-    }
+    out = {"metric": metric, "a": statistics.fmean(va), "b": statistics.fmean(vb), "diff": diff, "lo": lo, "hi": hi}
+    return out | {"pairs": len(va), "method": "t"}
 
 
 def rows(

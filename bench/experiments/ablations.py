@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.common import settings
 from bench.report import ci, fmt, md_table, verdict
-from bench.table import Table, Variant, compare, interval, name_of, run_table, t_interval
+from bench.table import Table, Variant, compare, interval, name_of, run_table, t_diff
 from farzi.plots import line_panels
 
 V = Variant
@@ -88,14 +88,8 @@ def _data(speedup: bool):
     return setup
 
 
-SETUPS = {
-    "baseline-recipe-ptb": _recipes,
-    "meta-objectives": _objectives,
-    "cross-architecture": _architectures,
-    "omega-size": _omega_size,
-    "cold-start": _data(speedup=False),
-    "speedup": _data(speedup=True),
-}
+SETUPS = {"baseline-recipe-ptb": _recipes, "meta-objectives": _objectives, "cross-architecture": _architectures}
+SETUPS |= {"omega-size": _omega_size, "cold-start": _data(speedup=False), "speedup": _data(speedup=True)}
 
 
 def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
@@ -104,8 +98,6 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
 
 
 # ------------------------------------------------------------------------------------ report
-
-
 def seeds_of(r: dict[str, Any]) -> int:
     """How many student seeds each variant ran (the runs of the first)."""
     runs = r.get("runs") or [x for p in r["pairs"] for x in (p["full"], p["farzi"])]
@@ -148,18 +140,10 @@ def recipe_table(r: dict[str, Any]) -> str:
 
 def omega_plot(r: dict[str, Any], plots: Path) -> str:
     sizes = [int(n.split()[-1]) for n in dict.fromkeys(x["data"] for x in r["runs"])]
-    mean = {
-        m: [interval([x for x in r["runs"] if x["data"] == f"|Omega| = {n}"], m)["mean"] for n in sizes]
-        for m in ("hr@10", "hr@100")
-    }
-    panel = {
-        "title": "ML-100k: test HR@10 vs |Omega| (training runs)",
-        "xlabel": "|Omega| (trajectories)",
-        "ylabel": "%",
-    }
-    line_panels(
-        plots / "omega-size.png", [{**panel, "series": {NAMES[m]: (sizes, v) for m, v in mean.items()}}], "omega-size"
-    )
+    runs = {n: [x for x in r["runs"] if x["data"] == f"|Omega| = {n}"] for n in sizes}
+    series = {NAMES[m]: (sizes, [interval(runs[n], m)["mean"] for n in sizes]) for m in ("hr@10", "hr@100")}
+    panel = dict(title="ML-100k: test HR@10 vs |Omega| (training runs)", xlabel="|Omega| (trajectories)", ylabel="%")
+    line_panels(plots / "omega-size.png", [{**panel, "series": series}], "omega-size")
     return "![omega-size](plots/omega-size.png)"
 
 
@@ -178,8 +162,7 @@ def decile_table(r: dict[str, Any], key: str) -> str:
     for d in range(10):
         both = [(x, y) for x, y in zip(a[d], b[d], strict=True) if x is not None and y is not None]
         mean = [fmt(sum(v) / len(v)) if (v := [x for x in side[d] if x is not None]) else "—" for side in (b, a)]
-        diff = t_interval([x - y for x, y in both]) if both else None
-        rows.append([d + 1, users[d], *mean, ci({"diff": diff[0], "lo": diff[1], "hi": diff[2]}) if diff else "—"])
+        rows.append([d + 1, users[d], *mean, ci(t_diff([x - y for x, y in both])) if both else "—"])
     return md_table(["decile", "test users", full, farzi, f"{farzi} - full"], rows)
 
 
@@ -188,15 +171,9 @@ def cold_plot(r: dict[str, Any], plots: Path) -> str:
     for key, title in (("item_popularity", "target item popularity"), ("user_activity", "user activity")):
         series = {}
         for label in dict.fromkeys(x["data"] for x in r["runs"]):
-            pts = [
-                (d + 1, sum(v) / len(v))
-                for d, s in enumerate(_deciles(r, label, key))
-                if (v := [x for x in s if x is not None])
-            ]
-            series[label] = ([x for x, _ in pts], [y for _, y in pts])
-        panels.append(
-            {"title": f"HR@10 by {title} decile", "xlabel": "decile", "ylabel": "HR@10 (%)", "series": series}
-        )
+            got = [(d + 1, [x for x in s if x is not None]) for d, s in enumerate(_deciles(r, label, key))]
+            series[label] = ([d for d, v in got if v], [sum(v) / len(v) for _, v in got if v])
+        panels.append(dict(title=f"HR@10 by {title} decile", xlabel="decile", ylabel="HR@10 (%)", series=series))
     line_panels(plots / "cold-start.png", panels, "Cold-start analysis (ML-100k)")
     return "![cold-start](plots/cold-start.png)"
 
@@ -209,8 +186,10 @@ def _speed_pairs(r: dict[str, Any]) -> list[tuple[int, dict, dict]]:
     return [(seed, by[True, seed], by[False, seed]) for seed in sorted({s for _, s in by})]
 
 
-def _reach(run: dict[str, Any], target: float) -> dict[str, Any] | None:
-    return next((p for p in run["curve"] if p["hr@10"] >= target), None)
+def _reach(full: dict[str, Any], farzi: dict[str, Any], frac: float) -> tuple[dict | None, dict | None, float | None]:
+    """speedup: where full's and Farzi's curves first reach ``frac`` of full's best valid HR@10; the time speed-up."""
+    a, b = (next((p for p in x["curve"] if p["hr@10"] >= frac * full["valid"]), None) for x in (full, farzi))
+    return a, b, a["elapsed"] / b["elapsed"] if a and b and b["elapsed"] else None
 
 
 FRACTIONS = (0.75, 0.9, 1.0)
@@ -221,12 +200,12 @@ def speed_table(r: dict[str, Any]) -> str:
     rows = []
     for seed, full, farzi in _speed_pairs(r):
         for frac in FRACTIONS:
-            a, b = _reach(full, frac * full["valid"]), _reach(farzi, frac * full["valid"])
+            a, b, up = _reach(full, farzi, frac)
             rows.append(
                 [seed, f"{int(frac * 100)} % of full's best valid HR@10 ({fmt(frac * full['valid'])})"]
                 + [fmt(a["elapsed"], 1) if a else "never", a.get("sequences_seen", "—") if a else "—"]
                 + [fmt(b["elapsed"], 1) if b else "never", b.get("sequences_seen", "—") if b else "—"]
-                + [fmt(a["elapsed"] / b["elapsed"], 1) if a and b and b["elapsed"] else "—"]
+                + [fmt(up, 1)]
             )
     cols = ["seed", "target", "full: seconds", "full: sequences seen", "Farzi: seconds", "Farzi: sequences seen"]
     return md_table([*cols, "speed-up (time)"], rows)
@@ -237,19 +216,13 @@ def speed_pairs_table(r: dict[str, Any]) -> str:
     pairs = _speed_pairs(r)
     found = [("best valid HR@10: Farzi - full", [farzi["valid"] - full["valid"] for _, full, farzi in pairs])]
     for frac in FRACTIONS:
-        ratios = []
-        for _, full, farzi in pairs:
-            a, b = _reach(full, frac * full["valid"]), _reach(farzi, frac * full["valid"])
-            ratios.append(a["elapsed"] / b["elapsed"] if a and b and b["elapsed"] else None)
+        ratios = [_reach(full, farzi, frac)[2] for _, full, farzi in pairs]
         found.append((f"speed-up (time) to {int(frac * 100)} % of full's best", ratios))
     rows = []
     for what, values in found:
         got = [v for v in values if v is not None]
-        if len(got) < 2:
-            cell = f"cannot be computed: both reached the target in {len(got)} of {len(values)} seeds"
-        else:
-            mean, lo, hi = t_interval(got)
-            cell = ci({"diff": mean, "lo": lo, "hi": hi})
+        why = f"cannot be computed: both reached the target in {len(got)} of {len(values)} seeds"
+        cell = ci(t_diff(got)) if len(got) >= 2 else why
         rows.append([what, ", ".join("never" if v is None else fmt(v) for v in values), cell])
     return md_table(["comparison", "per seed", "mean [95 % t interval]"], rows)
 

@@ -199,9 +199,7 @@ def ptb_settings(smoke: bool) -> dict[str, Any]:
 
 
 def table_for(experiment: str) -> tuple[Table, Any]:
-    if "ptb" in experiment:
-        return PTB, ptb_settings
-    return ML, lambda smoke: settings("rec", smoke=smoke, runs=2)
+    return (PTB, ptb_settings) if "ptb" in experiment else (ML, lambda smoke: settings("rec", smoke=smoke, runs=2))
 
 
 def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "", earlier=None) -> dict:
@@ -210,8 +208,6 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
 
 
 # ------------------------------------------------------------------------------------ report
-
-
 def _rows(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name_of(x): x for x in r["rows"]}
 
@@ -223,9 +219,8 @@ def lever_table(r: dict[str, Any]) -> str:
     here, kept = set(r.get("measured_here") or []), any(x.get("kept_step") is not None for x in r["rows"])
     head = ["lever", "what", *(f"valid {SHORT.get(m, m)} [95 % CI]" for m in t.metrics)]
     for ref in ("init only", "base", defaults):
-        head += [f"{SHORT.get(m0, m0)} - {SHORT.get(ref, ref)}"] + (
-            [f"vs {SHORT.get(ref, ref)}"] if ref != "init only" else []
-        )
+        short = SHORT.get(ref, ref)
+        head += [f"{SHORT.get(m0, m0)} - {short}"] + ([f"vs {short}"] if ref != "init only" else [])
     head += [f"{SHORT.get(m, m)} - {SHORT[defaults]}" for m in t.metrics[1:2]]
     head += (["kept step"] if kept else []) + ["distill min", "measured"]
     out = []
@@ -246,11 +241,8 @@ def lever_table(r: dict[str, Any]) -> str:
 
 def references_table(r: dict[str, Any]) -> str:
     """The references as an earlier run measured them (whose rows were carried over) and as this one did."""
-    now, m = _rows(r), r["metric"]
-    rows = [
-        [n, ci(then[m], 3), ci(now[n][m], 3), "no" if n in r["references_moved"] else "yes"]
-        for n, then in r["references_then"].items()
-    ]
+    now, m, moved, refs = _rows(r), r["metric"], r["references_moved"], r["references_then"]
+    rows = [[n, ci(then[m], 3), ci(now[n][m], 3), "no" if n in moved else "yes"] for n, then in refs.items()]
     return md_table(["reference", f"{SHORT.get(m, m)} then", f"{SHORT.get(m, m)} now", "reproduced"], rows)
 
 

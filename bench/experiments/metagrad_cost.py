@@ -1,12 +1,11 @@
-"""Inner-loop cost vs T per meta-gradient strategy (paper Figure 5), with TorchOpt and higher on the same
-problem in the same run (issue 11.5).
+"""Inner-loop cost vs T per meta-gradient strategy (paper Figure 5), with TorchOpt and higher on the same problem in the
+same run (issue 11.5).
 
-Each (strategy, T) runs in its own process (bench/metagrad_worker.py), so that the RSS high-water mark is
-that configuration's alone; unrolled runs are skipped where their memory, extrapolated linearly from the
-smaller T, would pass the budget. Every meta-gradient is compared with a float64 reference at the same T
-(farzi's ``checkpointed`` in float64; at the smallest T checked against plain float64 autograd). One
-process per cell: ``--seeds`` is not used, so the timings carry no interval (memory and errors are
-deterministic).
+Each (strategy, T) runs in its own process (bench/metagrad_worker.py), so that the RSS high-water mark is that
+configuration's alone; unrolled runs are skipped where their memory, extrapolated linearly from the smaller T, would
+pass the budget. Every meta-gradient is compared with a float64 reference at the same T (farzi's ``checkpointed`` in
+float64; at the smallest T checked against plain float64 autograd). One process per cell: ``--seeds`` is not used, so
+the timings carry no interval (memory and errors are deterministic).
 """
 
 from __future__ import annotations
@@ -84,16 +83,13 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     for row in rows:
         row.pop("grads_file", None)
     s = dict(shape=shape, steps=steps, inner_optimizer=f"adam lr {LR}, betas {BETAS}, eps {EPS}, weight decay 0")
-    s |= dict(
-        model="1-layer Transformer LM", reference="farzi checkpointed in float64 (model, summary and inner state)"
-    )
+    reference = "farzi checkpointed in float64 (model, summary and inner state)"
+    s |= dict(model="1-layer Transformer LM", reference=reference)
     s |= dict(peers={"torchopt": _version("torchopt"), "higher": _version("higher")}, threads=threads)
     return {"settings": s | dict(load_average_start=load_start, cpu_count=os.cpu_count()), "rows": rows}
 
 
 # ------------------------------------------------------------------------------------ report
-
-
 def row(r: dict[str, Any], strategy: str, T: int) -> dict[str, Any] | None:
     return next((x for x in r["rows"] if x["strategy"] == strategy and x["steps"] == T and "seconds" in x), None)
 
@@ -154,9 +150,8 @@ def goals_table(r: dict[str, Any]) -> str:
         ratio = u["peak_rss_mib"] / d["peak_rss_mib"]
         measured = f"unroll / {DEFAULT} = {ratio:.1f}x ({u['peak_rss_mib']:.0f} vs {d['peak_rss_mib']:.0f} MiB)"
         out.append([f"{DEFAULT}: peak RSS < 1/20 of unroll's at T={mid}", measured, ratio > 20])
-    ratios = [
-        (T, d["seconds"] / u["seconds"]) for T in steps if (d := row(r, DEFAULT, T)) and (u := row(r, "unroll", T))
-    ]
+    both = [(T, d, u) for T in steps if (d := row(r, DEFAULT, T)) and (u := row(r, "unroll", T))]
+    ratios = [(T, d["seconds"] / u["seconds"]) for T, d, u in both]
     if ratios:
         measured = ", ".join(f"T={T}: {x:.2f}x" for T, x in ratios)
         out.append([f"{DEFAULT}: time per outer step <= 2.5x unroll's", measured, max(x for _, x in ratios) <= 2.5])

@@ -95,17 +95,11 @@ def claim_specs(s: dict[str, Any]) -> list[Claim]:
     mu, xi = s["claim_budget"], s["xi"]
     farzi, init, head = f"farzi {mu}x{xi}", f"init only {mu}x{xi}", f"head:{mu}"
     if s["metrics"][0] == "hr@10":
-        return [
-            Claim(f"Farzi {mu}x{xi} HR@10 >= 95 % of full data (ratio)", farzi, "full", "ratio", 0.95),
-            *(Claim(f"HR@10: Farzi {mu}x{xi} - {other} > 0", farzi, other, "diff", 0.0) for other in (head, init)),
-        ]
-    return [
-        Claim(f"Farzi {mu}x{xi} corpus perplexity <= 1.4x full data (ratio)", farzi, "full", "ratio", 1.4, False),
-        *(
-            Claim(f"corpus perplexity: {other} - Farzi {mu}x{xi} > 0", farzi, other, "diff", 0.0, flip=True)
-            for other in (head, init)
-        ),
-    ]
+        ratio = Claim(f"Farzi {mu}x{xi} HR@10 >= 95 % of full data (ratio)", farzi, "full", "ratio", 0.95)
+        return [ratio, *(Claim(f"HR@10: Farzi {mu}x{xi} - {o} > 0", farzi, o, "diff", 0.0) for o in (head, init))]
+    ratio = Claim(f"Farzi {mu}x{xi} corpus perplexity <= 1.4x full data (ratio)", farzi, "full", "ratio", 1.4, False)
+    ppl = (f"corpus perplexity: {o} - Farzi {mu}x{xi} > 0" for o in (head, init))
+    return [ratio, *(Claim(text, farzi, o, "diff", 0.0, flip=True) for text, o in zip(ppl, (head, init), strict=True))]
 
 
 def claims(s: dict[str, Any], comps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -133,8 +127,6 @@ def resolution(s: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, 
 
 
 # ------------------------------------------------------------------------------------ report
-
-
 def data_table(r: dict[str, Any]) -> str:
     """Every kind of data: runs, size, each metric's mean and 95 % interval, training seconds."""
     s, runs = r["settings"], r["runs"]
@@ -167,19 +159,13 @@ def claims_table(r: dict[str, Any]) -> str:
 
 
 def resolution_table(r: dict[str, Any]) -> str:
-    res = resolution(r["settings"], r["runs"])
+    res, rows = resolution(r["settings"], r["runs"]), []
     unit = "users" if r["settings"]["metrics"][0].startswith("hr") else "sentences"
-
-    def needed(x: dict[str, Any]) -> str:
-        if x["needed"] is None:
-            return "none: the measured value is not past the bar"
-        return f"about {x['needed']:,.0f}" + (" (this split has enough)" if x["needed"] <= x["units"] else "")
-
-    rows = [
-        [x["claim"], fmt(x["value"], 3), f"[{x['lo']:.3f}, {x['hi']:.3f}]"]
-        + [fmt(x["value"] - x["lo"] if x["above"] else x["hi"] - x["value"], 3), needed(x)]
-        for x in res
-    ]
+    for x in res:
+        enough = " (this split has enough)" if x["needed"] is not None and x["needed"] <= x["units"] else ""
+        needed = "none: the measured value is not past the bar" if x["needed"] is None else f"about {x['needed']:,.0f}"
+        margin = fmt(x["value"] - x["lo"] if x["above"] else x["hi"] - x["value"], 3)
+        rows.append([x["claim"], fmt(x["value"], 3), f"[{x['lo']:.3f}, {x['hi']:.3f}]", margin, needed + enough])
     cols = ["claim", "measured", f"interval, test {unit} alone", "smallest margin", f"test {unit} needed"]
     return md_table(cols, rows)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.common import BENCH, REPO
 from bench.report import ci, fmt, md_table
-from bench.table import t_interval
+from bench.table import t_diff
 from farzi.data.prepare import PrepareOptions, prepare
 from farzi.data.prepared import SPLITS, PreparedDataset
 from farzi.data.sequences import Sequences
@@ -42,10 +42,8 @@ def _ranks(args: list[str], world: int, timeout: float = 3600) -> list[dict[str,
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env |= {"FARZI_INIT_METHOD": f"file://{store / 'rdv'}", "WORLD_SIZE": str(world)} if world > 1 else {}
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    procs = [
-        subprocess.Popen([sys.executable, str(WORKER), *args], env={**env, "RANK": str(r)}, **pipes)
-        for r in range(world)
-    ]
+    cmd = [sys.executable, str(WORKER), *args]
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}, **pipes) for r in range(world)]
     rows = []
     try:
         for p in procs:
@@ -115,8 +113,6 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
 
 
 # ------------------------------------------------------------------------------------ report
-
-
 def _of(r: dict[str, Any], label: str, key: str) -> list[float]:
     """A variant's figure per repeat (repeat order)."""
     return [x[key] for x in sorted(r["rows"], key=lambda x: x["repeat"]) if x["variant"] == label]
@@ -137,33 +133,21 @@ def throughput_table(r: dict[str, Any]) -> str:
 def scaling(r: dict[str, Any]) -> dict[str, list[float]]:
     """Per repeat (the variants of one repeat ran back to back): scaling efficiency (2-rank inner loops per
     minute / 2 x 1-rank) and 2 ranks' outer steps per minute over 1 rank running both inner loops."""
-    one, same, two = (label for label, _, _ in VARIANTS)
-    eff = [
-        b / (2 * a) for a, b in zip(_of(r, one, "inner_loops_per_min"), _of(r, two, "inner_loops_per_min"), strict=True)
-    ]
-    speed = [
-        b / a for a, b in zip(_of(r, same, "outer_steps_per_min"), _of(r, two, "outer_steps_per_min"), strict=True)
-    ]
-    return {"efficiency": eff, "speedup": speed}
+    (one, same, two), loops, outer = (x[0] for x in VARIANTS), "inner_loops_per_min", "outer_steps_per_min"
+    eff = [b / (2 * a) for a, b in zip(_of(r, one, loops), _of(r, two, loops), strict=True)]
+    return {"efficiency": eff, "speedup": [b / a for a, b in zip(_of(r, same, outer), _of(r, two, outer), strict=True)]}
 
 
 def medians(r: dict[str, Any], which: str) -> str:
     """The ratio of the variants' medians over repeats: efficiency (a percentage) or speedup."""
-    one, same, two = (label for label, _, _ in VARIANTS)
-
-    def med(label: str, key: str) -> float:
-        return statistics.median(_of(r, label, key))
-
+    (one, same, two), med = (x[0] for x in VARIANTS), lambda label, key: statistics.median(_of(r, label, key))
     if which == "efficiency":
         return f"{fmt(100 * med(two, 'inner_loops_per_min') / (2 * med(one, 'inner_loops_per_min')), 0)} %"
     return f"{fmt(med(two, 'outer_steps_per_min') / med(same, 'outer_steps_per_min'), 2)}x"
 
 
 def scaling_table(r: dict[str, Any]) -> str:
-    rows = []
-    for what, values in scaling(r).items():
-        mean, lo, hi = t_interval(values)
-        rows.append([what, ", ".join(fmt(v, 2) for v in values), ci({"diff": mean, "lo": lo, "hi": hi})])
+    rows = [[what, ", ".join(fmt(v, 2) for v in values), ci(t_diff(values))] for what, values in scaling(r).items()]
     return md_table(["ratio", "per repeat", "mean [95 % t interval over repeats]"], rows)
 
 

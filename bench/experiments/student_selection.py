@@ -1,11 +1,10 @@
 """Which validation signal should a student stop on? (issue 9: measured, not assumed)
 
-HR@10 over ML-100k's ~94 validation users moves in steps of ~1.1 points; a student that early-stops on it
-picks a state by noise. The candidates: ``hr@10`` (the validation users' last item), ``nll`` (its
-cross-entropy), ``xent`` and ``hr_all@10`` (over every position of each user's most recent items).
-Students train without early stopping on the full data, head:50 and a Farzi Data bundle (a variant table,
-:mod:`bench.table`), recording every candidate and the test HR@10 at each validation; early stopping is
-then replayed per candidate, paired by run against the default signal.
+HR@10 over ML-100k's ~94 validation users moves in steps of ~1.1 points; a student that early-stops on it picks a state
+by noise. The candidates: ``hr@10`` (the validation users' last item), ``nll`` (its cross-entropy), ``xent`` and
+``hr_all@10`` (over every position of each user's most recent items). Students train without early stopping on the full
+data, head:50 and a Farzi Data bundle (a variant table, :mod:`bench.table`), recording every candidate and the test
+HR@10 at each validation; early stopping is then replayed per candidate, paired by run against the default signal.
 """
 
 from __future__ import annotations
@@ -39,9 +38,8 @@ def curve(t: Table, ds, s: dict[str, Any], v: Variant, spec: str, seed: int, out
         if validation is not None:
             test = evaluate(m, ds, "test")
             m.train()
-            points.append(
-                {"step": step, **{f"valid {c}": validation[c] for c in CANDIDATES}, "test hr@10": test["hr@10"]}
-            )
+            valid = {f"valid {c}": validation[c] for c in CANDIDATES}
+            points.append({"step": step, **valid, "test hr@10": test["hr@10"]})
 
     cfg = TrainConfig(lr=st["lr"], batch_size=st["batch_size"], max_steps=st["max_steps"], seed=seed)
     cfg.eval_every, cfg.patience, cfg.metric = st["eval_every"], 0, "xent"
