@@ -59,6 +59,9 @@ STATE_F64_COPIES = 3  # a saved inner state: float64 weights and Adam's two mome
 SOFT_STEP_COPIES = 7
 REAL_LOGIT_COPIES = 6  # the real batch's full logits: logits, masked, log-softmax and their gradients
 INIT_COPIES = 8  # the teacher init: its logits, targets (one-hot, prediction, mix) and the fit's logits
+SPARSE_STEP_COPIES = 4  # a sparse summary's inner step: the teacher's full logits alone (no [b, L, |V|] inputs)
+SPARSE_INIT_ELEMENTS = 1 << 24  # the sparse teacher init's targets, a few windows at a time
+FUSED_LOGIT_COPIES = 3  # a fused loss's chunk of logits (farzi.models.loss.CHUNK_ELEMENTS): logits, softmax, grad
 SOFT_BATCH_COPIES = 3  # a soft training batch: logits, masked, softmax
 
 
@@ -365,16 +368,20 @@ def distill_needs(
     if cfg.meta_batch > 1:
         grads = cfg.meta_batch * F32 * S + META_BATCH_F64_COPIES * F64 * S
         needs.append(Need(f"the meta-gradients of {cfg.meta_batch} start points", grads, "lower --meta-batch"))
+    K = int(getattr(cfg, "support", 0) or 0)  # a sparse summary's candidates a position (0: dense)
     if init == "teacher":
-        targets = INIT_COPIES * F32 * mu * xi * V + mu * xi * F32 * token_floats(model_cfg, xi)
+        dense_targets = INIT_COPIES * F32 * (min(mu * xi * V, SPARSE_INIT_ELEMENTS) if K else mu * xi * V)
+        targets = dense_targets + mu * xi * F32 * (token_floats(model_cfg, xi) + (3 * K * d if K else 0))
         needs.append(Need(f"the teacher init, {mu} x {xi} x {V} targets", targets, "lower the --budget"))
     b = mu if objective == "dc" or not 0 < cfg.syn_batch < mu else cfg.syn_batch
     syn_tokens = b * xi
-    step = SECOND_ORDER * syn_tokens * (SOFT_STEP_COPIES * F32 * V + GRAPH * F32 * token_floats(model_cfg, xi))
+    copies = SPARSE_STEP_COPIES if K else SOFT_STEP_COPIES
+    per_token = copies * F32 * V + GRAPH * F32 * token_floats(model_cfg, xi) + (3 * F32 * K * d if K else 0)
+    step = SECOND_ORDER * syn_tokens * per_token
     steps = 1 if objective == "dc" else cfg.inner_steps
     syn_fix = "lower --syn-batch or the --budget"
     if meta_grad == "unroll" and objective != "dc":  # every step's graph kept, one of them differentiated twice
-        graph = syn_tokens * (SOFT_STEP_COPIES * F32 * V + GRAPH * F32 * token_floats(model_cfg, xi))
+        graph = syn_tokens * per_token
         kept = steps * (graph + STATE_F64_COPIES * F32 * P) + step
         needs.append(Need(f"{steps} unrolled inner steps of {b} x {xi}", kept, "use --meta-grad reverse, " + syn_fix))
     else:
@@ -385,7 +392,13 @@ def distill_needs(
     windows = cfg.real_batch * (L * ID + 2 * ID + SEQUENCE_OBJECT_BYTES)
     if objective != "mtt":  # mtt draws the real batch (to keep the draws aligned) but never runs it
         real_tokens = cfg.real_batch * L
-        windows += real_tokens * (REAL_LOGIT_COPIES * F32 * V + GRAPH * F32 * token_floats(model_cfg, L))
+        windows += real_tokens * GRAPH * F32 * token_floats(model_cfg, L)
+        if objective == "dc":  # its real gradient on the full logits
+            windows += real_tokens * REAL_LOGIT_COPIES * F32 * V
+        else:  # the meta-loss through the fused loss: a chunk of logits at a time
+            from farzi.models.loss import CHUNK_ELEMENTS
+
+            windows += FUSED_LOGIT_COPIES * F32 * min(real_tokens * V, max(CHUNK_ELEMENTS, V))
     needs.append(Need(f"the real batch, {cfg.real_batch} x {L} positions x {V} tokens", windows, "lower --real-batch"))
     omega = 3 if _value(cfg.inner_state) == "omega" else 1
     teacher = P * TEACHER_BYTES_PER_PARAMETER + checkpoints * omega * F32 * P

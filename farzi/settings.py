@@ -159,14 +159,6 @@ def _walk(defaults: Any, prefix: str, path: tuple[str, ...]) -> list[Setting]:
     return out
 
 
-def lookup(cls: type, name: str) -> Setting:
-    """The setting of ``cls`` with flat name ``name`` (``KeyError`` where there is none)."""
-    for s in settings_of(cls):
-        if s.name == name:
-            return s
-    raise KeyError(name)
-
-
 def _get(cfg: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         cfg = getattr(cfg, part)
@@ -334,15 +326,7 @@ def markdown_rows(cls: type) -> list[str]:
     return rows
 
 
-def replace(cfg: Any, **changes: Any) -> Any:
-    """``cfg`` with settings changed by flat name (``recipe_lr=...``)."""
-    record = to_record(cfg)
-    record.update(changes)
-    return from_record(type(cfg), record)
-
-
 __all__ = [
-    "FLOAT32_MAX",
     "Merged",
     "SOURCES",
     "Setting",
@@ -352,10 +336,8 @@ __all__ = [
     "flag_of",
     "from_record",
     "group",
-    "lookup",
     "markdown_rows",
     "merge",
-    "replace",
     "setting",
     "settings_of",
     "to_record",

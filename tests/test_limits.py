@@ -212,10 +212,25 @@ def test_distill_needs_by_hand() -> None:
         "an inner step, 2 x 8 x 20 distributions": 2 * (2 * 8) * (7 * F32 * 20 + 3 * F32 * tf8),
         "1 saved inner states": 1 * 3 * F64 * P,
         # L = 12: the longest sequence, shorter than the teacher's context (16)
+        # the meta-loss through the fused loss: one chunk of logits (here all 5 x 12 x 20 of them), 3 copies
         "the real batch, 5 x 12 positions x 20 tokens": 5 * (12 * ID + 2 * ID + 200)
-        + 5 * 12 * (6 * F32 * 20 + 3 * F32 * tf12),
+        + 5 * 12 * 3 * F32 * tf12
+        + 3 * F32 * 5 * 12 * 20,
         f"the teacher, {P} parameters, and its inner states": P * (2 * 4 + 9 * 8 + 4 * 4) + 6 * 1 * F32 * P,
     }
+
+
+def test_a_sparse_summary_needs_no_inputs_over_the_vocabulary() -> None:
+    mcfg = make_config("sasrec", 20, **TINY)
+    tf8 = limits.token_floats(mcfg, 8)
+
+    def needs(**kw) -> dict[str, int]:
+        cfg = _distill(objective="mm", init="random", syn_batch=2, inner_state="fresh", **kw)
+        return {n.what: n.nbytes for n in limits.distill_needs(cfg, 20, 12, "sasrec", mcfg)}
+
+    step = "an inner step, 2 x 8 x 20 distributions"
+    assert needs(support=3)[step] == 2 * (2 * 8) * (4 * F32 * 20 + 3 * F32 * tf8 + 3 * F32 * 3 * 2)
+    assert needs(support=3)[step] < needs()[step]
 
 
 def test_distill_needs_grow_with_what_the_options_ask() -> None:

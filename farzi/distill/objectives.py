@@ -36,7 +36,7 @@ from farzi.distill.metagrad import InnerLoop, meta_gradient
 from farzi.distill.summary import Summary
 from farzi.distill.teacher import Teacher
 from farzi.errors import ConfigError
-from farzi.models import next_token_loss
+from farzi.models import functional_loss, next_token_loss
 from farzi.moments import AdamMoments
 
 Tensors = list[Tensor]
@@ -187,8 +187,8 @@ class MetaMatching(MetaObjective):
         x_real = self.real_batch(draws)
         batches = self.syn_batches(draws)
 
-        def terminal(w: Tensors) -> Tensor:
-            return self.loss(w, x_real)
+        def terminal(w: Tensors) -> Tensor:  # first-order only: the fused loss, no [B, L, V] logits kept
+            return functional_loss(self.teacher.model, dict(zip(self.names, w, strict=True)), x_real)
 
         with torch.no_grad():  # the real loss before the inner loop: the meta-loss should end below it
             before = float(terminal(start.w))
