@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,18 +148,11 @@ def fit_summary(
     Minimizes the cross-entropy to the targets with Adam, starting from
     ``decoder0`` [d, V] and a small random latent.
     """
-    mu, xi, _ = targets.shape
-    d = decoder0.shape[0]
-    latent = (0.1 * torch.randn(mu, xi, d, generator=gen)).requires_grad_()
-    decoder = decoder0.detach().clone().float().requires_grad_()
-    opt = torch.optim.Adam([latent, decoder], lr=lr)
-    for _ in range(steps):
-        p_log = F.log_softmax(((latent @ decoder) / tau).masked_fill(banned, -1e4), dim=-1)
-        loss = -(targets * p_log).sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return latent.detach(), decoder.detach()
+
+    def log_probs(latent: Tensor, decoder: Tensor) -> Tensor:  # [mu, xi, V]
+        return F.log_softmax(((latent @ decoder) / tau).masked_fill(banned, -1e4), dim=-1)
+
+    return _fit(targets, log_probs, decoder0, steps, lr, gen)
 
 
 def fit_sparse_summary(
@@ -173,15 +167,30 @@ def fit_sparse_summary(
     """:func:`fit_summary` over each position's candidates alone: latent and decoder whose softmax
     over ``support`` [mu, xi, K] best fits ``weights`` [mu, xi, K]; O(K d) a position and step
     instead of O(V d). Decoder columns no position lists keep ``decoder0``'s values."""
-    mu, xi, _ = support.shape
-    d = decoder0.shape[0]
-    latent = (0.1 * torch.randn(mu, xi, d, generator=gen)).requires_grad_()
+
+    def log_probs(latent: Tensor, decoder: Tensor) -> Tensor:  # [mu, xi, K]
+        columns = F.embedding(support, decoder.t())  # [mu, xi, K, d]
+        return F.log_softmax((columns @ latent.unsqueeze(-1)).squeeze(-1) / tau, dim=-1)
+
+    return _fit(weights, log_probs, decoder0, steps, lr, gen)
+
+
+def _fit(
+    targets: Tensor,
+    log_probs: Any,
+    decoder0: Tensor,
+    steps: int,
+    lr: float,
+    gen: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Adam on (latent, decoder) from ``decoder0`` and a small random latent, minimizing the
+    cross-entropy of ``log_probs(latent, decoder)`` to ``targets`` (the same shape)."""
+    mu, xi = targets.shape[:2]
+    latent = (0.1 * torch.randn(mu, xi, decoder0.shape[0], generator=gen)).requires_grad_()
     decoder = decoder0.detach().clone().float().requires_grad_()
     opt = torch.optim.Adam([latent, decoder], lr=lr)
     for _ in range(steps):
-        columns = F.embedding(support, decoder.t())  # [mu, xi, K, d]
-        p_log = F.log_softmax((columns @ latent.unsqueeze(-1)).squeeze(-1) / tau, dim=-1)  # [mu, xi, K]
-        loss = -(weights * p_log).sum(-1).mean()
+        loss = -(targets * log_probs(latent, decoder)).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
