@@ -249,7 +249,7 @@ def test_a_sparse_teacher_init_fits_over_the_candidates(tiny_lm, tmp_path) -> No
     run = Distillation(tiny_lm, cfg, None, omega)
     run.load_teacher()
     run.start(fit_steps=30)
-    p = run.summary.syn().p
+    p = run.summary.syn().p.detach()
     assert run.summary.support.shape == (4, 8, 4) and torch.allclose(p.sum(-1), torch.ones(4, 8))
     assert float(p[..., 0].mean()) > 1 / 4  # the heaviest target leads after the fit
     out = distill(tiny_lm, cfg, tmp_path / "t.safetensors", trajectories=omega)
