@@ -136,6 +136,9 @@ def _kind(hint: Any) -> tuple[type, bool]:
     raise TypeError(f"unsupported setting type {hint!r}")
 
 
+_hints = functools.cache(typing.get_type_hints)  # a config class's resolved field types (read on every init)
+
+
 @functools.cache
 def settings_of(cls: type) -> tuple[Setting, ...]:
     """Every setting of config class ``cls``, groups flattened, in declaration order."""
@@ -146,7 +149,7 @@ def _walk(defaults: Any, prefix: str, path: tuple[str, ...]) -> list[Setting]:
     """The settings of config instance ``defaults`` (its values are the defaults: a group's factory may
     set other defaults than its class)."""
     cls = type(defaults)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     out: list[Setting] = []
     for f in fields(cls):
         value = getattr(defaults, f.name)
@@ -206,7 +209,7 @@ def coerce_enums(cfg: Any) -> None:
     """Plain strings of ``cfg``'s enum settings (library callers, JSON) turned into the enum; an unknown
     one is left for :func:`check_fields` to report. (Called from ``__post_init__``: it reads the fields'
     types, never a default instance.)"""
-    hints = typing.get_type_hints(type(cfg))
+    hints = _hints(type(cfg))
     for f in fields(cfg):
         kind, value = hints[f.name], getattr(cfg, f.name)
         if isinstance(kind, type) and issubclass(kind, Enum) and not isinstance(value, kind):

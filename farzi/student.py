@@ -29,7 +29,7 @@ from farzi.batching import DistributionTrainSet, SequenceTrainSet, TrainSet, bat
 from farzi.checkpoint import dataset_record, save_checkpoint
 from farzi.data.prepared import PreparedDataset
 from farzi.device import resolve_device
-from farzi.distill.bundle import FarziData, load_bundle
+from farzi.distill.bundle import FarziData, load_bundle, read_bundle_meta
 from farzi.errors import ConfigError
 from farzi.models import MODEL_OPTIONS, build_model, make_config, model_task
 from farzi.progress import ProgressFn
@@ -75,7 +75,7 @@ def student_recipe(data: str) -> dict[str, Any] | None:
     if spec.kind != "bundle":
         return None
     assert spec.path is not None
-    recipe = load_bundle(spec.path).meta.get("recipe")
+    recipe = read_bundle_meta(spec.path)[0].get("recipe")  # the header alone (validated as load_bundle does)
     return dict(recipe) if isinstance(recipe, dict) else None
 
 

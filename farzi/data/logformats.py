@@ -26,8 +26,9 @@ from pathlib import Path
 
 import polars as pl
 
-from farzi.data._read import read_bytes, reading
+from farzi.data._read import reading
 from farzi.data.interactions import ITEM, MISSING_MARKERS, TIME, USER
+from farzi.data.text import decode_text
 from farzi.data.vocab import PAD
 from farzi.errors import ConfigError, DataError
 
@@ -97,21 +98,8 @@ def _lines(path: Path, fmt: str) -> pl.DataFrame:
         raise DataError(f"{path} is not a file", f"pass a text file in the --format {fmt} layout")
     if empty:
         raise DataError(f"file {path} is empty", "pass a file with interactions in it")
-    raw = read_bytes(path)
-    if b"\x00" in raw:
-        line_no = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        raise DataError(
-            f"{path} line {line_no} holds a NUL byte: this is not a text log (--format {fmt})",
-            "pass the log as UTF-8 text, or a parquet/CSV table with --format csv",
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_no = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path} line {line_no} is not valid UTF-8", "convert the log to UTF-8 (e.g. iconv -t utf-8)"
-        ) from exc
-    del raw
+    nul_fix = "pass the log as UTF-8 text, or a parquet/CSV table with --format csv"
+    text = decode_text(path, "log", f"a text log (--format {fmt})", nul_fix)
     if "\r" in text and "\n" not in text.rstrip():
         raise DataError(
             f"{path} ends its lines with \\r only (classic Mac line endings): it would be read as one line",

@@ -25,6 +25,22 @@ def split_lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
+def decode_text(path: Path, noun: str, kind: str, nul_fix: str) -> str:
+    """The file at ``path`` as UTF-8 text; a NUL byte or an invalid byte is refused naming its line
+    (``kind``: what the file should be, e.g. "a text corpus"; ``noun``: what to convert, e.g. "corpus")."""
+    raw = read_bytes(path)
+    if b"\x00" in raw:
+        line_no = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise DataError(f"{path} line {line_no} holds a NUL byte: this is not {kind}", nul_fix)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} line {line_no} is not valid UTF-8", f"convert the {noun} to UTF-8 (e.g. iconv -t utf-8)"
+        ) from exc
+
+
 def read_sentences(path: Path) -> list[list[str]]:
     """Read a corpus file: one sentence per non-blank line, tokens split on whitespace."""
     path = Path(path)
@@ -34,21 +50,7 @@ def read_sentences(path: Path) -> list[list[str]]:
         raise DataError(f"corpus file {path} does not exist", "check the path")
     if not is_file:
         raise DataError(f"corpus path {path} is not a file", "pass a text file, one sentence per line")
-    raw = read_bytes(path)
-    if b"\x00" in raw:
-        line_no = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        raise DataError(
-            f"{path} line {line_no} holds a NUL byte: this is not a text corpus",
-            "pass a UTF-8 text file, one sentence per line",
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_no = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path} line {line_no} is not valid UTF-8",
-            "convert the corpus to UTF-8 (e.g. iconv -t utf-8)",
-        ) from exc
+    text = decode_text(path, "corpus", "a text corpus", "pass a UTF-8 text file, one sentence per line")
     body = text.rstrip()
     if "\r" in body and "\n" not in body:
         raise DataError(
