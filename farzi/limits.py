@@ -62,6 +62,7 @@ INIT_COPIES = 8  # the teacher init: its logits, targets (one-hot, prediction, m
 SPARSE_STEP_COPIES = 4  # a sparse summary's inner step: the teacher's full logits alone (no [b, L, |V|] inputs)
 SPARSE_INIT_ELEMENTS = 1 << 24  # the sparse teacher init's targets, a few windows at a time
 FUSED_LOGIT_COPIES = 3  # a fused loss's chunk of logits (farzi.models.loss.CHUNK_ELEMENTS): logits, softmax, grad
+SAMPLED_LOGIT_COPIES = 5  # a sampled softmax's [N, 1 + S] logits (plain autograd): logits, masked, cat, exp, grad
 SOFT_BATCH_COPIES = 3  # a soft training batch: logits, masked, softmax
 
 
@@ -351,10 +352,12 @@ def distill_needs(
     * the summary: latent mu x xi x d and decoder d x |V|, SUMMARY_COPIES of them, and with a
       meta-batch one meta-gradient per start point plus the float64 average;
     * the initial summary (``--init teacher``): [mu, xi, |V|] targets and the fit's logits;
-    * an inner step: syn_batch x xi distributions through the teacher's full logits, twice for the
-      double backward; every step of it with ``--meta-grad unroll``; else the saved inner states;
-    * the real batch: real_batch x L positions through the teacher's full logits and backward
-      (L = the teacher's context, or the longest sequence if shorter), and its drawn windows;
+    * an inner step: syn_batch x xi distributions through the teacher's full logits (with
+      ``--inner-softmax sampled``, over K candidates and S negatives), twice for the double backward;
+      every step of it with ``--meta-grad unroll``; else the saved inner states;
+    * the real batch: real_batch x L positions through the teacher's full logits and backward, a
+      chunk at a time (with ``--meta-softmax sampled``, over 1 + S logits each), and its drawn windows
+      (L = the teacher's context, or the longest sequence if shorter);
     * the teacher's weights, the inner optimizer's states and their adjoints;
     * with ``--select-every``, a student trained on the summary with the recipe.
     """
@@ -376,7 +379,10 @@ def distill_needs(
     b = mu if objective == "dc" or not 0 < cfg.syn_batch < mu else cfg.syn_batch
     syn_tokens = b * xi
     copies = SPARSE_STEP_COPIES if K else SOFT_STEP_COPIES
-    per_token = copies * F32 * V + GRAPH * F32 * token_floats(model_cfg, xi) + (3 * F32 * K * d if K else 0)
+    # --inner-softmax sampled: the logits over K candidates and S shared negatives, not over |V|
+    sampled = K and _value(getattr(cfg, "inner_softmax", "full")) == "sampled"
+    width = min(V, K + int(cfg.inner_negatives)) if sampled else V
+    per_token = copies * F32 * width + GRAPH * F32 * token_floats(model_cfg, xi) + (3 * F32 * K * d if K else 0)
     step = SECOND_ORDER * syn_tokens * per_token
     steps = 1 if objective == "dc" else cfg.inner_steps
     syn_fix = "lower --syn-batch or the --budget"
@@ -395,6 +401,8 @@ def distill_needs(
         windows += real_tokens * GRAPH * F32 * token_floats(model_cfg, L)
         if objective == "dc":  # its real gradient on the full logits
             windows += real_tokens * REAL_LOGIT_COPIES * F32 * V
+        elif _value(getattr(cfg, "meta_softmax", "full")) == "sampled":  # each target and S shared negatives
+            windows += real_tokens * SAMPLED_LOGIT_COPIES * F32 * (min(V, int(cfg.meta_negatives)) + 1)
         else:  # the meta-loss through the fused loss: a chunk of logits at a time
             from farzi.models.loss import CHUNK_ELEMENTS
 

@@ -540,6 +540,15 @@ def plan_distill(
         plan.levers.append(
             Lever("--support", 0, 64, effect="a sparse summary: each position over K candidates, O(K d) not O(|V| d)")
         )
+    if ds.vocab_size >= SPARSE_VOCAB:  # the softmaxes over |V| that remain: the inner loss's and the meta-loss's
+        inner = getattr(cfg.inner_softmax, "value", cfg.inner_softmax)
+        if cfg.support and inner != "sampled":
+            effect = "the inner loss over each position's K candidates and shared negatives, not |V| (an estimate)"
+            plan.levers.append(Lever("--inner-softmax", inner, "sampled", effect=effect))
+        meta = getattr(cfg.meta_softmax, "value", cfg.meta_softmax)
+        if meta != "sampled" and cfg.objective.value in ("farzi", "mm"):
+            effect = "the meta-loss over each real target and shared negatives, not |V| (an estimate)"
+            plan.levers.append(Lever("--meta-softmax", meta, "sampled", effect=effect))
     return plan
 
 

@@ -6,7 +6,8 @@ position). Each cell runs in a fresh process (``python -m bench.experiments.voca
 limit and a memory cap, writing each phase's figures as it ends (a cell cut off keeps them): the full-data step
 (:data:`DENOMINATOR`), ``Distillation.start`` (init), a student's step on the summary and outer steps
 (``Distillation.step``), each with its peak RSS (high-water mark reset before it) and, on a GPU, peak CUDA memory; every
-time also as a ratio to the full-data step. ``--seeds`` is not used.
+time also as a ratio to the full-data step. A sparse cell also times outer steps with the sampled softmaxes
+(:data:`SAMPLED`: the inner loss's, then the meta-loss's too), before its own. ``--seeds`` is not used.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ DENOMINATOR = (
     "sequences joined end to end: mu x xi target tokens, a student's batch on the bundle), median after a warm-up"
 )
 PHASES = ("full", "init", "outer", "student")
+SAMPLED = dict(
+    sampled={"inner_softmax": "sampled"}, sampled_meta={"inner_softmax": "sampled", "meta_softmax": "sampled"}
+)
 MEMORY_CAP = 0.75  # of the memory available when a cell starts (RLIMIT_DATA): this machine is shared
 SMOKE_CAP_BYTES = 2 << 30  # a smoke cell's (the tests') cap, whatever the machine has
 
@@ -56,7 +60,7 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     s |= dict(vocabs=[30, 60] if smoke else [2_000, 8_000, 32_000, 128_000], support=support or [0, 8 if smoke else 64])
     s |= dict(outer_steps=1 if smoke else 2, timed_steps=2 if smoke else 5, limit_s=120 if smoke else 600)
     s |= dict(beauty_users=200 if smoke else None, threads=torch.get_num_threads(), memory_cap=MEMORY_CAP)
-    s |= dict(memory_cap_bytes=SMOKE_CAP_BYTES if smoke else None)
+    s |= dict(memory_cap_bytes=SMOKE_CAP_BYTES if smoke else None, sampled=SAMPLED)
     s |= dict(support_available="support" in DistillConfig().to_dict(), denominator=DENOMINATOR)
     rows = []
     for items in [*s["vocabs"], None]:
@@ -98,14 +102,13 @@ def _cell(row: dict[str, Any], s: dict[str, Any], work: Path) -> dict[str, Any]:
     spec = work / "cells" / f"{row['data']}-{row['items']}-k{row['support']}.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
     config, got = s["distill"] | ({"support": row["support"]} if row["support"] else {}), spec.with_suffix(".out.json")
-    spec.write_text(json.dumps({"dataset": row["path"], "config": config, **s}))
-    got.unlink(missing_ok=True)
+    spec.write_text(json.dumps({"dataset": row["path"], "config": config, **s})), got.unlink(missing_ok=True)
     try:
         cmd = [sys.executable, "-m", __name__, str(spec)]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=s["limit_s"])
         row |= {"failed": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"} if proc.returncode else {}
-    except subprocess.TimeoutExpired:
-        row["phase"] = "start-up"  # unless the cell says how far it came
+    except subprocess.TimeoutExpired:  # the phase it was in, unless the cell says how far it came
+        row["phase"] = "start-up"
     row |= json.loads(got.read_text()) if got.is_file() else {}
     if row.get("phase") and "failed" not in row and "skipped" not in row:
         row["skipped"] = f"over the {s['limit_s']} s limit per cell, cut off in its {row['phase']} phase"
@@ -143,13 +146,14 @@ def _worker(spec_path: str) -> None:
             times.append(time.perf_counter() - start)
         return {"seconds": statistics.median(times[1:]), "every_step": times}
 
-    def outer() -> dict[str, Any]:  # the last step's figures stand for the step; each is kept as it ends
-        for _ in range(spec["outer_steps"]):
-            rec, every = run.step(), row.get("outer", {}).get("every_step", [])
+    def outer(name: str = "outer", changes=None) -> dict[str, Any]:  # the last step's figures stand for the step
+        other = run.variant(**changes) if changes else run  # the same summary, teacher and outer optimizer
+        for _ in range(spec["outer_steps"]):  # each step's figures kept as it ends
+            rec, every = other.step(), row.get(name, {}).get("every_step", [])
             split = {k: v for k, v in rec.items() if k.endswith("_seconds") and k != "step_seconds"}
-            row["outer"] = {"seconds": rec["step_seconds"], "every_step": [*every, rec["step_seconds"]], "split": split}
-            out.write_text(json.dumps(row | {"outer": row["outer"] | {"peak_rss_mib": round(rss_peak_mib(), 1)}}))
-        return row.pop("outer")
+            row[name] = {"seconds": rec["step_seconds"], "every_step": [*every, rec["step_seconds"]], "split": split}
+            out.write_text(json.dumps(row | {name: row[name] | {"peak_rss_mib": round(rss_peak_mib(), 1)}}))
+        return row.pop(name)
 
     try:
         ds = load_prepared(spec["dataset"])
@@ -163,6 +167,8 @@ def _worker(spec_path: str) -> None:
         phase("full", lambda: steps(SequenceTrainSet(Sequences.from_lists([""] * cfg.mu, windows), cfg.xi)))
         phase("init", run.start)  # then a student's step on the initial summary (the distilled one's shapes)
         phase("student", lambda: steps(DistributionTrainSet(as_bundle(run.summary, ds.task, ds.vocab.pad_id))))
+        for name, changes in spec.get("sampled", {}).items() if cfg.support else ():
+            phase(name, lambda: outer(name, changes))  # noqa: B023 - called at once
         phase("outer", outer)
         row["phase"] = None
     except Exception as e:  # noqa: BLE001 - the row says what failed; the other cells run
@@ -186,6 +192,11 @@ def cell_table(r: dict[str, Any]) -> str:
         status += " (farzi's memory estimate refuses it)" if "farzi_memory_check" in x else ""
         kind = f"sparse, K = {x['support']}" if x["support"] else "dense"
         rows.append([x["data"], x.get("vocab_size", x["items"] or "—"), kind, *cells, status])
+        for name, what in (("sampled", "sampled inner softmax"), ("sampled_meta", "sampled inner and meta softmax")):
+            if "seconds" in x.get(name, {}) and "seconds" in got.get("full", {}):  # the same process's denominator
+                t, mib = x[name]["seconds"], fmt(x[name].get("peak_rss_mib"), 0)
+                cells = [f"{fmt(t / got['full']['seconds'], 1)}x", "—", "—", f"{fmt(t / d, 2)}x" if d else "—"]
+                rows.append([*rows[-1][:2], f"{kind}, {what}", *cells, fmt(t, 3), "—", f"outer: {mib}", "measured"])
     cols = ["data", "\\|V\\|", "summary", "outer step / full step", "student step / full step", "init / full step"]
     cols += ["outer step: sparse / dense", "s per outer step", "full-data step s"]
     return md_table([*cols, "peak RSS MiB: full / init / outer / student", "status"], rows)

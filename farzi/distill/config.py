@@ -68,6 +68,14 @@ class InnerSoftmax(str, Enum):
 
     full = "full"  # the whole vocabulary (exact cross-entropy)
     candidates = "candidates"  # the union of the step's batch's candidates: O(|union| d) a position
+    sampled = "sampled"  # each position's candidates plus inner_negatives shared uniform negatives (logQ corrected)
+
+
+class MetaSoftmax(str, Enum):
+    """Over what the meta-loss's softmax on the real batch runs (objectives farzi and mm)."""
+
+    full = "full"  # the whole vocabulary (exact cross-entropy, fused)
+    sampled = "sampled"  # each position's target plus meta_negatives shared uniform negatives (logQ corrected)
 
 
 class StartWeighting(str, Enum):
@@ -236,9 +244,29 @@ class DistillConfig:
     )
     inner_softmax: InnerSoftmax = setting(
         InnerSoftmax.full,
-        "Sparse summary: the inner loss's softmax over the whole vocabulary (full) or over the "
-        "candidates the step's batch holds (candidates: cheaper at a large vocabulary).",
+        "Sparse summary: the inner loss's softmax over the whole vocabulary (full), over the candidates "
+        "the step's batch holds (candidates), or over each position's candidates plus --inner-negatives "
+        "shared uniform negatives, logQ corrected (sampled: O((K + S) d) a position).",
         word="inner softmax",
+    )
+    inner_negatives: int = setting(
+        512,
+        "--inner-softmax sampled: negatives shared by the inner step's positions, drawn uniformly anew "
+        "each inner step (the same ones replayed by the reverse pass).",
+        least=1,
+        fix="e.g. --inner-negatives 512",
+    )
+    meta_softmax: MetaSoftmax = setting(
+        MetaSoftmax.full,
+        "The meta-loss on the real batch: softmax over the whole vocabulary (full) or each position's "
+        "target plus --meta-negatives shared uniform negatives, logQ corrected (sampled).",
+        word="meta softmax",
+    )
+    meta_negatives: int = setting(
+        2048,
+        "--meta-softmax sampled: negatives shared by the real batch's positions, drawn anew each outer step.",
+        least=1,
+        fix="e.g. --meta-negatives 2048",
     )
     support_refresh: int = setting(
         10,

@@ -40,7 +40,7 @@ from torch.func import functional_call
 
 from farzi.distill.inner import InnerOptimizer
 from farzi.models import SequenceModel, SparseDist, next_token_loss
-from farzi.models.loss import candidate_loss
+from farzi.models.loss import candidate_loss, sampled_loss
 
 STRATEGIES = ("reverse", "checkpointed", "unroll", "paper")
 REVERSE_ANCHOR = 16  # reversal drifts ~1.4x per step on small models: re-anchor every 16 steps
@@ -70,6 +70,9 @@ class InnerLoop:
     log_lr: Tensor | None = None
     # sparse summaries: the inner loss's softmax over the batch's candidates (farzi.models.loss.candidate_loss)
     candidates_only: bool = False
+    # sparse summaries: the inner loss's sampled softmax (farzi.models.loss.sampled_loss), step t's shared
+    # negatives [S] at index t - 1; the reverse pass replays the same ones, so the meta-gradient stays exact
+    negatives: list[Tensor] | None = None
 
     def __post_init__(self) -> None:
         # dropout (or any train-mode layer) would draw new masks in every forward pass, so the
@@ -88,8 +91,13 @@ class InnerLoop:
             return self.optimizer.init(w)
         return type(self.state0)(*[[x.to(p) for x, p in zip(f, w, strict=True)] for f in self.state0])
 
-    def loss(self, w: Tensors, x: Tensor) -> Tensor:
+    def loss(self, w: Tensors, x: Tensor, t: int | None = None) -> Tensor:
+        """The inner loss of step ``t`` (1-based; the sampled softmax needs it) at weights ``w`` on ``x``."""
         params = dict(zip(self.names, w, strict=True))
+        if self.negatives is not None and isinstance(x, SparseDist):
+            if t is None:
+                raise ValueError("the sampled inner softmax needs the step's number (its negatives)")
+            return sampled_loss(self.model, params, x, self.negatives[t - 1])
         if self.candidates_only and isinstance(x, SparseDist):
             return candidate_loss(self.model, params, x)
         return next_token_loss(functional_call(self.model, params, (x,)), x)
@@ -141,7 +149,7 @@ def _unroll(loop: InnerLoop, w0: Tensors, terminal: Terminal) -> MetaGradient:
     state = loop.initial_state(w)
     first = last = math.nan
     for t, idx in enumerate(loop.batches, start=1):
-        loss = loop.loss(w, loop.syn(idx))
+        loss = loop.loss(w, loop.syn(idx), t)
         grad = torch.autograd.grad(loss, w, create_graph=True)
         w, state = opt.step(w, list(grad), state, loop.step0 + t)
         first = float(loss.detach()) if t == 1 else first
@@ -152,13 +160,13 @@ def _unroll(loop: InnerLoop, w0: Tensors, terminal: Terminal) -> MetaGradient:
     return MetaGradient(float(f.detach()), grads, first, last, 0.0, {"strategy": "unroll"})
 
 
-def _grad_at(loop: InnerLoop, w: Tensors, idx: Tensor | None) -> tuple[Tensors, float]:
-    """Inner gradient at state-dtype weights ``w`` (no graph kept)."""
+def _grad_at(loop: InnerLoop, w: Tensors, t: int) -> tuple[Tensors, float]:
+    """Step ``t``'s inner gradient at state-dtype weights ``w`` (no graph kept)."""
     wp = [p.to(loop.compute_dtype).requires_grad_() for p in w]
     with torch.no_grad():
-        x = loop.syn(idx)
+        x = loop.syn(loop.batches[t - 1])
     with torch.enable_grad():
-        loss = loop.loss(wp, x)
+        loss = loop.loss(wp, x, t)
         grad = torch.autograd.grad(loss, wp)
     return [g.to(loop.state_dtype) for g in grad], float(loss.detach())
 
@@ -187,7 +195,7 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
     first = last = math.nan
     with torch.no_grad():
         for t in range(1, T + 1):
-            g, loss = _grad_at(loop, w, loop.batches[t - 1])
+            g, loss = _grad_at(loop, w, t)
             w, state = opt.step(w, g, state, loop.step0 + t)
             if t % K == 0 and t < T:
                 saved[t] = (_clone(w), _clone_state(state))
@@ -227,7 +235,7 @@ def _reverse(loop: InnerLoop, w0: Tensors, terminal: Terminal, strategy: str, se
             state_prev = None
         wp = [p.to(loop.compute_dtype).requires_grad_() for p in w_prev]
         with torch.enable_grad():
-            loss = loop.loss(wp, loop.syn(idx))
+            loss = loop.loss(wp, loop.syn(idx), t)
             g = torch.autograd.grad(loss, wp, create_graph=True)
             g_sd = [x.detach().to(sd) for x in g]
             with torch.no_grad():
@@ -269,7 +277,7 @@ def _recompute_segment(loop: InnerLoop, opt: Any, saved: dict[int, tuple[Tensors
     out = {a: (w, state)}
     with torch.no_grad():
         for t in range(a + 1, s + 1):
-            g, _ = _grad_at(loop, w, loop.batches[t - 1])
+            g, _ = _grad_at(loop, w, t)
             w, state = opt.step(w, g, state, loop.step0 + t)
             out[t] = (w, state)
     return out

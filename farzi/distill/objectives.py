@@ -30,13 +30,21 @@ from torch.func import functional_call
 
 from farzi.batching import pad_right
 from farzi.data.prepared import PreparedDataset
-from farzi.distill.config import DistillConfig, InnerOptimizerName, InnerSoftmax, InnerState, Objective
+from farzi.distill.config import (
+    DistillConfig,
+    InnerOptimizerName,
+    InnerSoftmax,
+    InnerState,
+    MetaSoftmax,
+    Objective,
+)
 from farzi.distill.inner import SGD, Adam, AdamState, InnerOptimizer
 from farzi.distill.metagrad import InnerLoop, meta_gradient
 from farzi.distill.summary import Summary
 from farzi.distill.teacher import Teacher
 from farzi.errors import ConfigError
 from farzi.models import functional_loss, next_token_loss
+from farzi.models.loss import draw_negatives, sampled_loss
 from farzi.moments import AdamMoments
 
 Tensors = list[Tensor]
@@ -48,6 +56,13 @@ class Draws:
 
     rng: random.Random  # start points
     gen: torch.Generator  # real and synthetic batches
+    key: str = ""  # what the streams are seeded by: further streams (sampled negatives) derive from it
+
+
+def keyed_generator(key: str) -> torch.Generator:
+    """A generator seeded by ``key`` alone (sha256): the same key, the same draws."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def step_draws(seed: int, step: int, index: int = 0) -> Draws:
@@ -57,9 +72,8 @@ def step_draws(seed: int, step: int, index: int = 0) -> Draws:
     stream every earlier version used for the step's single start point.
     """
     key = f"farzi:{seed}:{step}" if index == 0 else f"farzi:{seed}:{step}:{index}"
-    digest = hashlib.sha256(key.encode()).digest()
-    n = int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-    return Draws(random.Random(n), torch.Generator().manual_seed(n))
+    gen = keyed_generator(key)
+    return Draws(random.Random(gen.initial_seed()), gen, key)
 
 
 @dataclass
@@ -146,6 +160,25 @@ class MetaObjective:
         device = self.teacher.device
         return [torch.randperm(mu, generator=draws.gen)[:bsz].to(device) for _ in range(self.cfg.inner_steps)]
 
+    def inner_negatives(self, summary: Summary, draws: Draws) -> list[Tensor] | None:
+        """``--inner-softmax sampled`` on a sparse summary: each inner step's shared negatives [S], from a
+        generator seeded by (seed, outer step, start point, inner step) alone; else None."""
+        if self.cfg.inner_softmax is not InnerSoftmax.sampled or summary.support is None:
+            return None
+        V, S, device = int(summary.decoder.shape[1]), self.cfg.inner_negatives, self.teacher.device
+        steps = range(1, self.cfg.inner_steps + 1)
+        return [draw_negatives(V, S, keyed_generator(f"{draws.key}:negatives:{t}")).to(device) for t in steps]
+
+    def meta_negatives(self, draws: Draws) -> Tensor | None:
+        """``--meta-softmax sampled``: the real batch's shared negatives [S] (seeded by the step's key); else None,
+        also where S covers the vocabulary (the sampled softmax is then the full one: the fused loss computes it)."""
+        V = int(self.teacher.model.config.vocab_size)
+        if self.cfg.meta_softmax is not MetaSoftmax.sampled or self.cfg.meta_negatives >= V - 1:
+            return None
+        return draw_negatives(V, self.cfg.meta_negatives, keyed_generator(f"{draws.key}:meta-negatives")).to(
+            self.teacher.device
+        )
+
     # -- pieces
     def loss(self, w: Tensors, x: Tensor) -> Tensor:
         """Next-token cross-entropy of the teacher architecture at weights ``w`` on ``x``."""
@@ -153,7 +186,12 @@ class MetaObjective:
         return next_token_loss(logits, x)
 
     def unrolled(
-        self, summary: Summary, start: Start, batches: list[Tensor | None], terminal: Callable[[Tensors], Tensor]
+        self,
+        summary: Summary,
+        start: Start,
+        batches: list[Tensor | None],
+        terminal: Callable[[Tensors], Tensor],
+        negatives: list[Tensor] | None = None,
     ) -> Contribution:
         """T inner steps on the summary from ``start``, scored by ``terminal``; its meta-gradient."""
         loop = InnerLoop(
@@ -167,6 +205,7 @@ class MetaObjective:
             step0=start.step,
             log_lr=summary.log_inner_lr,
             candidates_only=self.cfg.inner_softmax is InnerSoftmax.candidates,
+            negatives=negatives,
         )
         mg = meta_gradient(loop, start.w, terminal, self.cfg.meta_grad.value, segment=self.cfg.segment or None)
         stats = {"inner_loss_first": mg.inner_loss_first, "inner_loss_last": mg.inner_loss_last, **mg.stats}
@@ -186,13 +225,17 @@ class MetaMatching(MetaObjective):
         start = self.start(draws)
         x_real = self.real_batch(draws)
         batches = self.syn_batches(draws)
+        meta_negatives = self.meta_negatives(draws)
 
         def terminal(w: Tensors) -> Tensor:  # first-order only: the fused loss, no [B, L, V] logits kept
-            return functional_loss(self.teacher.model, dict(zip(self.names, w, strict=True)), x_real)
+            params = dict(zip(self.names, w, strict=True))
+            if meta_negatives is not None:  # each target plus the shared negatives: O(S d) a position
+                return sampled_loss(self.teacher.model, params, x_real, meta_negatives)
+            return functional_loss(self.teacher.model, params, x_real)
 
         with torch.no_grad():  # the real loss before the inner loop: the meta-loss should end below it
             before = float(terminal(start.w))
-        out = self.unrolled(summary, start, batches, terminal)
+        out = self.unrolled(summary, start, batches, terminal, self.inner_negatives(summary, draws))
         out.stats = {**self.stage(start), "real_loss_start": before, **out.stats}
         return out
 
@@ -257,12 +300,13 @@ class TrajectoryMatching(MetaObjective):
         self.real_batch(draws)  # unused; drawn so that the synthetic batches match the other objectives'
         batches = self.syn_batches(draws)
         target = self.teacher.checkpoint(j)
+        negatives = self.inner_negatives(summary, draws)
         denom = sum(float((a - b).pow(2).sum()) for a, b in zip(w0, target, strict=True)) or 1.0
 
         def terminal(w: Tensors) -> Tensor:
             return sum((a - b).pow(2).sum() for a, b in zip(w, target, strict=True)) / denom
 
-        out = self.unrolled(summary, start, batches, terminal)
+        out = self.unrolled(summary, start, batches, terminal, negatives)
         out.stats = {"checkpoint": i, "target": j, **out.stats}
         return out
 

@@ -19,10 +19,16 @@ Two paths compute the same loss (to float tolerance):
 
 ``functional_loss(model, params, x)`` is the fast path under
 ``torch.func.functional_call`` (for a real-data loss in the distillation engine).
+
+At a large vocabulary the distillation engine can replace the softmax over |V| by an estimate:
+``candidate_loss`` (a sparse batch's union of candidates) and ``sampled_loss`` (each position's own
+candidates or target plus S negatives shared by the batch, drawn uniformly by ``draw_negatives``,
+logQ corrected): plain autograd over O(K + S) logits a position.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -102,12 +108,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             nll[lo:hi] = lse - picked if ids else lse * mass - picked
             if not fuse:
                 continue
-            grad = probs.div_(total)  # softmax [n, V]
+            if weights is not None:  # mass x softmax in one pass over [n, V], then the candidates' -w
+                grad = probs.mul_(mass.unsqueeze(1) / total).scatter_add_(1, t, -w)
+            else:
+                grad = probs.div_(total)  # softmax [n, V]
             if ids:
                 grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((hi - lo, 1), -1.0))
-            elif weights is not None:
-                grad.mul_(mass.unsqueeze(1)).scatter_add_(1, t, -w)
-            else:
+            elif weights is None:
                 grad.mul_(mass.unsqueeze(1)).sub_(t)
             grad[:, 0] = 0.0  # the <pad> logit is a constant
             if want_h:
@@ -325,4 +332,57 @@ def candidate_loss(model: SequenceModel, params: dict[str, Tensor], x: SparseDis
     p = x.p[:, 1:].to(logp.dtype)  # [B, L-1, K]
     valid = p.sum(-1) > 0
     nll = -(p * logp.gather(-1, where[:, 1:])).sum(-1) * valid  # [B, L-1]
+    return nll.sum() / valid.sum().clamp_min(1)
+
+
+# ------------------------------------------------------------------ sampled softmax (large vocabularies)
+def draw_negatives(vocab_size: int, count: int, gen: torch.Generator) -> Tensor:
+    """``count`` distinct token ids drawn uniformly without replacement from 1 .. V-1 (never ``<pad>``),
+    sorted: [S]. Every id but ``<pad>`` when ``count >= V - 1`` (the sampled softmax is then the full one)."""
+    n = vocab_size - 1
+    if count >= n:
+        return torch.arange(1, vocab_size)
+    return (torch.randperm(n, generator=gen)[:count] + 1).sort().values  # [S]
+
+
+def sampled_nll(h: Tensor, table: Tensor, cand: Tensor, p: Tensor, negatives: Tensor) -> Tensor:
+    """Cross-entropy of targets ``p`` over candidates ``cand`` under a sampled softmax: each position's
+    logits are its own K candidates plus S negatives shared by all positions, drawn uniformly from the
+    V - 1 ids that are not ``<pad>`` (:func:`draw_negatives`). The logQ correction adds log((V-1)/S) to a
+    negative's logit (each id is drawn with probability S/(V-1)), so the negatives' exp-sum estimates the
+    non-candidates' without bias; a negative that is one of the position's own candidates is removed (its
+    logit at NEG_INF), so no id counts twice. With S = V - 1 this is the full softmax's cross-entropy.
+
+    h [..., d]; table [V, d]; cand [..., K] ids (never <pad>); p [..., K] their mass; negatives [S] sorted
+    ids. Returns nll [...] = mass * logsumexp(own, negatives) - sum_k p_k logit_k. Plain autograd (any order).
+    """
+    V, S = table.shape[0], negatives.numel()
+    own = (F.embedding(cand, table) @ h.unsqueeze(-1)).squeeze(-1)  # [..., K]
+    neg = h @ table[negatives].t()  # [..., S]
+    if S < V - 1:
+        neg = neg + math.log((V - 1) / S)  # logQ: uniform draws of S among V - 1
+    at = torch.searchsorted(negatives, cand.contiguous()).clamp_max(S - 1)  # [..., K]: where each candidate would sit
+    hit = (negatives[at] == cand).to(neg.dtype)  # [..., K]: the candidate is among the negatives
+    mask = torch.zeros(neg.shape, dtype=neg.dtype, device=neg.device).scatter_add_(-1, at, hit) > 0  # [..., S]
+    lse = torch.logsumexp(torch.cat([own, neg.masked_fill(mask, NEG_INF)], dim=-1), dim=-1)  # [...]
+    p = p.to(own.dtype)
+    return lse * p.sum(-1) - (p * own).sum(-1)
+
+
+def sampled_loss(model: SequenceModel, params: dict[str, Tensor], x: Tensor | SparseDist, negatives: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of ``x`` against its own targets under :func:`sampled_nll`'s sampled
+    softmax: a sparse summary's batch (each position's K candidates plus the S shared ``negatives``) or
+    real token ids (each position's target plus the negatives). O((K + S) d) a position instead of O(V d);
+    a deterministic function of the weights, ``x`` and ``negatives``, so with the same negatives replayed
+    its meta-gradient is exact. Plain autograd (any order of derivative)."""
+    named = {f"model.{k}": v for k, v in params.items()}
+    h, table = functional_call(_FeaturesAndTable(model), named, (x,))  # [B, L, d], [V, d]
+    if isinstance(x, SparseDist):
+        cand, p = x.idx[:, 1:], x.p[:, 1:]  # [B, L-1, K]
+        valid = p.sum(-1) > 0  # [B, L-1]
+    else:
+        valid = x[:, 1:] != 0  # [B, L-1]
+        cand, p = x[:, 1:].unsqueeze(-1), valid.unsqueeze(-1).to(h.dtype)  # [B, L-1, 1]
+        cand = cand.clamp_min(1)  # <pad> targets (no mass) scored as any id, then dropped
+    nll = sampled_nll(h[:, :-1], table, cand, p, negatives.to(cand.device)) * valid  # [B, L-1]
     return nll.sum() / valid.sum().clamp_min(1)
