@@ -19,6 +19,7 @@ import typer.main
 
 from farzi._io import no_stray_torch_cache
 from farzi._seed import SEED_MAX
+from farzi.audit import AuditConfig, audit_bundle, check_audit, default_out, plan_audit
 from farzi.checkpoint import check_dataset, load_checkpoint
 from farzi.data.prepare import SOURCES, PrepareOptions, prepare
 from farzi.data.prepared import load_prepared
@@ -146,7 +147,7 @@ def trajectories_cmd(
     """Train R runs of a model on the real data, keeping checkpoints along the way (Omega)."""
     launch.check_nproc(nproc, flags.get("device", "cpu"), oversubscribe)  # at once; the preset's device in run_job
     ds = resolve_dataset(dataset, home)
-    cfg = (merged := command_settings("trajectories", ds.task, flags, _preset(preset))).config
+    cfg = (merged := command_settings("trajectories", ds.task, flags, _preset(preset), dataset=ds.name)).config
     name = cfg.model or DEFAULT_MODEL[ds.task]
     target = out or trajectories_dir(ds.name, name, home)
     args = (ds, name, cfg.runs, cfg.every, cfg.train)
@@ -192,7 +193,7 @@ def train_student_cmd(
     """Train a model from scratch on the full data, a sample of it, or Farzi Data (on a bundle, the
     settings not given come from the recipe it records)."""
     ds = resolve_dataset(dataset, home)
-    merged = command_settings("train-student", ds.task, flags, _preset(preset), student_recipe(data))
+    merged = command_settings("train-student", ds.task, flags, _preset(preset), student_recipe(data), ds.name)
     cfg, fills = merged.config, merged.from_source("recipe")
     name = cfg.model or DEFAULT_MODEL[ds.task]
     target = out or models_dir(ds.name, home) / f"{name}-{parse_spec(data).label().replace(':', '-')}-s{seed}"
@@ -232,6 +233,12 @@ def eval_cmd(
     k: Annotated[list[int] | None, typer.Option("--k", help="Cutoffs for HR@k / nDCG@k (repeatable).")] = None,
     mask_context: Annotated[bool, typer.Option(help="Exclude the user's context items from the ranking.")] = True,
     stratify: Annotated[str | None, typer.Option(help="'popularity': metrics per popularity decile.")] = None,
+    negatives: Annotated[
+        int, typer.Option(min=0, help="Rank each target among N sampled items (papers' 100), not all (0).")
+    ] = 0,
+    negative_sampling: Annotated[
+        session.NegativeSampling, typer.Option(help="How --negatives are drawn (seeded by --seed).")
+    ] = session.NegativeSampling.uniform,
     device: Device = "cpu",
     seed: Seed = 0,
     home: Home = None,
@@ -247,7 +254,18 @@ def eval_cmd(
     ckpt = load_checkpoint(model_path, device=dev)
     ds = resolve_dataset(dataset or ckpt.dataset["name"], home)
     check_dataset(ckpt.dataset, ds, "model")
-    metrics = evaluate(ckpt.model, ds, split, ks=ks, mask_context=mask_context, stratify=stratify, device=dev)
+    metrics = evaluate(
+        ckpt.model,
+        ds,
+        split,
+        ks=ks,
+        mask_context=mask_context,
+        stratify=stratify,
+        device=dev,
+        negatives=negatives,
+        negative_sampling=negative_sampling.value,
+        negative_seed=seed,
+    )
     if json:
         ui.print_json({"model": str(ckpt.path), "model_name": ckpt.model_name, "dataset": ds.name, **metrics})
         return
@@ -305,7 +323,7 @@ def distill_cmd(
     launch.check_nproc(nproc, flags.get("device", "cpu"), oversubscribe)  # at once; the preset's device in run_job
     ds = resolve_dataset(dataset, home)
     flags.update(zip(("mu", "xi"), parse_budget(budget), strict=True) if budget is not None else ())
-    merged = command_settings("distill", ds.task, flags, _preset(preset))
+    merged = command_settings("distill", ds.task, flags, _preset(preset), dataset=ds.name)
     (cfg := merged.config).validate(ds)  # settings and device first, then the output, then the cost probe
     trajectories = trajectories or default_trajectories(ds, cfg, home)
     target = out or bundles_dir(ds.name, home) / f"farzi-{cfg.mu}x{cfg.xi}-s{cfg.seed}.safetensors"
@@ -465,6 +483,112 @@ def export_cmd(
     )
 
 
+@app.command("audit")
+@ui.handle_errors
+def audit_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A Farzi Data bundle (*.safetensors).")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Its dataset: a name or directory (default: the one it records).")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Seeded draws per synthetic sequence besides its argmax.")] = 4,
+    min_copy: Annotated[int, typer.Option(help="List synthetic sequences copying a window of N+ tokens.")] = 10,
+    models: Annotated[
+        list[Path] | None, typer.Option("--models", help="Models trained on the bundle to attack (repeatable).")
+    ] = None,
+    students: Annotated[int, typer.Option(help="Students per kind of data (bundle, random:N, full); 0: none.")] = 1,
+    max_steps: Annotated[int, typer.Option(help="Steps per student (0: the bundle recipe's, at most 300).")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for audit.json and audit.png (default BUNDLE.audit).")
+    ] = None,
+    device: Device = "cpu",
+    seed: Seed = 0,
+    home: Home = None,
+    json: Json = False,
+    plan: session.Plan = False,
+    threads: session.Threads = None,
+    quiet: session.Quiet = False,
+) -> None:
+    """Privacy audit: how much of the training data a bundle copies, and how well a loss-threshold
+    attack tells members from held-out sequences on students trained on it."""
+    cfg = AuditConfig(samples, min_copy, students, max_steps, list(models or []), seed=seed, device=device)
+    cfg.validate()
+    resolve_device(device)
+    ds = resolve_dataset(data or _bundle_dataset(bundle), home)
+    target = out or default_out(bundle)
+    check_audit(bundle, ds, cfg, target)  # every refusal before the cost probe
+    job = launch.Job(
+        lambda progress, _: audit_bundle(bundle, ds, cfg, target, progress),
+        plan=lambda: plan_audit(bundle, ds, cfg, target),
+    )
+    doc, cost = launch.run_job(job, plan, json)  # type: ignore[misc]
+    launch.report(json, {**doc, "out": str(target), "plan": cost.to_dict()}, lambda: render_audit(doc, target))
+
+
+def _bundle_dataset(bundle: Path) -> str:
+    """The dataset a bundle records: its directory where it still exists, else its name."""
+    from farzi.distill.bundle import read_bundle_meta
+
+    recorded = read_bundle_meta(bundle)[0].get("dataset") or {}
+    path, name = recorded.get("path"), recorded.get("name")
+    if isinstance(path, str) and (Path(path) / "manifest.json").is_file():
+        return path
+    if not isinstance(name, str) or not name:
+        raise DataError(f"bundle {bundle} records no dataset", "pass --data with the dataset it was distilled from")
+    return name
+
+
+def render_audit(doc: dict[str, Any], target: Path) -> None:
+    """The audit as tables: copying (synthetic against held-out), the copies found, the attack per kind of data."""
+    c = doc["copying"]
+    ns = c["ngrams"]
+    rows = []
+    for label, x in (
+        ("argmax", c["synthetic"]["argmax"]),
+        ("sampled", c["synthetic"]["sampled"]),
+        ("held-out", c["held_out"]),
+    ):
+        if x:
+            run = x["longest_run"]
+            overlap = [f"{100 * v:.1f}" if v is not None else "—" for v in (x["ngram_overlap"][str(n)] for n in ns)]
+            rows.append([label, x["sequences"], f"{run['mean']:.2f} / {run['max']}", *overlap])
+    cols = ["sequences", "count", "longest run mean / max", *[f"{n}-grams %" for n in ns]]
+    title = f"Copying: {doc['bundle']['budget']} bundle against {doc['dataset']['name']}'s training split"
+    caption = "n-grams %: share of a sequence's n-grams found in training; held-out: test windows, never trained on"
+    ui.stdout.print(ui.grid(title, cols, rows, caption=caption))
+    shown = c["copies"][:10]
+    copied = c["copied_training_sequences"]
+    caption = f"{c['copies_total']} copies of {c['min_copy']}+ tokens, of {copied} training sequences"
+    copy_rows = [[x["name"], x["length"], x["start"], x["train_id"], x["train_start"]] for x in shown]
+    copy_cols = ["synthetic", "tokens copied", "at", "training user / line", "from"]
+    if copy_rows:
+        ui.stdout.print(ui.grid("Copies (longest first)", copy_cols, copy_rows, caption=caption))
+    else:
+        ui.stdout.print(f"no synthetic sequence copies a training window of {c['min_copy']}+ tokens")
+    m = doc["membership"]
+    if m:
+        metric = m["utility_metric"]
+        table = [
+            [
+                g["label"],
+                len(g["students"]),
+                g["utility"],
+                f"{g['auc']['value']:.3f} [{g['auc']['lo']:.3f}, {g['auc']['hi']:.3f}]"
+                + (f"; its {o['members']} users: {o['auc']['value']:.3f}" if (o := g.get("own_members")) else ""),
+                f"{100 * g['tpr_at_fpr']['value']:.1f} [{100 * g['tpr_at_fpr']['lo']:.1f}, "
+                f"{100 * g['tpr_at_fpr']['hi']:.1f}]",
+            ]
+            for g in m["groups"]
+        ]
+        title = (
+            f"Membership inference: {m['members']['sequences']} members, {m['non_members']['sequences']} non-members"
+        )
+        cols = ["trained on", "students", f"test {metric}", "attack AUC [95 %]", "TPR % at 1 % FPR [95 %]"]
+        ui.stdout.print(ui.grid(title, cols, table))
+    for note in doc["notes"]:
+        ui.stdout.print(f"note: {note}")
+    ui.stdout.print(f"json: {target / 'audit.json'}\nplot: {target / doc['plot']}")
+
+
 @app.command("demo")
 @ui.handle_errors
 def demo_cmd(
@@ -488,20 +612,28 @@ def demo_cmd(
 def render_demo(result: dict[str, Any]) -> None:
     for name, res in result["tasks"].items():
         metrics = list(TASKS[name].metrics)
+        cell = lambda r, m: f"{r[m]:.3g} [{r[f'{m}_lo']:.3g}, {r[f'{m}_hi']:.3g}]"  # noqa: E731
         rows = [
-            [r["data"], r["sequences"], r["tokens"], *[r[m] for m in metrics], r["train_seconds"]] for r in res["rows"]
+            [r["data"], r["sequences"], r["tokens"], *[cell(r, m) for m in metrics], r["train_seconds"]]
+            for r in res["rows"]
         ]
         ref = res["reference"]
         rows.append([ref["label"], "", "", *[ref["value"] if m == ref["metric"] else "" for m in metrics], ""])
         timings = ", ".join(f"{k} {v:.0f}s" for k, v in res["timings"].items())
         ui.stdout.print(
             ui.grid(
-                f"{res['dataset']}: test split ({res['train_sequences']} training sequences)",
+                f"{res['dataset']}: test split ({res['train_sequences']} training sequences), 95 % intervals",
                 ["data", "sequences", "tokens", *metrics, "train s"],
                 rows,
                 caption=timings,
             )
         )
+        pairs = [
+            [c["against"], f"{c['diff']:+.3g} [{c['lo']:+.3g}, {c['hi']:+.3g}]", c["verdict"]]
+            for c in res["comparisons"]
+        ]
+        title = f"{res['rows'][0]['data']} minus each, {res['headline']} paired over the same test users"
+        ui.stdout.print(ui.grid(title, ["against", "difference [95 % interval]", "Farzi Data is"], pairs))
     ui.stdout.print(f"plot: {result['plot']}")
 
 

@@ -26,6 +26,7 @@ ARGS = {
     "distill": ["distill", "synthetic-rec", "--budget", "2x4", "--outer-steps", "1", "--objective", "mm"],
     "inspect": ["inspect", "{home}/none.safetensors"],
     "export": ["export", "{home}/none.safetensors"],
+    "audit": ["audit", "{home}/none.safetensors"],
     "demo": ["demo"],
 }
 DEVICE_LINE = "error: unknown device 'tpu'; use --device cpu or --device cuda"
