@@ -44,15 +44,20 @@ _REC["model_overrides"] = {"max_len": 16, "d_model": 8, "n_layers": 1, "dropout"
 _LM = dict(source="synthetic-lm", model="transformer", metrics=["ppl_corpus", "ppl_sentence", "accuracy"])
 _LM["model_overrides"] = {"max_len": 32, "d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 16, "dropout": 0.1}
 SETTINGS: dict[str, dict[str, Any]] = {"smoke-rec": _SMOKE | _REC, "smoke-lm": _SMOKE | _LM}
-SETTINGS |= {name: PROTOCOLS[name] for name in ("ml100k-cpu", "ptb-cpu", "ml100k-paper")}  # one source: farzi.presets
+SETTINGS |= PROTOCOLS  # one source: farzi.presets
 
 
-def settings(task: str, protocol: str = "cpu", smoke: bool = False, runs: int | None = None) -> dict[str, Any]:
-    """A copy of the protocol's settings for ``task`` (rec or lm); ``runs``: that many trajectory runs."""
-    if protocol == "paper" and task == "lm" and not smoke:
+def settings(
+    task: str, protocol: str = "cpu", smoke: bool = False, runs: int | None = None, dataset: str = ""
+) -> dict[str, Any]:
+    """A copy of the protocol's settings for ``task`` (rec or lm; ``dataset`` "beauty": beauty-cpu); ``runs``:
+    that many trajectory runs."""
+    if protocol == "paper" and (task == "lm" or dataset) and not smoke:
         why = "the paper protocol is defined for ML-100k only (the full PTB is not available offline)"
         raise ConfigError(why, "run it with --protocol cpu")
-    s = copy.deepcopy(SETTINGS[f"smoke-{task}" if smoke else {"rec": "ml100k", "lm": "ptb"}[task] + f"-{protocol}"])
+    s = copy.deepcopy(
+        SETTINGS[f"smoke-{task}" if smoke else (dataset or {"rec": "ml100k", "lm": "ptb"}[task]) + f"-{protocol}"]
+    )
     s["trajectories"]["runs"] = runs if runs and not smoke else s["trajectories"]["runs"]
     return s
 

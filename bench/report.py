@@ -24,6 +24,10 @@ from bench.common import BENCH, RESULTS
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "sample-efficiency-ml100k": ("sample_efficiency", "Sample efficiency on ML-100k (paper Table 6, Figures 3-4)"),
     "sample-efficiency-ptb": ("sample_efficiency", "Sample efficiency on PTB, offline protocol (paper Table 6)"),
+    "sample-efficiency-beauty": ("sample_efficiency", "Sample efficiency on Amazon Beauty (issue 29)"),
+    "budget-curves-ml100k": ("budget_curves", "Budget curves on ML-100k (paper Figures 3-4)"),
+    "budget-curves-ptb": ("budget_curves", "Budget curves on PTB, offline protocol (paper Figures 3-4)"),
+    "budget-curves-beauty": ("budget_curves", "Budget curves on Amazon Beauty (paper Figures 3-4)"),
     "student-selection": ("student_selection", "Which validation signal students stop on (issue 9)"),
     "fidelity-levers": ("levers", "Levers of the outer loop, losers included (issue 9)"),
     "fidelity-levers-ptb": ("levers", "Levers for language modeling (issue 9)"),
@@ -36,6 +40,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "metagrad-cost": ("metagrad_cost", "Inner-loop cost vs T per meta-gradient strategy (paper Figure 5)"),
     "scale-out": ("scale_out", "Distillation over 1 and 2 ranks, and dataset memory per rank (issue 10)"),
     "vocab-scaling": ("vocab_scaling", "Distillation and student cost against |V|, dense and sparse (issue 28)"),
+    "privacy": ("privacy", "Privacy audit: copying and membership inference, next to utility (issue 30)"),
 }
 MARK = re.compile(r"<!--@ (\S+) -->|<!--= ([^\n]+?) -->(.*?)<!--/-->", re.S)
 NOT_RENDERED = "**not rendered"

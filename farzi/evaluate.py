@@ -17,6 +17,8 @@ from farzi.models.base import tied_logits
 from farzi.models.loss import scored_positions
 from farzi.progress import ProgressFn, report
 
+NEGATIVE_SAMPLING = ("uniform", "popularity")
+
 HIGHER_IS_BETTER = {"hr", "hr_all", "ndcg", "auc", "accuracy"}  # nll, xent, ppl_*: lower is better
 
 
@@ -87,6 +89,42 @@ def rec_scores(
     return torch.cat(out) if out else torch.zeros(0, model.config.vocab_size)
 
 
+def sample_negatives(
+    ds: PreparedDataset,
+    contexts: list[np.ndarray],
+    targets: np.ndarray,
+    n: int,
+    sampling: str = "uniform",
+    seed: int = 0,
+) -> np.ndarray:
+    """``n`` negative items per user, ``[users, n]`` int64: distinct, none the user's target or context item
+    (nor a special token), drawn uniformly or in proportion to the item's training frequency
+    (``popularity``), without replacement, from one generator seeded by ``seed`` and walked in split
+    order, so every model evaluated with the same seed ranks each user's target among the same items.
+    """
+    if sampling not in NEGATIVE_SAMPLING:
+        raise ConfigError(f"unknown negative sampling {sampling!r}", f"use one of {', '.join(NEGATIVE_SAMPLING)}")
+    specials, vocab = ds.vocab.num_specials, ds.vocab_size
+    items = np.arange(specials, vocab)
+    weight = np.ones(len(items))
+    if sampling == "popularity":  # training count + 1: every item drawable
+        weight += np.bincount(ds.train.tokens, minlength=vocab)[specials:]
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(contexts), n), dtype=np.int64)
+    for u, (context, target) in enumerate(zip(contexts, targets, strict=True)):
+        seen = np.union1d(context.astype(np.int64), [int(target)])
+        allowed = np.ones(len(items), dtype=bool)
+        allowed[seen[seen >= specials] - specials] = False
+        if allowed.sum() < n:
+            raise ConfigError(
+                f"--negatives {n} is more than the {int(allowed.sum())} items user {u} has not interacted with",
+                "ask for fewer negatives, or use full ranking (--negatives 0)",
+            )
+        p = weight * allowed
+        out[u] = rng.choice(items, size=n, replace=False, p=p / p.sum())
+    return out
+
+
 def evaluate_rec(
     model: SequenceModel,
     ds: PreparedDataset,
@@ -97,8 +135,16 @@ def evaluate_rec(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     per_unit: bool = False,
+    negatives: int = 0,
+    negative_sampling: str = "uniform",
+    negative_seed: int = 0,
 ) -> dict[str, Any]:
-    """Full-ranking metrics; users are scored ``batch_size`` at a time, so memory holds [batch, V], not [N, V].
+    """Ranking metrics; users are scored ``batch_size`` at a time, so memory holds [batch, V], not [N, V].
+
+    By default each target is ranked among every item (full ranking; the user's context items
+    excluded with ``mask_context``). ``negatives=n`` ranks it among ``n`` sampled items instead
+    (:func:`sample_negatives`: ``uniform`` or ``popularity``, seeded by ``negative_seed``), the
+    protocol of papers that sample 100 negatives; the result's ``ranking`` says which was used.
 
     Besides the target's rank metrics and NLL, ``xent`` is the next-item cross-entropy and
     ``hr_all@10`` the hit rate at 10 over every position of each user's most recent ``max_len``
@@ -110,18 +156,28 @@ def evaluate_rec(
     keep = [i for i in range(len(seqs)) if len(seqs[i]) >= 2]
     contexts = [seqs[i][:-1] for i in keep]
     targets = torch.tensor([int(seqs[i][-1]) for i in keep], dtype=torch.long)
+    sampled = (
+        torch.from_numpy(sample_negatives(ds, contexts, targets.numpy(), negatives, negative_sampling, negative_seed))
+        if negatives
+        else None
+    )  # [N, n]
     was_training = model.training
     model.eval()
     ranks_parts, auc_parts, nll_parts = [], [], []
     for b, scores in enumerate(rec_score_batches(model, contexts, batch_size, device)):
         lo = b * batch_size
         rows = range(lo, lo + scores.shape[0])
-        cand = torch.ones(scores.shape, dtype=torch.bool)  # [b, V]
-        cand[:, : ds.vocab.num_specials] = False
-        if mask_context:
-            for row, r in enumerate(rows):
-                cand[row, torch.from_numpy(contexts[r].astype(np.int64))] = False
         tgt = targets[lo : lo + scores.shape[0]]
+        if sampled is not None:  # the target and its sampled negatives alone
+            cand = torch.zeros(scores.shape, dtype=torch.bool)  # [b, V]
+            cand.scatter_(1, sampled[lo : lo + scores.shape[0]], True)
+            cand.scatter_(1, tgt.unsqueeze(1), True)
+        else:
+            cand = torch.ones(scores.shape, dtype=torch.bool)  # [b, V]
+            cand[:, : ds.vocab.num_specials] = False
+            if mask_context:
+                for row, r in enumerate(rows):
+                    cand[row, torch.from_numpy(contexts[r].astype(np.int64))] = False
         ranks_b, auc_b = target_ranks(scores, tgt, cand)
         ranks_parts.append(ranks_b)
         auc_parts.append(auc_b)
@@ -134,6 +190,7 @@ def evaluate_rec(
     auc = torch.cat(auc_parts).numpy() if auc_parts else np.zeros(0)
     nll = torch.cat(nll_parts).double().numpy() if nll_parts else np.zeros(0)
     result: dict[str, Any] = rank_metrics(ranks, auc, ks)
+    result["ranking"] = f"{negatives} {negative_sampling} negatives, seed {negative_seed}" if negatives else "full"
     result["nll"] = float(nll.mean()) if len(nll) else float("nan")
     result["xent"] = float(xent_sum.sum() / xent_count.sum()) if xent_count.sum() else float("nan")
     result["hr_all@10"] = 100.0 * float(top10.sum() / xent_count.sum()) if xent_count.sum() else float("nan")
@@ -320,9 +377,17 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: ProgressFn | None = None,
     per_unit: bool = False,
+    negatives: int = 0,
+    negative_sampling: str = "uniform",
+    negative_seed: int = 0,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on ``ds[split]`` (recommendation or language modeling); ``per_unit``
-    adds each user's / sentence's figures for paired comparisons."""
+    adds each user's / sentence's figures for paired comparisons; ``negatives``: rank each target
+    among that many sampled items instead of all (:func:`evaluate_rec`; recommendation only)."""
+    if negatives < 0:
+        raise ConfigError(f"--negatives {negatives} is negative", "give 0 (full ranking) or a count such as 100")
+    if negatives and ds.task != "rec":
+        raise ConfigError("--negatives applies to recommendation datasets only", "drop --negatives")
     if split not in ds.splits:
         raise ConfigError(f"unknown split {split!r}", "use train, valid or test")
     if model.task != ds.task:
@@ -332,7 +397,19 @@ def evaluate(
         )
     report(progress, f"eval {split}", 0, 1)
     if ds.task == "rec":
-        out = evaluate_rec(model, ds, split, ks, mask_context, stratify, device, per_unit=per_unit)
+        out = evaluate_rec(
+            model,
+            ds,
+            split,
+            ks,
+            mask_context,
+            stratify,
+            device,
+            per_unit=per_unit,
+            negatives=negatives,
+            negative_sampling=negative_sampling,
+            negative_seed=negative_seed,
+        )
     else:
         if stratify is not None:
             raise ConfigError("--stratify applies to recommendation datasets only", "drop --stratify")

@@ -4,8 +4,9 @@
 ``ml100k-cpu``, ``ptb-cpu`` and ``ml100k-paper`` settings from here, and ``farzictl ... --preset
 cpu|paper`` fills a command's options from them (options given on the command line win).
 
-* ``cpu``: the CPU protocol (minutes to an hour on 2 cores): ``ml100k-cpu`` for recommendation,
-  ``ptb-cpu`` for language modeling;
+* ``cpu``: the CPU protocol (minutes to an hour on 2 cores): ``ml100k-cpu`` for recommendation
+  (``beauty-cpu`` on Amazon Beauty, whose 12k items need a sparse summary), ``ptb-cpu`` for
+  language modeling;
 * ``paper``: the paper's ML-100k setting (its Table 4), a GPU run (``device`` ``cuda``);
   recommendation only.
 
@@ -31,6 +32,13 @@ PRESET_COMMANDS = ("trajectories", "distill", "train-student")
 # measured for.
 RECIPE_OVER_PRESET = ("lr", "weight_decay")
 
+
+def recipe_over_preset(name: str) -> tuple[str, ...]:
+    """What a student on a bundle takes from its recipe under protocol ``name``: :data:`RECIPE_OVER_PRESET`, or the
+    protocol's own ``recipe_over_preset`` (beauty-cpu: the batch and steps too, sized for its bundles)."""
+    return tuple(PROTOCOLS.get(name, {}).get("recipe_over_preset", RECIPE_OVER_PRESET))
+
+
 # The protocols' settings. bench/experiments/sample_efficiency.py reads them from here.
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "ml100k-cpu": {
@@ -40,6 +48,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "model_overrides": {"max_len": 50, "d_model": 64, "n_layers": 2, "dropout": 0.2},
         "trajectories": {"runs": 3, "every": 20, "train": {"lr": 2e-3, "batch_size": 128, "max_steps": 240}},
         "budgets": [50],
+        "curve_budgets": [10, 25, 50, 100, 200, 400],  # bench budget-curves-ml100k (755 training users)
         "distill_seeds": 2,
         "xi": 50,
         "claim_budget": 50,
@@ -69,6 +78,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "model_overrides": {"max_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256, "dropout": 0.2},
         "trajectories": {"runs": 3, "every": 40, "train": {"lr": 2e-3, "batch_size": 64, "max_steps": 480}},
         "budgets": [40],
+        "curve_budgets": [10, 20, 40, 100, 200, 400],  # bench budget-curves-ptb (3,370 training sentences)
         "distill_seeds": 2,
         "xi": 50,
         "claim_budget": 40,
@@ -122,15 +132,33 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 
-# (preset, task) -> protocol
+# Amazon Beauty (22,363 users, 12,101 items, 8.9 items a user): ml100k-cpu's model, Omega and 50x50 budget, with what
+# its catalog needs to fit 90 min on 2 cores: a sparse summary (K = 64 items a position: an outer step at 12k items
+# 0.6x a dense one, bench vocab-scaling) and 60 outer steps; students on a bundle take its recipe's batch and steps
+# (16 of its sequences a step: 800 tokens, less than a full-data batch of 128 users' 9 items; 50 sequences a step
+# cost 2.5x a full-data step at 12k items), validated every 40 steps and stopped after 5 without improvement.
+# Sized to fit the time, not tuned on validation as ml100k-cpu was.
+_ML = PROTOCOLS["ml100k-cpu"]
+PROTOCOLS["beauty-cpu"] = copy.deepcopy(_ML) | {
+    "source": "amazon-beauty",
+    "source_dir": "amazon-beauty",
+    "curve_budgets": [10, 25, 50, 100, 200, 400],  # bench budget-curves-beauty (17,891 training users)
+    "distill": _ML["distill"] | {"support": 64, "outer_steps": 60, "recipe_steps": 300, "recipe_batch": 16},
+    "recipe_over_preset": ["lr", "weight_decay", "batch_size", "max_steps"],
+    "student": _ML["student"] | {"patience": 5, "eval_every": 40},
+}
+
+# (preset, task) -> protocol; (preset, dataset) -> the protocol of a dataset with one of its own
 _BY_TASK = {("cpu", "rec"): "ml100k-cpu", ("cpu", "lm"): "ptb-cpu", ("paper", "rec"): "ml100k-paper"}
+_BY_DATASET = {("cpu", "amazon-beauty"): "beauty-cpu"}
 
 
-def protocol(preset: str, task: str) -> str:
-    """The protocol a preset names for a task (``ConfigError`` where there is none)."""
+def protocol(preset: str, task: str, dataset: str = "") -> str:
+    """The protocol a preset names for a task, or for ``dataset`` where it has its own (``beauty-cpu`` for
+    ``amazon-beauty`` under ``cpu``); ``ConfigError`` where there is none."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
-    name = _BY_TASK.get((preset, task))
+    name = _BY_DATASET.get((preset, dataset)) or _BY_TASK.get((preset, task))
     if name is None:
         raise ConfigError(
             f"there is no {preset!r} preset for {task} datasets (the paper protocol is defined for ML-100k only)",
@@ -139,7 +167,7 @@ def protocol(preset: str, task: str) -> str:
     return name
 
 
-def preset_values(preset: str, task: str, command: str) -> dict[str, Any]:
+def preset_values(preset: str, task: str, command: str, dataset: str = "") -> dict[str, Any]:
     """The partial config ``preset`` gives ``command`` on a ``task`` dataset (a fresh copy), by the flat
     names of the command's settings (:func:`config_class`).
 
@@ -149,7 +177,7 @@ def preset_values(preset: str, task: str, command: str) -> dict[str, Any]:
     """
     if command not in PRESET_COMMANDS:
         raise ConfigError(f"{command} takes no preset", f"use --preset with {', '.join(PRESET_COMMANDS)}")
-    p = copy.deepcopy(PROTOCOLS[protocol(preset, task)])
+    p = copy.deepcopy(PROTOCOLS[protocol(preset, task, dataset)])
     out: dict[str, Any] = {"model": p["model"], "model_overrides": p["model_overrides"]}
     if "device" in p:
         out["device"] = p["device"]
@@ -181,19 +209,22 @@ def command_settings(
     flags: dict[str, Any],
     preset: str | None = None,
     recipe: dict[str, Any] | None = None,
+    dataset: str = "",
 ) -> Merged:
     """The settings of one ``command`` run, merged in one place: the config's defaults, then the
     ``preset`` (a partial config), then a bundle's training ``recipe`` (train-student on a bundle;
     under a preset only what the preset leaves open and :data:`RECIPE_OVER_PRESET`), then the
     ``flags`` the user gave; with where
-    each value came from. Nothing is checked here (the config's own validation does that)."""
+    each value came from; ``dataset``: the dataset's name, for a protocol of its own (:func:`protocol`).
+    Nothing is checked here (the config's own validation does that)."""
     from farzi.student import RECIPE_FIELDS
 
     cls = config_class(command)
-    given = preset_values(preset, task, command) if preset else {}
+    given = preset_values(preset, task, command, dataset) if preset else {}
+    over = recipe_over_preset(protocol(preset, task, dataset)) if preset else RECIPE_OVER_PRESET
     layers: list[tuple[str, dict[str, Any] | None]] = [("preset", given)]
     if recipe:  # under a preset: what it leaves open, and the learning rate and weight decay
-        keys = [k for k in RECIPE_FIELDS if k in recipe and (k not in given or k in RECIPE_OVER_PRESET)]
+        keys = [k for k in RECIPE_FIELDS if k in recipe and (k not in given or k in over)]
         kinds = {s.name: s.kind for s in settings_of(cls)}
         layers.append(("recipe", {k: kinds[k](recipe[k]) for k in keys}))
     layers.append(("flag", flags))

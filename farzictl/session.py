@@ -54,6 +54,11 @@ class PresetName(str, Enum):
     paper = "paper"
 
 
+class NegativeSampling(str, Enum):  # farzi.evaluate.NEGATIVE_SAMPLING
+    uniform = "uniform"
+    popularity = "popularity"
+
+
 Threads = Annotated[
     int | None,
     typer.Option(
@@ -76,8 +81,8 @@ Plan = Annotated[
 Preset = Annotated[
     PresetName | None,
     typer.Option(
-        help="Settings of a benchmark protocol: cpu (ml100k-cpu / ptb-cpu) or paper (ml100k-paper, a GPU run); "
-        "options given on the command line win.",
+        help="Settings of a benchmark protocol: cpu (ml100k-cpu / ptb-cpu; beauty-cpu on amazon-beauty) or paper "
+        "(ml100k-paper, a GPU run); options given on the command line win.",
         show_default=False,
     ),
 ]

@@ -20,7 +20,7 @@ from farzi.data.prepared import PreparedDataset
 from farzi.data.sequences import Sequences
 from farzi.data.vocab import Vocabulary
 from farzi.errors import ConfigError
-from farzi.evaluate import evaluate, evaluate_lm, evaluate_rec, sentence_scores
+from farzi.evaluate import evaluate, evaluate_lm, evaluate_rec, sample_negatives, sentence_scores
 from farzi.models import NEG_INF, ModelConfig, SequenceModel, build_model, make_config
 
 # ------------------------------------------------------------------ test doubles
@@ -303,3 +303,51 @@ def test_sentence_scores_are_the_log_softmax_of_the_logits(tiny_lm: PreparedData
     for a, b in zip(nll, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     assert sum(len(h) for h in hits) == sum(len(s) - 1 for s in seqs)
+
+
+# ------------------------------------------------------------------ sampled negatives
+
+
+def test_every_allowed_item_as_negative_ranks_as_the_masked_full_ranking() -> None:
+    ds = toy_rec()  # u0 may draw {1, 4, 6}, u1 {1, 3, 6}, u2 {2, 3, 4, 5}
+    full = evaluate(IdScores(ds.vocab_size), ds, "test", ks=(1, 2, 3))
+    sampled = evaluate(IdScores(ds.vocab_size), ds, "test", ks=(1, 2, 3), negatives=3)
+    # u0 and u1 take all three of theirs; u2's target (6) outranks whichever three it draws
+    assert [sampled[k] for k in ("hr@1", "hr@2", "hr@3", "auc")] == [full[k] for k in ("hr@1", "hr@2", "hr@3", "auc")]
+    assert full["ranking"] == "full"
+    assert sampled["ranking"] == "3 uniform negatives, seed 0"
+
+
+def test_negatives_exclude_target_context_and_specials_and_repeat_with_the_seed() -> None:
+    ds = toy_rec()
+    contexts = [np.array([3, 5]), np.array([2, 4, 5]), np.array([1])]
+    targets = np.array([2, 4, 6])
+    a = sample_negatives(ds, contexts, targets, 2, "uniform", seed=5)
+    assert a.shape == (3, 2)
+    for row, c, t in zip(a, contexts, targets, strict=True):
+        assert len(set(row)) == 2 and not set(row) & ({int(t), 0} | set(c.tolist()))
+    assert np.array_equal(a, sample_negatives(ds, contexts, targets, 2, "uniform", seed=5))
+    draws = {tuple(sample_negatives(ds, contexts, targets, 2, "uniform", seed=s)[2]) for s in range(20)}
+    assert len(draws) > 1  # the seed matters
+
+
+def test_popularity_negatives_follow_the_training_frequency() -> None:
+    vocab = Vocabulary(tokens=["<pad>"] + [f"i{i}" for i in range(1, 11)], specials={"<pad>": 0})
+    train = Sequences.from_lists(["a"], [[1] * 97 + [2, 3]])  # counts + 1: item 1 98, items 2-3 2, others 1
+    test = Sequences.from_lists([f"u{i}" for i in range(400)], [[10, 9]] * 400)
+    ds = PreparedDataset(name="pop", task="rec", vocab=vocab, splits={"train": train, "valid": test, "test": test})
+    ctx, tgt = [np.array([10])] * 400, np.full(400, 9)
+    pop = sample_negatives(ds, ctx, tgt, 1, "popularity", seed=0)[:, 0]
+    uni = sample_negatives(ds, ctx, tgt, 1, "uniform", seed=0)[:, 0]
+    # item 1 holds 98 of the 106 units of weight among items 1-8 (p 0.92); uniformly 1 in 8
+    assert (pop == 1).mean() > 0.85 and (uni == 1).mean() < 0.25
+
+
+def test_bad_negatives_are_refused() -> None:
+    ds = toy_rec()
+    with pytest.raises(ConfigError, match="--negatives 4 is more than the 3 items"):
+        evaluate(IdScores(ds.vocab_size), ds, "test", negatives=4)
+    with pytest.raises(ConfigError, match="negative"):
+        evaluate(IdScores(ds.vocab_size), ds, "test", negatives=-1)
+    with pytest.raises(ConfigError, match="unknown negative sampling"):
+        evaluate(IdScores(ds.vocab_size), ds, "test", negatives=2, negative_sampling="zipf")

@@ -9,7 +9,7 @@ import pytest
 
 from farzi.distill.config import DistillConfig, RecipeConfig
 from farzi.errors import ConfigError
-from farzi.presets import command_settings
+from farzi.presets import command_settings, protocol
 from farzi.settings import from_record, markdown_rows, merge, settings_of, to_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +58,19 @@ def test_a_bundles_recipe_sits_between_preset_and_flags() -> None:
     preset = command_settings("train-student", "rec", {}, preset="cpu", recipe=recipe)
     assert (preset.config.train.lr, preset.config.train.batch_size, preset.config.train.max_steps) == (5e-3, 128, 600)
     assert sorted(preset.from_source("recipe")) == ["lr", "metric", "weight_decay"]
+    # beauty-cpu (the cpu preset on amazon-beauty) sizes its students on a bundle by the recipe's batch and steps
+    beauty = command_settings("train-student", "rec", {}, preset="cpu", recipe=recipe, dataset="amazon-beauty")
+    assert (beauty.config.train.lr, beauty.config.train.batch_size, beauty.config.train.max_steps) == (5e-3, 3, 7)
+    assert sorted(beauty.from_source("recipe")) == ["batch_size", "lr", "max_steps", "metric", "weight_decay"]
+
+
+def test_the_cpu_preset_takes_a_datasets_own_protocol() -> None:
+    beauty = command_settings("distill", "rec", {}, preset="cpu", dataset="amazon-beauty").config
+    ml100k = command_settings("distill", "rec", {}, preset="cpu", dataset="ml-100k").config
+    assert (beauty.support, beauty.outer_steps, beauty.recipe.batch) == (64, 60, 16)
+    assert (ml100k.support, ml100k.outer_steps, ml100k.recipe.batch) == (0, 100, 128)
+    assert protocol("cpu", "rec", "amazon-beauty") == "beauty-cpu" and protocol("cpu", "rec", "ml-100k") == "ml100k-cpu"
+    assert protocol("paper", "rec", "amazon-beauty") == "ml100k-paper"  # no paper protocol of its own
 
 
 def test_checks_name_the_option_derived_from_the_field() -> None:

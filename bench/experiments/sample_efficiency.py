@@ -20,7 +20,7 @@ from bench.report import ci, fmt, md_table
 from bench.table import Table, Variant, compare, interval, pairs, run_table, value
 from farzi.compare import units_to_resolve
 from farzi.plots import line_panels
-from farzi.presets import RECIPE_OVER_PRESET
+from farzi.presets import recipe_over_preset
 
 # recommendation: figures over every position of the test users' most recent items (farzi.evaluate)
 POSITION_METRICS = ("xent", "hr_all@10")
@@ -34,11 +34,13 @@ def table(s: dict[str, Any]) -> Table:
         v[f"farzi {mu}x{xi}"] = Variant("Farzi Data", {}, mu=mu, distill_seeds=dseeds)
         v[f"init only {mu}x{xi}"] = Variant("its initialization", {"outer_steps": 0}, mu=mu, distill_seeds=dseeds)
         v |= {f"{kind}:{mu}": Variant(f"{kind} sample", None, data=f"{kind}:{mu}") for kind in ("random", "head")}
-    return Table(v, metrics=tuple(s["metrics"]), split="test", recipe_fills=RECIPE_OVER_PRESET)
+    fills = s.get("recipe_over_preset", recipe_over_preset(""))
+    return Table(v, metrics=tuple(s["metrics"]), split="test", recipe_fills=tuple(fills))
 
 
 def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
-    s = settings("lm" if experiment.endswith("ptb") else "rec", protocol, smoke)
+    beauty = "beauty" if experiment.endswith("beauty") else ""
+    s = settings("lm" if experiment.endswith("ptb") else "rec", protocol, smoke, dataset=beauty)
     if s.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
         return {"skipped": "not run (no GPU)", "settings": s}
     return run_table(table(s), s, work, seeds, smoke)
@@ -139,8 +141,8 @@ def data_table(r: dict[str, Any]) -> str:
     return md_table(["data", "runs", "sequences", "tokens", *s["metrics"], "train s"], rows)
 
 
-def pairs_table(r: dict[str, Any]) -> str:
-    comps = comparisons(r["settings"], r["runs"])
+def pairs_table(r: dict[str, Any], metric: str | None = None) -> str:
+    comps = comparisons(r["settings"], r["runs"], metric)
     ratio = [{"value": c["ratio"], "lo": c["ratio_lo"], "hi": c["ratio_hi"]} for c in comps]
     rows = [[c["a"], c["b"], ci(c), ci(q, 3), c["pairs"]] for c, q in zip(comps, ratio, strict=True)]
     return md_table(["a", "b", "a - b", "a / b", "pairs"], rows)
@@ -204,13 +206,14 @@ def paper_table(p: dict[str, Any] | None) -> str:
 
 
 def plot(r: dict[str, Any], plots: Path) -> str:
-    """The first metric against the budget for Farzi Data, random and head samples, the full data as a line."""
+    """The first metric against the budget for Farzi Data, its initialization, random and head samples, the full data
+    as a line."""
     s, name, key = r["settings"], r["experiment"], r["settings"]["metrics"][0]
     labels = dict.fromkeys(x["data"] for x in r["runs"])
     mean = {lab: statistics.fmean(value(x, key) for x in r["runs"] if x["data"] == lab) for lab in labels}
     series = {}
-    for kind in ("farzi", "random", "head"):
-        labs = [(mu, f"farzi {mu}x{s['xi']}" if kind == "farzi" else f"{kind}:{mu}") for mu in s["budgets"]]
+    for kind in ("farzi", "init only", "random", "head"):
+        labs = [(mu, f"{kind} {mu}x{s['xi']}" if kind[0] in "fi" else f"{kind}:{mu}") for mu in s["budgets"]]
         if found := [(mu, mean[lab]) for mu, lab in labs if lab in mean]:
             series[kind] = ([x for x, _ in found], [y for _, y in found])
     series["full data"] = ([min(s["budgets"]), max(s["budgets"])], [mean["full"]] * 2)

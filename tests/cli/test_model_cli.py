@@ -41,6 +41,9 @@ BAD_INPUT = {
     "other-dataset": (["eval", "{foreign}", "--dataset", DATASET], ("was trained on", "'other'", f"'{DATASET}'")),
     "corrupt-checkpoint": (["eval", "{corrupt}"], ("model.safetensors", "truncated")),
     "unknown-split": (["eval", "{foreign}", "--split", "nope"], ("unknown split 'nope'",)),
+    "too-many-negatives": (["eval", "{foreign}", "--negatives", "100000"], ("--negatives 100000 is more than",)),
+    "negatives-below-zero": (["eval", "{foreign}", "--negatives", "-1"], ("--negatives",)),
+    "unknown-negative-sampling": (["eval", "{foreign}", "--negative-sampling", "zipf"], ("zipf",)),
 }
 AS_SUBPROCESS = "corrupt-checkpoint"
 
@@ -142,6 +145,14 @@ def test_eval_stratified(runs: dict) -> None:
     for rows in doc["strata"].values():
         assert [r["decile"] for r in rows] == list(range(1, 11))
         assert sum(r["users"] for r in rows) == doc["users"]
+
+
+def test_eval_with_sampled_negatives(runs: dict) -> None:
+    args = ("eval", runs["model"], "--negatives", "3", "--negative-sampling", "popularity", "--json")
+    doc = _ok(farzictl(*args, "--seed", "3", home=runs["home"]))
+    assert doc["ranking"] == "3 popularity negatives, seed 3" and _ok(runs["eval"])["ranking"] == "full"
+    assert doc["hr@10"] == 100.0 and doc["users"] == 10  # 4 candidates: every target in the top 10
+    assert _ok(farzictl(*args, "--seed", "3", home=runs["home"])) == doc  # same seed, same negatives
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUT))
