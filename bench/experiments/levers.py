@@ -74,6 +74,14 @@ ML = Table(
         "defaults, students dropout 0.35": V(
             "today's defaults' bundle, students with dropout 0.35 (not 0.2)", DEFAULTS, {"model": {"dropout": 0.35}}
         ),
+        # issue 29 (TD3's changes 1 and 3) on today's defaults, not yet run; 0.1: the hidden-state MSE is O(0.1-1)
+        "decoder tied": V("decoder = the teacher's item embedding^T, then trained", {**DEFAULTS, "decoder": "tied"}),
+        "decoder tied-frozen": V(
+            "decoder = the teacher's item embedding^T, frozen", {**DEFAULTS, "decoder": "tied-frozen"}
+        ),
+        "feature align 0.1": V(
+            "+ 0.1 x hidden-state MSE to the run's last checkpoint", {**DEFAULTS, "feature_align": 0.1}
+        ),
     },
     references=("base", "init only", "omega + normalize"),
     metrics=("xent", "hr_all@10", "hr@10"),
@@ -117,6 +125,9 @@ PTB = Table(
             "2 start points (checkpoint + real batch) averaged per outer step (2x the time)", {"meta_batch": 2}
         ),
         "syn batch all": V("inner steps on all 40 sequences (students take all 40 per step)", {"syn_batch": 0}),
+        "decoder tied": V("decoder = the teacher's token embedding^T, then trained (issue 29)", {"decoder": "tied"}),
+        "decoder tied-frozen": V("decoder = the teacher's token embedding^T, frozen", {"decoder": "tied-frozen"}),
+        "feature align 0.1": V("+ 0.1 x hidden-state MSE to the run's last checkpoint", {"feature_align": 0.1}),
         # a better teacher: Omega trained 2.5x longer (at 1000 steps full-data students were still improving)
         "omega 1200 steps": V(
             "trajectories of 1200 steps (not 480): a better teacher and later checkpoints",

@@ -85,6 +85,14 @@ class StartWeighting(str, Enum):
     normalize = "normalize"  # each start's meta-gradient scaled to unit norm first: every start counts alike
 
 
+class Decoder(str, Enum):
+    """What the summary's decoder [d, V] is (TD3's tied item factor)."""
+
+    free = "free"  # its own parameters, d = --latent-dim (the paper)
+    tied = "tied"  # starts as the teacher's token embedding transposed (d = its d_model), then trained
+    tied_frozen = "tied-frozen"  # the teacher's token embedding transposed, never updated
+
+
 class MetaGrad(str, Enum):
     """How the meta-gradient through the inner loop is computed (farzi/distill/metagrad.py)."""
 
@@ -138,6 +146,13 @@ class DistillConfig:
         label="--budget length (XI)",
     )
     latent_dim: int = setting(8, "Latent dimension d of the factorization.", least=1, fix="e.g. --latent-dim 8")
+    decoder: Decoder = setting(
+        Decoder.free,
+        "The decoder: its own parameters (free), or the teacher's token embedding transposed, so that logits "
+        "are latent x embedding^T and the latent is as wide as the teacher's d_model (--latent-dim unused), "
+        "trained from there (tied) or never updated (tied-frozen).",
+        word="decoder",
+    )
     tau: float = setting(
         1.0,
         "Softmax temperature of the decoder.",
@@ -193,6 +208,15 @@ class DistillConfig:
     )
     start_weighting: StartWeighting = setting(
         StartWeighting.normalize, "How a step's start points are weighted in the average."
+    )
+    feature_align: float = setting(
+        0.0,
+        "Objectives farzi and mm: add this weight times the squared difference between the inner-trained "
+        "model's last hidden states and a full-data model's on the real batch, averaged over its real tokens "
+        "and the features (0 = off). The full-data "
+        "model: the last checkpoint of the start point's trajectory run (mm: the most trained checkpoint; "
+        "without trajectories: the teacher as built).",
+        least=0,
     )
     omega_runs: int = setting(
         0, "Use the checkpoints of the first N trajectory runs (0 = all).", least=0, fix="0 uses every run"
@@ -268,9 +292,13 @@ class DistillConfig:
         least=1,
         fix="e.g. --meta-negatives 2048",
     )
+    # 0 by measurement: the sparse fit leaves non-candidates' logits unconstrained, so a refresh (the dense
+    # summary's top K) swapped in items the fit never saw; on Amazon Beauty (bench sample-efficiency-beauty,
+    # refresh 10) the meta-loss rose from 9.0 to 11.7 at the first refresh and ended at 10.3 after 60 steps
     support_refresh: int = setting(
-        10,
-        "Sparse summary: outer steps between refreshes of the candidates (0 = never).",
+        0,
+        "Sparse summary: outer steps between refreshes of the candidates to the dense summary's top K "
+        "(0 = never, the default: the first candidates are kept).",
         least=0,
         fix="0 keeps the first candidates",
     )
@@ -321,6 +349,11 @@ class DistillConfig:
             raise ConfigError(
                 f"--omega-max-step {self.omega_max_step} is below --omega-min-step {self.omega_min_step}",
                 "raise --omega-max-step or lower --omega-min-step",
+            )
+        if self.feature_align and self.objective in (Objective.dc, Objective.mtt):
+            raise ConfigError(
+                f"--feature-align applies to objectives farzi and mm, not {self.objective.value}",
+                "pass --feature-align 0, or --objective farzi",
             )
         self._validate_model()
         if self.mu * self.xi * self.latent_dim > MAX_SUMMARY_ELEMENTS:

@@ -40,6 +40,7 @@ from farzi._version import __version__
 from farzi.data.prepared import PreparedDataset
 from farzi.distill.bundle import FarziData, load_bundle, save_bundle
 from farzi.distill.config import (
+    Decoder,
     DistillConfig,
     Init,
     InnerOptimizerName,
@@ -250,7 +251,8 @@ def start_summary(
     support: Tensor | None = None,
 ) -> Summary:
     """The outer parameters from an initial summary: latent and decoder, and log tau / log inner lr when
-    learned; a sparse one's candidates (``support``, else each position's ``cfg.support`` largest logits)."""
+    learned; a sparse one's candidates (``support``, else each position's ``cfg.support`` largest logits).
+    ``--decoder tied-frozen``: the decoder is no outer parameter."""
     return Summary.create(
         latent,
         decoder,
@@ -260,6 +262,7 @@ def start_summary(
         learn_tau=cfg.learn_tau,
         inner_lr=cfg.inner_lr if cfg.learn_inner_lr else None,
         support=support if support is not None else cfg.support,
+        train_decoder=cfg.decoder is not Decoder.tied_frozen,
     )
 
 

@@ -9,6 +9,11 @@
   (no fitting): softmax(latent @ decoder / tau) puts most mass on the real token;
 * ``random``: a random latent and decoder (the paper's start).
 
+With ``--decoder tied`` / ``tied-frozen`` the decoder is the trained teacher's token embedding
+transposed [d_model, V] (:func:`tied_decoder`) and stays so through the init (the teacher init fits
+the latent alone; ``real`` and ``random`` scale the latent to it), so the outer loop starts exactly
+there; the latent is then as wide as the teacher's d_model (``--latent-dim`` is not used).
+
 Without trajectories there is no trained teacher to ask, and ``teacher`` falls back
 to ``real`` over the untrained teacher's embeddings.
 """
@@ -19,7 +24,7 @@ import torch
 from torch import Tensor
 
 from farzi.data.prepared import PreparedDataset
-from farzi.distill.config import DistillConfig, Init
+from farzi.distill.config import MAX_SUMMARY_ELEMENTS, Decoder, DistillConfig, Init
 from farzi.distill.summary import (
     banned_mask,
     fit_sparse_summary,
@@ -35,6 +40,7 @@ from farzi.distill.summary import (
 )
 from farzi.distill.teacher import Teacher
 from farzi.errors import ConfigError
+from farzi.models import SequenceModel
 
 FIT_STEPS = 500  # Adam steps fitting the teacher init's latent and decoder to its targets
 
@@ -56,6 +62,31 @@ def init_record(cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher) -> di
     return out
 
 
+def tied_decoder(model: SequenceModel, cfg: DistillConfig) -> Tensor:
+    """The teacher's token embedding transposed, as a decoder: [d_model, V] float32 (a copy); refused
+    where the latent it implies, mu x xi x d_model, is over the size limit."""
+    emb = model.token_embeddings()  # [V, d_model]
+    d = int(emb.shape[1])
+    if cfg.mu * cfg.xi * d > MAX_SUMMARY_ELEMENTS:
+        raise ConfigError(
+            f"--decoder {cfg.decoder.value}: the latent would hold {cfg.mu} x {cfg.xi} x {d} (the teacher's "
+            f"d_model) values, over the limit of {MAX_SUMMARY_ELEMENTS}",
+            "pick a smaller --budget, or --decoder free",
+        )
+    return emb.detach().t().contiguous().float().clone()
+
+
+def _tied_start(cfg: DistillConfig, ds: PreparedDataset, init: Init, emb_t: Tensor, gen: torch.Generator) -> Tensor:
+    """The ``real`` or ``random`` init's latent [mu, xi, d_model] for the tied decoder ``emb_t`` [d_model, V]."""
+    if init is Init.real:
+        tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen, cfg.init_windows.value)  # [mu, xi]
+        cols = emb_t.t()[tokens]  # [mu, xi, d_model]
+        # the real token's logit is init_sharpness, a neighbour's init_sharpness x <e_tok, e_j> / |e_tok|^2
+        return (cfg.init_sharpness * cfg.tau) * cols / cols.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
+    rms = float(emb_t.pow(2).sum(0).mean().sqrt()) or 1.0  # the columns' root-mean-square norm
+    return torch.randn(cfg.mu, cfg.xi, emb_t.shape[0], generator=gen) * (cfg.init_scale / rms)  # logits O(scale)
+
+
 def initial_sparse_summary(
     cfg: DistillConfig, ds: PreparedDataset, teacher: Teacher, fit_steps: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -72,9 +103,12 @@ def initial_sparse_summary(
     model = teacher.trained_model()
     banned = banned_mask(ds.vocab_size, pad, tokens.device)
     support, weights = sparse_teacher_targets(tokens, model, cfg.init_mix, banned, k)  # [mu, xi, K] each
-    decoder0 = principal_decoder(model.token_embeddings(), cfg.latent_dim, pad)  # [d, V]
+    tied = cfg.decoder is not Decoder.free
+    decoder0 = tied_decoder(model, cfg) if tied else principal_decoder(model.token_embeddings(), cfg.latent_dim, pad)
     steps = FIT_STEPS if fit_steps is None else fit_steps
-    latent, decoder = fit_sparse_summary(support, weights, decoder0, cfg.tau, steps=steps, gen=gen)
+    latent, decoder = fit_sparse_summary(
+        support, weights, decoder0, cfg.tau, steps=steps, gen=gen, train_decoder=not tied
+    )  # [mu, xi, d], [d, V]
     _check_finite(latent, decoder, cfg, Init.teacher)
     return latent, decoder, support
 
@@ -89,16 +123,25 @@ def initial_summary(
     gen = torch.Generator().manual_seed(cfg.seed)
     pad = [ds.vocab.pad_id]
     init = effective_init(cfg, teacher)
-    if init is Init.teacher:
+    tied = cfg.decoder is not Decoder.free
+    if tied and init is not Init.teacher:
+        decoder = tied_decoder(teacher.trained_model(), cfg)  # [d_model, V]
+        latent = _tied_start(cfg, ds, init, decoder, gen)  # [mu, xi, d_model]
+    elif init is Init.teacher:
         tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen, cfg.init_windows.value)  # [mu, xi]
         model = teacher.trained_model()
         with torch.no_grad():
             logits = model(tokens)  # [mu, xi, V]
         banned = banned_mask(ds.vocab_size, pad)
         targets = teacher_targets(tokens, logits, cfg.init_mix, banned)  # [mu, xi, V]
-        decoder0 = principal_decoder(model.token_embeddings(), cfg.latent_dim, pad)  # [d, V]
+        if tied:  # the latent alone is fitted: the decoder stays the embedding
+            decoder0 = tied_decoder(model, cfg)  # [d_model, V]
+        else:
+            decoder0 = principal_decoder(model.token_embeddings(), cfg.latent_dim, pad)  # [d, V]
         steps = FIT_STEPS if fit_steps is None else fit_steps
-        latent, decoder = fit_summary(targets, decoder0, cfg.tau, banned, steps=steps, gen=gen)
+        latent, decoder = fit_summary(
+            targets, decoder0, cfg.tau, banned, steps=steps, gen=gen, train_decoder=not tied
+        )  # [mu, xi, d], [d, V]
     elif init is Init.real:
         tokens = real_windows(ds.train, cfg.mu, cfg.xi, gen, cfg.init_windows.value)
         emb = teacher.trained_model().token_embeddings()

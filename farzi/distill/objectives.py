@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from farzi.batching import pad_right
@@ -43,7 +43,7 @@ from farzi.distill.metagrad import InnerLoop, meta_gradient
 from farzi.distill.summary import Summary
 from farzi.distill.teacher import Teacher
 from farzi.errors import ConfigError
-from farzi.models import functional_loss, next_token_loss
+from farzi.models import SequenceModel, functional_loss, next_token_loss
 from farzi.models.loss import draw_negatives, sampled_loss
 from farzi.moments import AdamMoments
 
@@ -212,31 +212,94 @@ class MetaObjective:
         return Contribution(mg.meta_loss, mg.grads, stats)
 
 
+class _Features(nn.Module):
+    """Wraps a model so that ``functional_call`` reaches its last hidden states."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.features(x)  # [B, L, d]
+
+
+def features_at(model: SequenceModel, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """``model.features(x)`` [B, L, d] with ``params`` in place of the model's own (differentiable)."""
+    return functional_call(_Features(model), {f"model.{k}": v for k, v in params.items()}, (x,))
+
+
+def feature_distance(model: SequenceModel, params: dict[str, Tensor], x: Tensor, target: Tensor) -> Tensor:
+    """The mean, over the real (non-pad) tokens of ``x`` [B, L] and the d features, of the squared
+    difference between the last hidden states at ``params`` and ``target`` [B, L, d] (a full-data
+    model's on the same ``x``): a scalar, differentiable in ``params``."""
+    h = features_at(model, params, x)  # [B, L, d]
+    real = (x != 0).to(h.dtype)  # [B, L]
+    per_token = (h - target.to(h.dtype)).pow(2).mean(-1)  # [B, L]
+    return (per_token * real).sum() / real.sum().clamp_min(1)
+
+
 class MetaMatching(MetaObjective):
     """``farzi`` (paper Eq. 2): T inner steps from a checkpoint of Omega, then the real-data loss.
-    ``mm``: the same from random initializations."""
+    ``mm``: the same from random initializations.
+
+    ``--feature-align W`` adds W x :func:`feature_distance` to a full-data model's hidden states on the
+    same real batch (:meth:`Teacher.full_data`: the end of the start's own run) to the terminal loss, so
+    the exact meta-gradient covers it."""
 
     def start(self, draws: Draws) -> Start:
         if self.cfg.objective is Objective.mm or self.teacher.omega is None:
             return Start(self.teacher.random_init(draws.rng))
         return super().start(draws)
 
+    def target_features(self, start: Start, x_real: Tensor) -> Tensor | None:
+        """The full-data model's last hidden states on ``x_real`` [B, L, d] (constants), or None without
+        ``--feature-align``."""
+        if not self.cfg.feature_align:
+            return None
+        full = dict(zip(self.names, self.teacher.full_data(start.checkpoint), strict=True))
+        with torch.no_grad():
+            return features_at(self.teacher.model, full, x_real)  # [B, L, d]
+
+    def terminal(
+        self, x_real: Tensor, meta_negatives: Tensor | None, target: Tensor | None, seen: dict[str, float]
+    ) -> Callable[[Tensors], Tensor]:
+        """The meta-loss at inner-trained weights: the real loss (sampled where ``meta_negatives``), plus
+        ``feature_align`` x the feature distance to ``target`` where given (its value goes to ``seen``)."""
+        model, weight = self.teacher.model, self.cfg.feature_align
+
+        def terminal(w: Tensors) -> Tensor:  # first-order only: the fused loss, no [B, L, V] logits kept
+            params = dict(zip(self.names, w, strict=True))
+            if meta_negatives is not None:  # each target plus the shared negatives: O(S d) a position
+                loss = sampled_loss(model, params, x_real, meta_negatives)
+            else:
+                loss = functional_loss(model, params, x_real)
+            if target is None:
+                return loss
+            distance = feature_distance(model, params, x_real, target)
+            seen["feature_distance"] = float(distance.detach())
+            return loss + weight * distance
+
+        return terminal
+
     def __call__(self, summary: Summary, draws: Draws) -> Contribution:
         start = self.start(draws)
         x_real = self.real_batch(draws)
         batches = self.syn_batches(draws)
         meta_negatives = self.meta_negatives(draws)
+        target = self.target_features(start, x_real)
+        seen: dict[str, float] = {}
+        terminal = self.terminal(x_real, meta_negatives, target, seen)
 
-        def terminal(w: Tensors) -> Tensor:  # first-order only: the fused loss, no [B, L, V] logits kept
-            params = dict(zip(self.names, w, strict=True))
-            if meta_negatives is not None:  # each target plus the shared negatives: O(S d) a position
-                return sampled_loss(self.teacher.model, params, x_real, meta_negatives)
-            return functional_loss(self.teacher.model, params, x_real)
-
-        with torch.no_grad():  # the real loss before the inner loop: the meta-loss should end below it
+        # the meta-objective before the inner loop (with --feature-align, the real loss plus its term)
+        with torch.no_grad():
             before = float(terminal(start.w))
+        stats: dict[str, Any] = {}
+        if target is not None:
+            stats["feature_distance_start"] = seen["feature_distance"]
         out = self.unrolled(summary, start, batches, terminal, self.inner_negatives(summary, draws))
-        out.stats = {**self.stage(start), "real_loss_start": before, **out.stats}
+        if target is not None:
+            stats["feature_distance"] = seen["feature_distance"]
+        out.stats = {**self.stage(start), "real_loss_start": before, **stats, **out.stats}
         return out
 
     def stage(self, start: Start) -> dict[str, Any]:

@@ -99,6 +99,7 @@ def save_run_state(
     """Write the run state; ``settings`` (the config the fingerprint is of) lets a refused resume name
     the settings that differ."""
     tensors = {
+        **({"decoder": summary.decoder.detach()} if summary.frozen_decoder else {}),  # kept for the shape check
         **{n: p.detach() for n, p in zip(summary.names, summary.params, strict=True)},
         **outer.state_tensors(),
         **state.extra_tensors,
@@ -143,7 +144,7 @@ def load_run_state(
         entry = header.get(name)
         if entry is None or list(entry["shape"]) != list(p.shape):
             raise ConfigError(f"{path}: tensor {name!r} is missing or has the wrong shape", fix)
-    for name in summary.names[2:]:
+    for name in summary.names:  # log tau, log inner lr where learned
         if name not in header:
             raise ConfigError(f"{path}: tensor {name!r} is missing", fix)
     t = load_tensors(path, summary.latent.device)

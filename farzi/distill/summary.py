@@ -142,17 +142,19 @@ def fit_summary(
     steps: int = 500,
     lr: float = 0.05,
     gen: torch.Generator | None = None,
+    train_decoder: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Latent and decoder whose softmax(latent @ decoder / tau) best fits ``targets`` [mu, xi, V].
 
     Minimizes the cross-entropy to the targets with Adam, starting from
-    ``decoder0`` [d, V] and a small random latent.
+    ``decoder0`` [d, V] and a small random latent; ``train_decoder=False`` fits the latent alone
+    (the decoder stays ``decoder0``).
     """
 
     def log_probs(latent: Tensor, decoder: Tensor) -> Tensor:  # [mu, xi, V]
         return F.log_softmax(((latent @ decoder) / tau).masked_fill(banned, -1e4), dim=-1)
 
-    return _fit(targets, log_probs, decoder0, steps, lr, gen)
+    return _fit(targets, log_probs, decoder0, steps, lr, gen, train_decoder)
 
 
 def fit_sparse_summary(
@@ -163,6 +165,7 @@ def fit_sparse_summary(
     steps: int = 500,
     lr: float = 0.05,
     gen: torch.Generator | None = None,
+    train_decoder: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """:func:`fit_summary` over each position's candidates alone: latent and decoder whose softmax
     over ``support`` [mu, xi, K] best fits ``weights`` [mu, xi, K]; O(K d) a position and step
@@ -172,7 +175,7 @@ def fit_sparse_summary(
         columns = F.embedding(support, decoder.t())  # [mu, xi, K, d]
         return F.log_softmax((columns @ latent.unsqueeze(-1)).squeeze(-1) / tau, dim=-1)
 
-    return _fit(weights, log_probs, decoder0, steps, lr, gen)
+    return _fit(weights, log_probs, decoder0, steps, lr, gen, train_decoder)
 
 
 def _fit(
@@ -182,13 +185,15 @@ def _fit(
     steps: int,
     lr: float,
     gen: torch.Generator | None,
+    train_decoder: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Adam on (latent, decoder) from ``decoder0`` and a small random latent, minimizing the
-    cross-entropy of ``log_probs(latent, decoder)`` to ``targets`` (the same shape)."""
+    cross-entropy of ``log_probs(latent, decoder)`` to ``targets`` (the same shape); on the latent
+    alone when not ``train_decoder``."""
     mu, xi = targets.shape[:2]
-    latent = (0.1 * torch.randn(mu, xi, decoder0.shape[0], generator=gen)).requires_grad_()
-    decoder = decoder0.detach().clone().float().requires_grad_()
-    opt = torch.optim.Adam([latent, decoder], lr=lr)
+    latent = (0.1 * torch.randn(mu, xi, decoder0.shape[0], generator=gen)).requires_grad_()  # [mu, xi, d]
+    decoder = decoder0.detach().clone().float().requires_grad_(train_decoder)  # [d, V]
+    opt = torch.optim.Adam([latent, decoder] if train_decoder else [latent], lr=lr)
     for _ in range(steps):
         loss = -(targets * log_probs(latent, decoder)).sum(-1).mean()
         opt.zero_grad()
@@ -258,6 +263,7 @@ class Summary:
     log_tau: Tensor | None = None  # [] learned log temperature
     log_inner_lr: Tensor | None = None  # [] learned log inner learning rate
     support: Tensor | None = None  # [mu, xi, K] candidate token ids of a sparse summary (None: dense)
+    frozen_decoder: bool = False  # --decoder tied-frozen: the decoder is no outer parameter (no grad)
 
     @classmethod
     def create(
@@ -270,21 +276,24 @@ class Summary:
         learn_tau: bool = False,
         inner_lr: float | None = None,
         support: int | Tensor = 0,
+        train_decoder: bool = True,
     ) -> Summary:
         """``inner_lr`` given: the inner learning rate is learned, starting there. ``support``: a sparse
         summary over these candidates [mu, xi, K], or K > 0: over each position's K largest initial
-        logits (:meth:`refresh_support`)."""
+        logits (:meth:`refresh_support`). ``train_decoder=False``: the decoder stays as given (it is
+        left out of :attr:`params`, so it gets neither a meta-gradient nor an outer update)."""
 
         def scalar(x: float) -> Tensor:
             return torch.tensor(math.log(x), dtype=torch.float32, device=device).requires_grad_()
 
         out = cls(
             latent.to(device).requires_grad_(),
-            decoder.to(device).requires_grad_(),
+            decoder.to(device).requires_grad_(train_decoder),
             tau,
             banned_mask(decoder.shape[1], banned, device),
             scalar(tau) if learn_tau else None,
             scalar(inner_lr) if inner_lr is not None else None,
+            frozen_decoder=not train_decoder,
         )
         if isinstance(support, Tensor):
             out.support = support.to(device)
@@ -313,7 +322,7 @@ class Summary:
     def _named(self) -> list[tuple[str, Tensor | None]]:
         return [
             ("latent", self.latent),
-            ("decoder", self.decoder),
+            ("decoder", None if self.frozen_decoder else self.decoder),
             ("log_tau", self.log_tau),
             ("log_inner_lr", self.log_inner_lr),
         ]

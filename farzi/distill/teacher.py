@@ -59,6 +59,21 @@ class Teacher:
         fresh = build_model(self.model.name, self.model.config)
         return [p.detach().to(self.device) for p in fresh.parameters()]
 
+    def full_data(self, i: int | None) -> list[Tensor]:
+        """The weights of a full-data model (``--feature-align``), in the order of :attr:`names`: the last
+        checkpoint (latest step) of the run checkpoint ``i`` belongs to; for ``i`` None (a random start)
+        the most trained checkpoint of Omega; without Omega the teacher's own weights."""
+        if self.omega is None:
+            return [p.detach() for p in self.model.parameters()]
+        omega = self.omega
+        if i is None:
+            j = max(range(len(omega)), key=lambda k: (omega.entry(k)["step"], -omega.entry(k)["run"]))
+        else:
+            run = omega.entry(i)["run"]
+            same = [k for k in range(len(omega)) if omega.entry(k)["run"] == run]
+            j = max(same, key=lambda k: omega.entry(k)["step"])
+        return self.checkpoint(j)
+
     def trained_model(self) -> SequenceModel:
         """The most trained checkpoint of Omega as a model (on the CPU, eval mode); the
         teacher's own weights when there is no Omega."""

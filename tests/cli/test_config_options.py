@@ -66,6 +66,7 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
     """Non-default values for every option land in the bundle's distill record."""
     values = {
         "latent_dim": 3,
+        "decoder": "tied-frozen",
         "tau": 0.5,
         "inner_steps": 2,
         "inner_lr": 0.02,
@@ -87,6 +88,7 @@ def test_every_option_reaches_the_bundle(tiny_lm, tmp_path) -> None:
         "omega_min_step": 0,
         "omega_max_step": 0,
         "start_weighting": "none",
+        "feature_align": 0.1,
         "recipe_lr": 0.003,
         "recipe_weight_decay": 0.002,
         "learn_tau": True,
