@@ -16,16 +16,16 @@ PARTS = {"ml100k": ("rec", ""), "ptb": ("lm", ""), "beauty": ("rec", "beauty")} 
 
 
 def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {"datasets": {}, "skipped": {}}
+    out: dict[str, Any] = {"datasets": {}, "left_out": {}}
     for part, (task, dataset) in PARTS.items():
         if dataset and (smoke or f"{dataset}-{protocol}" not in PROTOCOLS):  # a smoke run has one synthetic rec
-            out["skipped"][dataset] = "smoke run" if smoke else f"no {dataset}-{protocol} protocol in farzi.presets"
+            out["left_out"][dataset] = "smoke run" if smoke else f"no {dataset}-{protocol} protocol in farzi.presets"
             continue
         s, where = common.settings(task, protocol, smoke, dataset=dataset), work / part  # a work directory each
         with common.exclusive(where / ".data.lock"):
             ds = common.prepare_dataset(s, where)
         if ds is None:
-            out["skipped"][s["source"]] = f"not found under {common.SHARED}"
+            out["left_out"][s["source"]] = f"not found under {common.SHARED}"
             continue
         traj, mu, audits = common.trajectories(ds, s, where), s["claim_budget"], {}
         for label, changes, refs in (("farzi", {}, ("random", "full")), ("init only", {"outer_steps": 0}, ())):
@@ -71,7 +71,7 @@ def reading(r: dict[str, Any]) -> str:
             word = "lower than" if x["hi"] < y["lo"] else "higher than" if x["lo"] > y["hi"] else "not resolved from"
             of = by[b]["data"] + (" on its own users" if "own_auc" in by[b] else "")
             lines.append(f"- {name}: attack AUC on {by[a]['data']} {ci(x, 3)} is {word} {of} {ci(y, 3)}")
-    lines += [f"- {k}: skipped ({v})" for k, v in r["skipped"].items()]
+    lines += [f"- {k}: skipped ({v})" for k, v in r["left_out"].items()]
     return "\n".join(lines)
 
 
