@@ -137,7 +137,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 # 0.6x a dense one, bench vocab-scaling) and 60 outer steps; students on a bundle take its recipe's batch and steps
 # (16 of its sequences a step: 800 tokens, less than a full-data batch of 128 users' 9 items; 50 sequences a step
 # cost 2.5x a full-data step at 12k items), validated every 40 steps and stopped after 5 without improvement.
-# Sized to fit the time, not tuned on validation as ml100k-cpu was.
+# Sized to fit the time, not tuned on validation as ml100k-cpu was. Measured once, with the candidates refreshed
+# every 10 outer steps (the default then, 0 since): Farzi Data below its initialization (sample-efficiency-beauty).
 _ML = PROTOCOLS["ml100k-cpu"]
 PROTOCOLS["beauty-cpu"] = copy.deepcopy(_ML) | {
     "source": "amazon-beauty",
