@@ -33,10 +33,10 @@ PRESET_COMMANDS = ("trajectories", "distill", "train-student")
 RECIPE_OVER_PRESET = ("lr", "weight_decay")
 
 
-def recipe_over_preset(name: str) -> tuple[str, ...]:
-    """What a student on a bundle takes from its recipe under protocol ``name``: :data:`RECIPE_OVER_PRESET`, or the
-    protocol's own ``recipe_over_preset`` (beauty-cpu: the batch and steps too, sized for its bundles)."""
-    return tuple(PROTOCOLS.get(name, {}).get("recipe_over_preset", RECIPE_OVER_PRESET))
+def recipe_over_preset(settings: dict[str, Any]) -> tuple[str, ...]:
+    """What a student on a bundle takes from its recipe under a protocol's ``settings``: :data:`RECIPE_OVER_PRESET`, or
+    the protocol's own ``recipe_over_preset`` (beauty-cpu: the batch and steps too, sized for its bundles)."""
+    return tuple(settings.get("recipe_over_preset", RECIPE_OVER_PRESET))
 
 
 # The protocols' settings. bench/experiments/sample_efficiency.py reads them from here.
@@ -222,7 +222,7 @@ def command_settings(
 
     cls = config_class(command)
     given = preset_values(preset, task, command, dataset) if preset else {}
-    over = recipe_over_preset(protocol(preset, task, dataset)) if preset else RECIPE_OVER_PRESET
+    over = recipe_over_preset(PROTOCOLS[protocol(preset, task, dataset)]) if preset else RECIPE_OVER_PRESET
     layers: list[tuple[str, dict[str, Any] | None]] = [("preset", given)]
     if recipe:  # under a preset: what it leaves open, and the learning rate and weight decay
         keys = [k for k in RECIPE_FIELDS if k in recipe and (k not in given or k in over)]

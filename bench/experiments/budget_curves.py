@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import settings
-from bench.experiments.sample_efficiency import plot, table  # noqa: F401 - plot: the report's
+from bench.experiments.sample_efficiency import label, plot, table  # noqa: F401 - plot: the report's
 from bench.report import ci, md_table
 from bench.table import compare, run_table
 from farzi.evaluate import metric_is_higher_better
@@ -31,10 +31,6 @@ def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: 
     s = settings(task, protocol, smoke, dataset=dataset)
     s |= {"budgets": [2, 4] if smoke else s["curve_budgets"], "distill_seeds": 1}
     return run_table(table(s), s, work, seeds, smoke)
-
-
-def label(kind: str, mu: int, xi: int) -> str:
-    return f"{kind} {mu}x{xi}" if kind in ("farzi", "init only") else f"{kind}:{mu}"
 
 
 def ratios(r: dict[str, Any], metric: str | None = None) -> dict[str, list[tuple[int, dict[str, Any]]]]:

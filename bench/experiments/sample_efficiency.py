@@ -27,6 +27,11 @@ POSITION_METRICS = ("xent", "hr_all@10")
 PAPER_50x150 = {"hr@10": 19.61, "hr@100": 61.50}  # the paper's ML-100k Farzi Data [50x150] (its Table 6)
 
 
+def label(kind: str, mu: int, xi: int) -> str:
+    """The table's name for ``kind`` of data (farzi, init only, random, head) at budget ``mu``."""
+    return f"{kind} {mu}x{xi}" if kind in ("farzi", "init only") else f"{kind}:{mu}"
+
+
 def table(s: dict[str, Any]) -> Table:
     """The protocol's kinds of data as variants (the students on a bundle take the recipe it records)."""
     xi, dseeds, v = s["xi"], s.get("distill_seeds", 1), {"full": Variant("the whole training split", None)}
@@ -34,8 +39,7 @@ def table(s: dict[str, Any]) -> Table:
         v[f"farzi {mu}x{xi}"] = Variant("Farzi Data", {}, mu=mu, distill_seeds=dseeds)
         v[f"init only {mu}x{xi}"] = Variant("its initialization", {"outer_steps": 0}, mu=mu, distill_seeds=dseeds)
         v |= {f"{kind}:{mu}": Variant(f"{kind} sample", None, data=f"{kind}:{mu}") for kind in ("random", "head")}
-    fills = s.get("recipe_over_preset", recipe_over_preset(""))
-    return Table(v, metrics=tuple(s["metrics"]), split="test", recipe_fills=tuple(fills))
+    return Table(v, metrics=tuple(s["metrics"]), split="test", recipe_fills=recipe_over_preset(s))
 
 
 def run(protocol: str, work: Path, seeds: int, smoke: bool = False, experiment: str = "") -> dict[str, Any]:
@@ -213,7 +217,7 @@ def plot(r: dict[str, Any], plots: Path) -> str:
     mean = {lab: statistics.fmean(value(x, key) for x in r["runs"] if x["data"] == lab) for lab in labels}
     series = {}
     for kind in ("farzi", "init only", "random", "head"):
-        labs = [(mu, f"{kind} {mu}x{s['xi']}" if kind[0] in "fi" else f"{kind}:{mu}") for mu in s["budgets"]]
+        labs = [(mu, label(kind, mu, s["xi"])) for mu in s["budgets"]]
         if found := [(mu, mean[lab]) for mu, lab in labs if lab in mean]:
             series[kind] = ([x for x, _ in found], [y for _, y in found])
     series["full data"] = ([min(s["budgets"]), max(s["budgets"])], [mean["full"]] * 2)
